@@ -1,0 +1,30 @@
+"""SimCLR on scikit-learn's 8x8 digits, upsampled: the quickstart, a few CPU minutes.
+
+python -m ssljax.main --config=configs/simclr_digits.py --workdir=runs/simclr_digits
+"""
+
+from ssljax.defaults import base_config
+
+
+def get_config(arg=None):
+  del arg
+  c = base_config()
+  c.data.source = 'digits'
+  c.data.image_size = 16
+  c.augment.image_size = 16
+  c.augment.crop_scale = (0.3, 1.0)  # an 8x8 digit survives little more cropping than this
+  c.augment.flip = False  # a mirrored 2 or 5 is another shape
+  c.augment.blur_prob = 0.0  # nothing left to blur at this size
+  c.model.encoder = 'resnet18'
+  c.model.width = 16
+  c.model.proj_dim = 64
+  c.loss.temperature = 0.2
+  c.batch_size = 256
+  c.epochs = 15
+  c.warmup_epochs = 2.0
+  c.optimizer = 'lars'
+  c.base_lr = 1.0
+  c.weight_decay = 1e-4
+  c.log_every = 20
+  c.checkpoint_every = 200
+  return c

@@ -1,0 +1,38 @@
+"""SimCLR on ImageNet, the paper's recipe (Chen et al. 2020): ResNet-50, batch 4096, temperature
+0.1, LARS lr 0.3 x B/256, weight decay 1e-6, 100 epochs with 10 warm-up, global BatchNorm, the
+full augmentation at 224 px, bfloat16 compute.
+
+ImageNet must be prepared for tfds first (manual download): see README.md.
+"""
+
+from ssljax.defaults import base_config
+
+
+def get_config(arg=None):
+  del arg
+  c = base_config()
+  c.data.source = 'tfds'
+  c.data.name = 'imagenet2012'
+  c.data.test_split = 'validation'
+  c.data.image_size = 224
+  c.augment.image_size = 224
+  c.model.encoder = 'resnet50'
+  c.model.stem = 'imagenet'
+  c.model.width = 64
+  c.model.proj_dim = 128
+  c.model.proj_layers = 2
+  c.model.compute_dtype = 'bfloat16'
+  c.loss.temperature = 0.1
+  c.batch_size = 4096
+  c.epochs = 100
+  c.warmup_epochs = 10.0
+  c.optimizer = 'lars'
+  c.base_lr = 0.3
+  c.lr_scaling = 'linear'
+  c.weight_decay = 1e-6
+  c.log_every = 100
+  c.checkpoint_every = 2500
+  c.eval_every = 0
+  c.eval_config.batch_size = 1024
+  c.eval_config.max_examples = 100_000  # features of a 100k-image subset for the probes
+  return c

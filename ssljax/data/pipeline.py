@@ -1,0 +1,229 @@
+"""tf.data pipelines: augmented training views and un-augmented evaluation splits.
+
+In-memory sources follow the global index order of `ssljax.data.global_indices` exactly, and each
+example's augmentation is seeded by (config.seed, global element e, view), so a resumed run
+re-creates the same batches bit for bit, whatever the number of processes.
+
+Streamed tfds datasets (ImageNet-sized) read this process's share of the files
+(tfds.split_for_jax_process) with seeded file and buffer shuffles. Resuming skips
+start_step * local_batch records: exact in count, and the same order only while the files, the
+tfds version and the process count stay the same (treat it as approximate); the skipped records
+are read but not decoded, so resuming late in a long run takes a while.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterator
+
+import jax
+import ml_collections
+import numpy as np
+import tensorflow as tf
+
+from ssljax import data
+from ssljax.data import augment, sources
+
+AUTOTUNE = tf.data.AUTOTUNE
+SHUFFLE_BUFFER = 10_000  # streamed sources: examples in the shuffle buffer of each process
+EVAL_BATCH = 256
+CHUNK_EXAMPLES = 1 << 16  # in-memory sources: indices handed to tf.data per chunk
+EVAL_CROP = 0.875  # large images: resize the shorter side to S / 0.875, then center crop S
+
+
+def to_float(image: tf.Tensor) -> tf.Tensor:
+  """uint8 [0, 255] -> float32 [0, 1]; float images are taken to be in [0, 1] already."""
+  if image.dtype == tf.uint8:
+    return tf.cast(image, tf.float32) / 255.0
+  return tf.cast(image, tf.float32)
+
+
+def upsample(image: tf.Tensor, size: int) -> tf.Tensor:
+  """Bilinear resize to (size, size) of images smaller than that (digits' 8 px, MNIST's 28 px)."""
+  h, w = image.shape[0], image.shape[1]
+  resize = lambda: tf.image.resize(image, [size, size], method='bilinear')
+  if h is not None and w is not None:
+    return resize() if min(h, w) < size else image
+  shape = tf.shape(image)
+  return tf.cond(tf.minimum(shape[0], shape[1]) < size, resize, lambda: image)
+
+
+def eval_resize(image: tf.Tensor, size: int) -> tf.Tensor:
+  """Evaluation protocol: larger images get shorter side -> S / 0.875 and a center S crop;
+  others are resized (bilinear) to (S, S)."""
+  shape = tf.shape(image)
+  h, w = tf.cast(shape[0], tf.float32), tf.cast(shape[1], tf.float32)
+  short = tf.minimum(h, w)
+
+  def resize_and_crop():
+    scale = round(size / EVAL_CROP) / short
+    nh = tf.maximum(tf.cast(tf.round(h * scale), tf.int32), size)
+    nw = tf.maximum(tf.cast(tf.round(w * scale), tf.int32), size)
+    resized = tf.image.resize(image, [nh, nw], method='bilinear', antialias=True)
+    return tf.image.crop_to_bounding_box(resized, (nh - size) // 2, (nw - size) // 2, size, size)
+
+  def resize():
+    return tf.image.resize(image, [size, size], method='bilinear')
+
+  out = tf.cond(short > size, resize_and_crop, resize)
+  out = tf.ensure_shape(out, [size, size, image.shape[-1]])
+  return tf.clip_by_value(out, 0.0, 1.0)
+
+
+_VIEW_FUNCTIONS = {}  # spec -> traced augment_view, shared by every pipeline of this process
+
+
+def _view_function(spec: ml_collections.ConfigDict):
+  name = repr(sorted(spec.to_dict().items()))
+  if name not in _VIEW_FUNCTIONS:
+
+    def view(image, seed):  # spec is closed over: tf.function traces tensors only
+      return augment.augment_view(image, seed, spec)
+
+    _VIEW_FUNCTIONS[name] = tf.function(view, autograph=False)
+  return _VIEW_FUNCTIONS[name]
+
+
+def _view_functions(specs: list[ml_collections.ConfigDict]) -> list:
+  """augment_view per spec as tf.functions of (image, seed); equal specs share one.
+
+  Each distinct spec is traced once per input shape (SimCLR's two views and DINO's local crops
+  share a graph), and the traces are reused by every dataset built later.
+  """
+  return [_view_function(spec) for spec in specs]
+
+
+def _example_function(view_fns: list, seed: int, size: int):
+  """(image, global element e) -> all views, view v seeded by (seed, e, v)."""
+
+  @tf.function(autograph=False)
+  def example(image, element):
+    image = upsample(to_float(image), size)
+    key = tf.stack([tf.constant(seed, tf.int64), tf.cast(element, tf.int64)])
+    fold = tf.random.experimental.stateless_fold_in
+    return tuple(fn(image, fold(key, v)) for v, fn in enumerate(view_fns))
+
+  return example
+
+
+def _batched(ds: tf.data.Dataset, local: int) -> Iterator[tuple[np.ndarray, ...]]:
+  options = tf.data.Options()
+  options.deterministic = True
+  ds = ds.batch(local, drop_remainder=True).prefetch(AUTOTUNE).with_options(options)
+  return ds.as_numpy_iterator()
+
+
+def _in_memory_batches(config, view_fns, start_step: int, local: int):
+  """Batches following `global_indices`, fed to tf.data a chunk of steps at a time.
+
+  The indices come from numpy in this thread, never from a Python callback inside tf.data (those
+  can deadlock the interpreter's exit while background threads still run).
+  """
+  split = sources.load(config.data, 'train')
+  num, seed = len(split.labels), int(config.seed)
+  if num == 0:
+    raise ValueError('the train split is empty')
+  images = tf.constant(split.images)
+  example = _example_function(view_fns, seed, int(config.data.image_size))
+  shard = dict(
+    batch_size=int(config.batch_size),
+    process_index=jax.process_index(),
+    process_count=jax.process_count(),
+  )
+  steps_per_chunk = max(1, CHUNK_EXAMPLES // local)
+
+  def chunk(first: int) -> tf.data.Dataset:
+    steps = range(first, first + steps_per_chunk)
+    elements = np.concatenate([data.local_elements(s, **shard) for s in steps])
+    indices = np.concatenate(
+      [data.global_indices(s, num_examples=num, seed=seed, **shard) for s in steps]
+    )
+    ds = tf.data.Dataset.from_tensor_slices((elements, indices))
+    return ds.map(
+      lambda e, i: example(tf.gather(images, i), e),
+      num_parallel_calls=AUTOTUNE,
+      deterministic=True,
+    )
+
+  def batches():
+    for first in itertools.count(start_step, steps_per_chunk):
+      yield from _batched(chunk(first), local)
+
+  return batches()
+
+
+def _streamed_batches(config, view_fns, start_step: int, local: int):
+  """Batches from this process's files, shuffled with the seed; see the module's note on resume."""
+  tfds = sources.import_tfds()
+  builder = sources.tfds_builder(config.data.name, config.data.data_dir)
+  image_key, _ = sources.tfds_keys(config.data)
+  feature = builder.info.features[image_key]
+  seed, batch_size = int(config.seed), int(config.batch_size)
+  example = _example_function(view_fns, seed, int(config.data.image_size))
+  first = jax.process_index() * local
+  ds = builder.as_dataset(
+    split=tfds.split_for_jax_process(config.data.train_split),
+    shuffle_files=True,
+    read_config=tfds.ReadConfig(shuffle_seed=seed),
+    decoders={image_key: tfds.decode.SkipDecoding()},
+  )
+  ds = ds.repeat().shuffle(SHUFFLE_BUFFER, seed=seed)
+  ds = ds.skip(start_step * local).enumerate(start_step * local)
+
+  def decode_and_augment(count, ex):
+    element = (count // local) * batch_size + first + count % local
+    return example(feature.decode_example(ex[image_key]), element)
+
+  ds = ds.map(decode_and_augment, num_parallel_calls=AUTOTUNE, deterministic=True)
+  return _batched(ds, local)
+
+
+def train_iterator(
+  config: ml_collections.ConfigDict, specs: list[ml_collections.ConfigDict], *, start_step: int
+) -> Iterator[dict]:
+  """Endless {'views': [...]} batches of this process, from `start_step` on."""
+  batch_size, processes = int(config.batch_size), jax.process_count()
+  if batch_size % processes:
+    raise ValueError(f'batch_size {batch_size} is not divisible by {processes} processes')
+  local = batch_size // processes
+  make = _streamed_batches if sources.is_streamed(config.data) else _in_memory_batches
+  batches = make(config, _view_functions(specs), start_step, local)
+  return ({'views': list(views)} for views in batches)
+
+
+def eval_split(config: ml_collections.ConfigDict, split: str) -> tuple[np.ndarray, np.ndarray]:
+  """This process's share of the un-augmented split (see `ssljax.data.load_eval_split`)."""
+  size = int(config.data.image_size)
+  max_examples = int(config.eval_config.get('max_examples', 0))
+  if sources.is_streamed(config.data):
+    tfds = sources.import_tfds()
+    builder = sources.tfds_builder(config.data.name, config.data.data_dir)
+    image_key, label_key = sources.tfds_keys(config.data)
+    feature = builder.info.features[image_key]
+    channels = feature.shape[-1]
+    ds = builder.as_dataset(
+      split=sources.split_name(config.data, split),
+      shuffle_files=False,
+      decoders={image_key: tfds.decode.SkipDecoding()},
+    )
+    if max_examples > 0:
+      ds = ds.take(max_examples)
+    ds = ds.shard(jax.process_count(), jax.process_index())
+    ds = ds.map(lambda ex: (feature.decode_example(ex[image_key]), ex[label_key]))
+  else:
+    arrays = sources.load(config.data, split)
+    channels = arrays.images.shape[-1]
+    share = data.process_share(len(arrays.labels), max_examples)
+    ds = tf.data.Dataset.from_tensor_slices((arrays.images[share], arrays.labels[share]))
+  ds = ds.map(
+    lambda image, label: (eval_resize(to_float(image), size), tf.cast(label, tf.int32)),
+    num_parallel_calls=AUTOTUNE,
+    deterministic=True,
+  )
+  images, labels = [], []
+  for x, y in ds.batch(EVAL_BATCH).prefetch(AUTOTUNE).as_numpy_iterator():
+    images.append(x)
+    labels.append(y)
+  if not images:
+    return np.zeros((0, size, size, channels), np.float32), np.zeros((0,), np.int32)
+  return np.concatenate(images), np.concatenate(labels)

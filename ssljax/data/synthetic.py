@@ -1,0 +1,112 @@
+"""Synthetic source: random images made with numpy, no TensorFlow.
+
+It feeds benchmarks (on machines without TF) and tests at negligible cost: the views are cheap
+numpy crops/flips, and only POOL distinct batches are built, then cycled (step s yields the batch
+of step s % POOL, so resuming still reproduces an uninterrupted run). Batch format and host split
+are those of the real pipeline.
+"""
+
+from __future__ import annotations
+
+import functools
+import itertools
+from collections.abc import Iterator
+
+import jax
+import ml_collections
+import numpy as np
+
+from ssljax import data
+
+POOL = 4  # distinct training batches; each costs local_batch x views in memory
+
+
+@functools.lru_cache(maxsize=4)
+def _arrays(
+  num: int, size: int, channels: int, num_classes: int, seed: int, split: str
+) -> tuple[np.ndarray, np.ndarray]:
+  n = num if split == 'train' else max(1, num // 4)
+  rng = np.random.default_rng((seed % 2**63, 0 if split == 'train' else 1))
+  images = rng.integers(0, 256, (n, size, size, channels), dtype=np.uint8)
+  labels = rng.integers(0, num_classes, n).astype(np.int32)
+  images.flags.writeable = labels.flags.writeable = False
+  return images, labels
+
+
+def arrays(config: ml_collections.ConfigDict, split: str) -> tuple[np.ndarray, np.ndarray]:
+  """(uint8 images (N, S, S, C), int32 labels (N,)): data.num_examples train, a quarter test."""
+  d = config.data
+  return _arrays(
+    int(d.num_examples),
+    int(d.image_size),
+    int(d.channels),
+    int(d.num_classes),
+    int(config.seed),
+    split,
+  )
+
+
+def _pixel_index(offsets: np.ndarray, side: int, out: int) -> np.ndarray:
+  """(local, out) source rows/columns: a crop at `offsets`, or nearest upsampling if out > side."""
+  if out <= side:
+    return offsets[:, None] + np.arange(out)
+  return np.broadcast_to(np.arange(out) * side // out, (len(offsets), out))
+
+
+def _batch(config, specs, step: int, images: np.ndarray) -> list[np.ndarray]:
+  batch_size, processes, process = int(config.batch_size), jax.process_count(), jax.process_index()
+  local = batch_size // processes
+  mine = slice(process * local, (process + 1) * local)
+  index = data.global_indices(
+    step,
+    batch_size=batch_size,
+    num_examples=len(images),
+    seed=int(config.seed),
+    process_index=process,
+    process_count=processes,
+  )
+  x, side = images[index], images.shape[1]
+  views = []
+  for v, spec in enumerate(specs):
+    out = int(spec.image_size)
+    # Drawn for the global batch and sliced, so the global batch ignores the process count.
+    rng = np.random.default_rng((int(config.seed) % 2**63, step, v))
+    offsets = rng.integers(0, max(side - out, 0) + 1, (2, batch_size))[:, mine]
+    flips = (rng.random(batch_size) < 0.5)[mine] & bool(spec.flip)
+    rows = _pixel_index(offsets[0], side, out)
+    cols = _pixel_index(offsets[1], side, out)
+    cols = np.where(flips[:, None], cols[:, ::-1], cols)
+    view = x[np.arange(local)[:, None, None], rows[:, :, None], cols[:, None, :]]
+    view = view.astype(np.float32)
+    view *= np.float32(1 / 255)
+    view.flags.writeable = False  # pooled: the same array is yielded again
+    views.append(view)
+  return views
+
+
+def train_iterator(
+  config: ml_collections.ConfigDict, specs: list[ml_collections.ConfigDict], *, start_step: int
+) -> Iterator[dict]:
+  """Endless {'views': [float32 (B/P, S, S, C) in [0, 1], ...]}, cycling POOL batches."""
+  if int(config.batch_size) % jax.process_count():
+    raise ValueError(
+      f'batch_size {config.batch_size} is not divisible by {jax.process_count()} processes'
+    )
+  images, _ = arrays(config, 'train')
+  pool: dict[int, list[np.ndarray]] = {}
+
+  def batches():
+    for step in itertools.count(start_step):
+      k = step % POOL
+      if k not in pool:
+        pool[k] = _batch(config, specs, k, images)
+      yield {'views': list(pool[k])}
+
+  return batches()
+
+
+def eval_split(config: ml_collections.ConfigDict, split: str) -> tuple[np.ndarray, np.ndarray]:
+  """This process's share of the split as float32 in [0, 1] (already at data.image_size)."""
+  images, labels = arrays(config, split)
+  share = data.process_share(len(labels), int(config.eval_config.get('max_examples', 0)))
+  return images[share].astype(np.float32) / 255.0, labels[share]

@@ -1,0 +1,79 @@
+"""Self-supervised losses as pure jnp functions (no Flax), written from the lecture notes.
+
+Every loss computes in float32, whatever dtype the model ran in: softmax over thousands of
+logits in bfloat16 loses the small differences contrastive learning lives on.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+
+def _l2_normalize(x: jax.Array, eps: float = 1e-12) -> jax.Array:
+  x = x.astype(jnp.float32)
+  return x * jax.lax.rsqrt(jnp.maximum(jnp.sum(x * x, axis=-1, keepdims=True), eps * eps))
+
+
+def nt_xent(
+  z1: jax.Array, z2: jax.Array, *, temperature: float, axis_name: str | None = None
+) -> jax.Array:
+  """SimCLR's NT-Xent loss, L = 1/(2N) sum_i [l(i, i+N) + l(i+N, i)].
+
+  l(i, j) = -log exp(sim(z_i, z_j)/T) / sum_{k != i} exp(sim(z_i, z_k)/T), sim = cosine, over the
+  2N embeddings z = [z1; z2]; row k of z1 and row k of z2 are a positive pair.
+
+  Args:
+    z1, z2: (n, d) projections of the two views, not normalized.
+    temperature: T.
+    axis_name: when set, the call runs inside `jax.shard_map` and z1, z2 are this device's rows.
+      Every device gathers all devices' embeddings (a differentiable all-gather), scores its own
+      2n rows against the global 2N columns (logits (2n, 2N), never 2N x 2N) and the mean over
+      devices equals the single-device loss on the global batch.
+
+  Returns:
+    The scalar loss (replicated over `axis_name` when set).
+  """
+  z1, z2 = _l2_normalize(z1), _l2_normalize(z2)
+  n = z1.shape[0]
+  if axis_name is None:
+    all1, all2, offset = z1, z2, 0
+  else:
+    all1 = jax.lax.all_gather(z1, axis_name, tiled=True)
+    all2 = jax.lax.all_gather(z2, axis_name, tiled=True)
+    offset = jax.lax.axis_index(axis_name) * n
+  big_n = all1.shape[0]
+  rows = jnp.concatenate([z1, z2], axis=0)  # (2n, d): local anchors
+  cols = jnp.concatenate([all1, all2], axis=0)  # (2N, d): every candidate
+  logits = rows @ cols.T / temperature  # (2n, 2N)
+
+  local = jnp.arange(n) + offset  # global index of each local example
+  self_col = jnp.concatenate([local, local + big_n])
+  pos_col = jnp.concatenate([local + big_n, local])
+  logits = jnp.where(jnp.arange(2 * big_n)[None, :] == self_col[:, None], -jnp.inf, logits)
+  log_prob = jax.nn.log_softmax(logits, axis=-1)
+  loss = -jnp.mean(jnp.take_along_axis(log_prob, pos_col[:, None], axis=-1))
+  if axis_name is not None:
+    loss = jax.lax.pmean(loss, axis_name)
+  return loss
+
+
+def triplet(
+  anchor: jax.Array,
+  positive: jax.Array,
+  negative: jax.Array,
+  *,
+  margin: float,
+  squared: bool = True,
+) -> jax.Array:
+  """The lecture's triplet loss max(0, |f(x) - f(x+)|^2 - |f(x) - f(x-)|^2 + margin), batch mean.
+
+  `squared=False` uses plain (not squared) L2 distances, as FaceNet-style variants do.
+  """
+  anchor, positive, negative = (a.astype(jnp.float32) for a in (anchor, positive, negative))
+  d_pos = jnp.sum(jnp.square(anchor - positive), axis=-1)
+  d_neg = jnp.sum(jnp.square(anchor - negative), axis=-1)
+  if not squared:
+    # sqrt has an infinite gradient at 0: keep it finite when a pair coincides.
+    d_pos, d_neg = (jnp.sqrt(jnp.maximum(d, 1e-12)) for d in (d_pos, d_neg))
+  return jnp.mean(jax.nn.relu(d_pos - d_neg + margin))

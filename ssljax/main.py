@@ -1,0 +1,77 @@
+"""Entry point: `python -m ssljax.main --config=configs/X.py [--workdir=DIR] [--config.field=v]`.
+
+Run the same command on every host of a TPU pod or SLURM job: `jax.distributed.initialize()`
+finds the other processes from the environment.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+
+import jax  # noqa: E402
+from absl import app, flags, logging  # noqa: E402
+from ml_collections import config_flags  # noqa: E402
+
+from ssljax import data, train  # noqa: E402
+
+_CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file.', lock_config=True)
+_WORKDIR = flags.DEFINE_string('workdir', None, 'Run directory (default: runs/<config name>).')
+_MULTIHOST = flags.DEFINE_enum(
+  'multihost',
+  'auto',
+  ['auto', 'yes', 'no'],
+  'Call jax.distributed.initialize(): auto does so when a cluster environment is detected.',
+)
+flags.mark_flags_as_required(['config'])
+
+# Variables that cluster launchers set and jax.distributed.initialize() reads.
+_CLUSTER_ENV = ('JAX_COORDINATOR_ADDRESS', 'TPU_WORKER_HOSTNAMES', 'MEGASCALE_COORDINATOR_ADDRESS')
+
+
+def _is_cluster() -> bool:
+  if any(os.environ.get(k) for k in _CLUSTER_ENV):
+    return True
+  return (
+    int(os.environ.get('SLURM_NTASKS', '1')) > 1
+    or int(os.environ.get('OMPI_COMM_WORLD_SIZE', '1')) > 1
+  )
+
+
+def run_name(config, config_path: str) -> str:
+  return config.name or os.path.splitext(os.path.basename(config_path.split(':')[0]))[0]
+
+
+class _QuietLibraries:
+  """Drops the INFO chatter of Orbax (a dozen lines per checkpoint) from the absl log."""
+
+  def filter(self, record) -> bool:
+    return record.levelno >= 30 or 'orbax' not in record.pathname
+
+
+def main(argv) -> None:
+  del argv
+  logging.get_absl_handler().addFilter(_QuietLibraries())
+  if _MULTIHOST.value == 'yes' or (_MULTIHOST.value == 'auto' and _is_cluster()):
+    jax.distributed.initialize()
+  config = _CONFIG.value
+  name = run_name(config, config_flags.get_config_filename(flags.FLAGS['config']))
+  with config.unlocked():
+    config.name = name
+  workdir = _WORKDIR.value or os.path.join('runs', name)
+  logging.info('Process %d/%d, workdir %s', jax.process_index(), jax.process_count(), workdir)
+  try:
+    results = train.train_and_evaluate(config, workdir)
+  except (data.DatasetNotFoundError, ValueError) as e:
+    if isinstance(e, ValueError) and 'config.' not in str(e):
+      raise  # a bug, not a bad input: keep the traceback
+    print(f'error: {e}', file=sys.stderr)
+    sys.exit(2)
+  if jax.process_index() == 0:
+    print(f'results: {results}  ({os.path.join(workdir, "results.json")})')
+
+
+if __name__ == '__main__':
+  app.run(main)

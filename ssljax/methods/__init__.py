@@ -1,0 +1,19 @@
+"""Methods by name: `config.method` picks one."""
+
+from __future__ import annotations
+
+import jax
+import ml_collections
+
+from ssljax.methods.base import Method, TrainState
+from ssljax.methods.simclr import SimCLR
+
+METHODS: dict[str, type[Method]] = {'simclr': SimCLR}
+
+__all__ = ['METHODS', 'Method', 'TrainState', 'build']
+
+
+def build(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> Method:
+  if config.method not in METHODS:
+    raise ValueError(f'config.method {config.method!r} is unknown; choose one of {sorted(METHODS)}')
+  return METHODS[config.method](config, mesh)

@@ -1,0 +1,55 @@
+"""What every method provides to the method-agnostic train loop, and the state it trains."""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import jax
+import ml_collections
+
+PyTree = Any
+
+
+class TrainState(NamedTuple):
+  """Everything a run needs to continue exactly where it stopped; saved as one checkpoint.
+
+  `model_state` holds the collections that are not trained by gradients (BatchNorm statistics,
+  later an EMA teacher or a DINO center); methods update it in `loss` and `after_step`.
+  """
+
+  step: jax.Array
+  params: PyTree
+  model_state: PyTree
+  opt_state: PyTree
+  rng: jax.Array
+
+
+class Method:
+  """A self-supervised method: how a batch of views becomes a loss.
+
+  Subclasses set `self.config` and `self.mesh` and implement `init`, `loss` and `features`.
+  All are pure functions of their arguments, so the train loop can jit them over the mesh.
+  """
+
+  def __init__(self, config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh):
+    self.config = config
+    self.mesh = mesh
+
+  def init(self, rng: jax.Array, batch: dict) -> tuple[PyTree, PyTree]:
+    """Returns (params, model_state) for a batch shaped like the training batches."""
+    raise NotImplementedError
+
+  def loss(
+    self, params: PyTree, model_state: PyTree, batch: dict, rng: jax.Array, step: jax.Array
+  ) -> tuple[jax.Array, tuple[PyTree, dict[str, jax.Array]]]:
+    """Returns (loss, (new model_state, metrics)); differentiated with respect to params."""
+    raise NotImplementedError
+
+  def after_step(self, params: PyTree, model_state: PyTree, step: jax.Array) -> PyTree:
+    """Updates model_state after the optimizer step (an EMA teacher, say); default: nothing."""
+    del params, step
+    return model_state
+
+  def features(self, params: PyTree, model_state: PyTree, images: jax.Array) -> jax.Array:
+    """h: the representation kept for downstream tasks, in inference mode."""
+    raise NotImplementedError

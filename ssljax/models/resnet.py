@@ -1,0 +1,118 @@
+"""ResNet encoders f(x) -> h (He et al. 2016), with a stem for ImageNet and one for small images.
+
+The `small` stem (3x3 conv, stride 1, no max-pool) is what SimCLR uses on CIFAR: on 28-64 px
+inputs the ImageNet stem would shrink the image 4x before the first block.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Sequence
+from typing import Any
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+ModuleDef = Any
+
+
+class BasicBlock(nn.Module):
+  """Two 3x3 convolutions (ResNet-18/34)."""
+
+  filters: int
+  strides: int
+  conv: ModuleDef
+  norm: ModuleDef
+
+  @nn.compact
+  def __call__(self, x):
+    residual = x
+    y = self.conv(self.filters, (3, 3), self.strides)(x)
+    y = nn.relu(self.norm()(y))
+    y = self.conv(self.filters, (3, 3))(y)
+    # Zero-init the last BN scale: each block starts as the identity (Goyal et al. 2017).
+    y = self.norm(scale_init=nn.initializers.zeros)(y)
+    if residual.shape != y.shape:
+      residual = self.conv(self.filters, (1, 1), self.strides, name='proj_conv')(residual)
+      residual = self.norm(name='proj_bn')(residual)
+    return nn.relu(residual + y)
+
+
+class Bottleneck(nn.Module):
+  """1x1 -> 3x3 -> 1x1 with 4x expansion (ResNet-50 and up)."""
+
+  filters: int
+  strides: int
+  conv: ModuleDef
+  norm: ModuleDef
+
+  @nn.compact
+  def __call__(self, x):
+    residual = x
+    y = nn.relu(self.norm()(self.conv(self.filters, (1, 1))(x)))
+    y = nn.relu(self.norm()(self.conv(self.filters, (3, 3), self.strides)(y)))
+    y = self.conv(self.filters * 4, (1, 1))(y)
+    y = self.norm(scale_init=nn.initializers.zeros)(y)
+    if residual.shape != y.shape:
+      residual = self.conv(self.filters * 4, (1, 1), self.strides, name='proj_conv')(residual)
+      residual = self.norm(name='proj_bn')(residual)
+    return nn.relu(residual + y)
+
+
+class ResNet(nn.Module):
+  """Returns h: the globally average-pooled output of the last stage, (N, features)."""
+
+  stage_sizes: Sequence[int]
+  block: ModuleDef
+  width: int = 64
+  stem: str = 'imagenet'
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, *, train: bool):
+    conv = functools.partial(nn.Conv, use_bias=False, dtype=self.dtype, padding='SAME')
+    # BatchNorm statistics are means over the batch axis of a global (sharded) array, so under
+    # jit they are taken over the whole global batch: per-device statistics would leak which
+    # examples sit together, a shortcut to the positive pair (SimCLR section 3, "Global BN").
+    norm = functools.partial(
+      nn.BatchNorm, use_running_average=not train, momentum=0.9, epsilon=1e-5, dtype=self.dtype
+    )
+    x = x.astype(self.dtype)
+    if self.stem == 'imagenet':
+      x = conv(self.width, (7, 7), (2, 2), name='stem_conv')(x)
+      x = nn.relu(norm(name='stem_bn')(x))
+      x = nn.max_pool(x, (3, 3), strides=(2, 2), padding='SAME')
+    elif self.stem == 'small':
+      x = conv(self.width, (3, 3), name='stem_conv')(x)
+      x = nn.relu(norm(name='stem_bn')(x))
+    else:
+      raise ValueError(f"model.stem must be 'imagenet' or 'small', got {self.stem!r}")
+    for i, blocks in enumerate(self.stage_sizes):
+      for j in range(blocks):
+        strides = 2 if i > 0 and j == 0 else 1
+        x = self.block(self.width * 2**i, strides, conv=conv, norm=norm)(x)
+    return jnp.mean(x, axis=(1, 2)).astype(jnp.float32)
+
+
+_ARCHS = {
+  'resnet18': ((2, 2, 2, 2), BasicBlock),
+  'resnet34': ((3, 4, 6, 3), BasicBlock),
+  'resnet50': ((3, 4, 6, 3), Bottleneck),
+  'resnet101': ((3, 4, 23, 3), Bottleneck),
+}
+
+
+def resnet(
+  name: str, *, width: int = 64, stem: str = 'imagenet', dtype: Any = jnp.float32
+) -> ResNet:
+  """Builds a ResNet by name ('resnet18', 'resnet34', 'resnet50', 'resnet101')."""
+  if name not in _ARCHS:
+    raise ValueError(f'model.encoder {name!r} is not a ResNet; choose one of {sorted(_ARCHS)}')
+  stages, block = _ARCHS[name]
+  return ResNet(stages, block, width=width, stem=stem, dtype=dtype)
+
+
+def feature_dim(name: str, width: int) -> int:
+  """Width of h: the channels of the last stage."""
+  stages, block = _ARCHS[name]
+  return width * 2 ** (len(stages) - 1) * (4 if block is Bottleneck else 1)

@@ -1,0 +1,62 @@
+"""Optimizers and learning-rate schedules from the config (optax)."""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import ml_collections
+import optax
+
+
+def peak_learning_rate(config: ml_collections.ConfigDict) -> float:
+  """base_lr scaled with the global batch: linear (x B/256, Goyal et al.) or sqrt (x sqrt(B))."""
+  b = config.batch_size
+  scaling = {'linear': b / 256, 'sqrt': math.sqrt(b), 'none': 1.0}
+  if config.lr_scaling not in scaling:
+    raise ValueError(f'lr_scaling must be one of {sorted(scaling)}, got {config.lr_scaling!r}')
+  return config.base_lr * scaling[config.lr_scaling]
+
+
+def learning_rate_schedule(
+  config: ml_collections.ConfigDict, total_steps: int, warmup_steps: int
+) -> optax.Schedule:
+  """Linear warm-up from 0 to the peak, then cosine decay to 0."""
+  return optax.warmup_cosine_decay_schedule(
+    init_value=0.0,
+    peak_value=peak_learning_rate(config),
+    warmup_steps=min(warmup_steps, max(total_steps - 1, 0)),
+    decay_steps=max(total_steps, 1),
+    end_value=0.0,
+  )
+
+
+def decay_mask(params):
+  """True for weight matrices and kernels; biases and norm scales/offsets (1-D) are excluded.
+
+  SimCLR/BYOL skip both weight decay and LARS adaptation for them.
+  """
+  return jax.tree.map(lambda p: p.ndim > 1, params)
+
+
+def build_optimizer(
+  config: ml_collections.ConfigDict, total_steps: int, warmup_steps: int
+) -> tuple[optax.GradientTransformation, optax.Schedule]:
+  """LARS (SimCLR/BYOL recipe) or AdamW, both with the warm-up + cosine schedule."""
+  schedule = learning_rate_schedule(config, total_steps, warmup_steps)
+  if config.optimizer == 'lars':
+    tx = optax.lars(
+      schedule,
+      weight_decay=config.weight_decay,
+      weight_decay_mask=decay_mask,
+      trust_coefficient=1e-3,
+      trust_ratio_mask=decay_mask,
+      momentum=config.momentum,
+    )
+  elif config.optimizer == 'adamw':
+    tx = optax.adamw(
+      schedule, b1=config.momentum, b2=config.b2, weight_decay=config.weight_decay, mask=decay_mask
+    )
+  else:
+    raise ValueError(f"config.optimizer must be 'lars' or 'adamw', got {config.optimizer!r}")
+  return tx, schedule
