@@ -154,3 +154,25 @@ def test_sharding_helpers_refuse_bad_batches():
   for bad in (0, 4, 65):
     with pytest.raises(ValueError, match='multiple of the device count'):
       sharding.check_batch_size(bad, mesh)
+
+
+def test_main_without_imagenet_exits_with_how_to_prepare(tmp_path):
+  env = {**os.environ, 'TFDS_DATA_DIR': str(tmp_path / 'tfds')}
+  proc = subprocess.run(
+    [
+      sys.executable,
+      '-m',
+      'ssljax.main',
+      '--config=configs/simclr_imagenet.py',
+      f'--workdir={tmp_path / "run"}',
+    ],
+    cwd=ROOT,
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
+  assert proc.returncode == 2, proc.stderr[-2000:]
+  assert 'Traceback' not in proc.stderr
+  assert 'downloads/manual' in proc.stderr and 'tfds build imagenet2012' in proc.stderr
+  assert not os.path.exists(tmp_path / 'run')  # nothing written, nothing compiled

@@ -276,7 +276,8 @@ def tfds_builder(name: str, data_dir: str):
   else:
     how = f'Prepare it on a machine with network access: `{build}` (then copy {shown_dir} here).'
   raise DatasetNotFoundError(
-    f"tfds source: dataset '{name}' is not prepared in data_dir='{shown_dir}'. {how}"
+    f"tfds source: dataset '{name}' is not prepared in data_dir='{shown_dir}'. {how} "
+    'If it is prepared elsewhere, pass --config.data.data_dir=THAT_DIR.'
   )
 
 

@@ -1,0 +1,107 @@
+"""Images/s of the jitted train step alone, and of the full input pipeline feeding it.
+
+python experiments/bench_train_step.py --config=configs/simclr_digits.py [--steps=20]
+    [--config.batch_size=512 ...] [--out=experiments/results/bench_train_step.json]
+
+The step-alone number uses the synthetic source (no TensorFlow needed: it runs on a machine
+with only JAX, such as a lent GPU) and a batch already on the devices; the pipeline number uses
+the config's own source through tf.data, prefetched to the devices as in training. Their ratio
+shows what the input costs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import jax  # noqa: E402
+from absl import app, flags  # noqa: E402
+from ml_collections import config_flags  # noqa: E402
+
+from ssljax import data, methods, optim, sharding, train  # noqa: E402
+
+_CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file.', lock_config=True)
+_STEPS = flags.DEFINE_integer('steps', 20, 'Timed steps (after 2 warm-up steps).')
+_OUT = flags.DEFINE_string('out', 'experiments/results/bench_train_step.json', 'Results file.')
+_PIPELINE = flags.DEFINE_bool('pipeline', True, "Also time the config's tf.data pipeline.")
+
+
+def _time_steps(step_fn, state, batches, n: int) -> tuple[float, object]:
+  for _ in range(2):  # compile + one warm step
+    state, metrics = step_fn(state, next(batches))
+  jax.block_until_ready(metrics)
+  t0 = time.perf_counter()
+  for _ in range(n):
+    state, metrics = step_fn(state, next(batches))
+  jax.block_until_ready(metrics)
+  return time.perf_counter() - t0, state
+
+
+def _repeat(batch):
+  while True:
+    yield batch
+
+
+def main(argv) -> None:
+  del argv
+  config = _CONFIG.value
+  mesh = sharding.make_mesh()
+  sharding.check_batch_size(config.batch_size, mesh)
+  method = methods.build(config, mesh)
+  tx, schedule = optim.build_optimizer(config, total_steps=1000, warmup_steps=10)
+  channels = config.data.channels if config.data.source == 'synthetic' else None
+  synthetic = config.copy_and_resolve_references()
+  with synthetic.unlocked():
+    synthetic.data.source = 'synthetic'
+    if channels is None:
+      synthetic.data.channels = 3 if config.data.source == 'tfds' else 1
+  info = data.dataset_info(synthetic)
+  shapes = [(s.image_size, s.image_size, info.image_shape[-1]) for s in data.view_specs(synthetic)]
+  init = train.init_state(method, tx, config, shapes)
+  state_sharding = jax.tree.map(
+    lambda _: sharding.replicated(mesh), jax.eval_shape(init, jax.random.PRNGKey(0))
+  )
+  state = jax.jit(init, out_shardings=state_sharding)(jax.random.PRNGKey(0))
+  step = jax.jit(
+    train.make_train_step(method, tx, schedule),
+    in_shardings=(state_sharding, sharding.data_sharding(mesh)),
+    out_shardings=(state_sharding, sharding.replicated(mesh)),
+    donate_argnums=0,
+  )
+  n = _STEPS.value
+  on_device = sharding.to_global(next(data.build_train_iterator(synthetic)), mesh)
+  seconds, state = _time_steps(step, state, _repeat(on_device), n)
+  rows = [('train step alone (synthetic, on device)', n * config.batch_size / seconds)]
+  if _PIPELINE.value and config.data.source != 'synthetic':
+    batches = sharding.prefetch_to_mesh(data.build_train_iterator(config), mesh)
+    seconds, state = _time_steps(step, state, batches, n)
+    rows.append((f'full pipeline ({config.data.source}, tf.data)', n * config.batch_size / seconds))
+
+  device = jax.devices()[0]
+  header = (
+    f'{config.method} {config.model.encoder} width {config.model.width}, '
+    f'{shapes[0][0]} px, batch {config.batch_size}, {config.model.compute_dtype}, '
+    f'{jax.device_count()} x {device.device_kind} ({platform.processor() or platform.machine()})'
+  )
+  print(header)
+  print(f'{"what":<45} {"images/s":>10}')
+  for what, ips in rows:
+    print(f'{what:<45} {ips:>10,.0f}')
+  result = {
+    'config': header,
+    'steps': n,
+    'images_per_sec': {what: ips for what, ips in rows},
+    'jax': jax.__version__,
+  }
+  os.makedirs(os.path.dirname(_OUT.value) or '.', exist_ok=True)
+  with open(_OUT.value, 'w') as f:
+    json.dump(result, f, indent=2)
+
+
+if __name__ == '__main__':
+  app.run(main)
