@@ -52,7 +52,7 @@ def main(argv) -> None:
   config = _CONFIG.value
   mesh = sharding.make_mesh()
   sharding.check_batch_size(config.batch_size, mesh)
-  method = methods.build(config, mesh)
+  method = methods.build(config, mesh, total_steps=1000)
   tx, schedule = optim.build_optimizer(config, total_steps=1000, warmup_steps=10)
   channels = config.data.channels if config.data.source == 'synthetic' else None
   synthetic = config.copy_and_resolve_references()

@@ -55,10 +55,14 @@ def base_config() -> ml_collections.ConfigDict:
       proj_hidden=0,  # 0: the width of h
       proj_dim=128,
       proj_layers=2,
+      pred_hidden=0,  # BYOL's predictor hidden width (0: as the projector's)
       compute_dtype='float32',  # or bfloat16 (params stay float32)
     )
   )
   c.loss = ml_collections.ConfigDict(dict(temperature=0.5))
+  # EMA teacher (BYOL's target network): tau goes from `base` to 1 with a cosine over the run.
+  c.ema = ml_collections.ConfigDict(dict(base=0.996))
+  c.eval_encoder = 'online'  # methods with a teacher: evaluate 'online' or 'target'
 
   c.batch_size = 256  # global, over all devices and hosts
   c.epochs = 10
@@ -87,4 +91,24 @@ def base_config() -> ml_collections.ConfigDict:
       random_init=True,  # also evaluate the randomly initialised encoder
     )
   )
+  return c
+
+
+def byol_config(image_size: int) -> ml_collections.ConfigDict:
+  """BYOL's defaults: 4096 -> 256 heads, LARS, asymmetric views (Grill et al. 2020, table 6)."""
+  c = base_config()
+  c.method = 'byol'
+  c.augment = augment_defaults(image_size)
+  c.augment.color_jitter = (0.4, 0.4, 0.2, 0.1)  # brightness, contrast, saturation, hue
+  c.augment.color_strength = 1.0
+  c.views = ml_collections.ConfigDict(
+    dict(
+      view1=dict(blur_prob=1.0, solarize_prob=0.0),
+      view2=dict(blur_prob=0.1, solarize_prob=0.2),
+    )
+  )
+  c.model.proj_hidden = 4096
+  c.model.proj_dim = 256
+  c.optimizer = 'lars'
+  c.weight_decay = 1.5e-6
   return c

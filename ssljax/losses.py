@@ -77,3 +77,13 @@ def triplet(
     # sqrt has an infinite gradient at 0: keep it finite when a pair coincides.
     d_pos, d_neg = (jnp.sqrt(jnp.maximum(d, 1e-12)) for d in (d_pos, d_neg))
   return jnp.mean(jax.nn.relu(d_pos - d_neg + margin))
+
+
+def byol(p: jax.Array, z: jax.Array) -> jax.Array:
+  """BYOL's regression loss, one direction: mean over the batch of |p/|p| - z/|z||^2 = 2 - 2 cos.
+
+  p is the online prediction, z the target projection of the other view; the caller puts z under
+  `jax.lax.stop_gradient` and sums both directions.
+  """
+  p, z = _l2_normalize(p), _l2_normalize(z)
+  return jnp.mean(jnp.sum(jnp.square(p - z), axis=-1))

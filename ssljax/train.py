@@ -96,7 +96,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
   # ---------------------------------------------------------------- Model and optimizer
   total_steps, warmup_steps = schedule_lengths(config, info.num_train)
-  method = methods.build(config, mesh)
+  method = methods.build(config, mesh, total_steps)
   tx, schedule = optim.build_optimizer(config, total_steps, warmup_steps)
   views_shape = [
     (s.image_size, s.image_size, info.image_shape[-1]) for s in data.view_specs(config)

@@ -35,6 +35,7 @@ def tiny(config, *, source='synthetic'):
   config.model.encoder = 'resnet18'
   config.model.width = 4
   config.model.proj_dim = 8
+  config.model.proj_hidden = 16
   config.model.compute_dtype = 'float32'
   config.batch_size = 16
   config.total_steps = 3

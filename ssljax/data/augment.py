@@ -91,27 +91,39 @@ def random_flip(image: Image, seed) -> Image:
   return tf.image.stateless_random_flip_left_right(image, seed)
 
 
-def color_jitter(image: Image, seed, *, strength: float, prob: float) -> Image:
+def color_jitter(
+  image: Image,
+  seed,
+  *,
+  strength: float,
+  prob: float,
+  factors: tuple[float, float, float, float] = (0.8, 0.8, 0.8, 0.2),
+) -> Image:
   """SimCLR colour distortion of strength s, applied with probability prob.
 
-  Brightness (multiplicative), contrast and saturation factors in [1 - 0.8 s, 1 + 0.8 s], hue
-  shift in [-0.2 s, 0.2 s], in a random order, clipped after each op. One-channel images get
-  only brightness and contrast.
+  With `factors` (b, c, sat, h) at their SimCLR values (0.8, 0.8, 0.8, 0.2): brightness
+  (multiplicative), contrast and saturation factors in [1 - b s, 1 + b s] (and so on), hue shift
+  in [-h s, h s], in a random order, clipped after each op. BYOL's jitter is factors (0.4, 0.4,
+  0.2, 0.1) at s = 1. One-channel images get only brightness and contrast.
   """
   if strength <= 0:
     return image
   gate_seed, order_seed, *op_seeds = _split(seed, 6)
-  lo, hi = max(0.0, 1 - 0.8 * strength), 1 + 0.8 * strength
-  hue = min(0.2 * strength, 0.5)
+  b, c, sat, h = (strength * f for f in factors)
+
+  def _range(x):
+    return max(0.0, 1 - x), 1 + x
+
+  hue = min(h, 0.5)
 
   def brightness(x, s):
-    return x * _uniform(s, lo, hi)
+    return x * _uniform(s, *_range(b))
 
   def contrast(x, s):
-    return tf.image.adjust_contrast(x, _uniform(s, lo, hi))
+    return tf.image.adjust_contrast(x, _uniform(s, *_range(c)))
 
   def saturation(x, s):
-    return tf.image.adjust_saturation(x, _uniform(s, lo, hi))
+    return tf.image.adjust_saturation(x, _uniform(s, *_range(sat)))
 
   def hue_shift(x, s):
     return tf.image.adjust_hue(x, _uniform(s, -hue, hue))
@@ -192,7 +204,13 @@ def augment_view(image: Image, seed, spec: ml_collections.ConfigDict) -> Image:
   if spec.flip:
     image = random_flip(image, seeds[1])
   if spec.color_strength > 0:
-    image = color_jitter(image, seeds[2], strength=spec.color_strength, prob=spec.color_prob)
+    image = color_jitter(
+      image,
+      seeds[2],
+      strength=spec.color_strength,
+      prob=spec.color_prob,
+      factors=tuple(spec.color_jitter),
+    )
   image = random_grayscale(image, seeds[3], prob=spec.grayscale_prob)
   image = gaussian_blur(
     image,

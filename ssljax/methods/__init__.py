@@ -6,14 +6,17 @@ import jax
 import ml_collections
 
 from ssljax.methods.base import Method, TrainState
+from ssljax.methods.byol import BYOL
 from ssljax.methods.simclr import SimCLR
 
-METHODS: dict[str, type[Method]] = {'simclr': SimCLR}
+METHODS: dict[str, type[Method]] = {'simclr': SimCLR, 'byol': BYOL}
 
 __all__ = ['METHODS', 'Method', 'TrainState', 'build']
 
 
-def build(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> Method:
+def build(
+  config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh, total_steps: int = 1
+) -> Method:
   if config.method not in METHODS:
     raise ValueError(f'config.method {config.method!r} is unknown; choose one of {sorted(METHODS)}')
-  return METHODS[config.method](config, mesh)
+  return METHODS[config.method](config, mesh, total_steps)

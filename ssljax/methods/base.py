@@ -27,13 +27,17 @@ class TrainState(NamedTuple):
 class Method:
   """A self-supervised method: how a batch of views becomes a loss.
 
-  Subclasses set `self.config` and `self.mesh` and implement `init`, `loss` and `features`.
-  All are pure functions of their arguments, so the train loop can jit them over the mesh.
+  Subclasses implement `init`, `loss` and `features` (and `after_step` when they keep a
+  teacher). All are pure functions of their arguments, so the train loop can jit them over the
+  mesh. `total_steps` is the length of the run, for schedules such as the teacher's momentum.
   """
 
-  def __init__(self, config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh):
+  def __init__(
+    self, config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh, total_steps: int = 1
+  ):
     self.config = config
     self.mesh = mesh
+    self.total_steps = total_steps
 
   def init(self, rng: jax.Array, batch: dict) -> tuple[PyTree, PyTree]:
     """Returns (params, model_state) for a batch shaped like the training batches."""

@@ -38,8 +38,8 @@ def stack_views(views: list[jax.Array]) -> jax.Array:
 
 
 class SimCLR(Method):
-  def __init__(self, config, mesh):
-    super().__init__(config, mesh)
+  def __init__(self, config, mesh, total_steps=1):
+    super().__init__(config, mesh, total_steps)
     m = config.model
     dtype = models.compute_dtype(config)
     self.model = EncoderWithHead(

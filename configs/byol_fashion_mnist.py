@@ -1,0 +1,29 @@
+"""BYOL on Fashion-MNIST (Debian's dataset-fashion-mnist), sized like simclr_fashion_mnist.py for
+a ~30 CPU-minute budget.
+"""
+
+from ssljax.defaults import byol_config
+
+
+def get_config(arg=None):
+  del arg
+  c = byol_config(image_size=28)
+  c.data.source = 'idx'
+  c.data.path = '/usr/share/datasets/fashion-mnist'
+  c.data.image_size = 28
+  c.augment.crop_scale = (0.2, 1.0)
+  c.views.view1.blur_prob = 0.0  # 28 px: blur only removes the texture
+  c.views.view2.blur_prob = 0.0
+  c.model.encoder = 'resnet18'
+  c.model.width = 8
+  c.model.proj_hidden = 512
+  c.model.proj_dim = 128
+  c.ema.base = 0.99
+  c.batch_size = 256
+  c.epochs = 4
+  c.warmup_epochs = 0.5
+  c.base_lr = 1.0
+  c.weight_decay = 1e-4
+  c.log_every = 50
+  c.eval_config.batch_size = 512
+  return c

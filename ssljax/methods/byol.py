@@ -1,0 +1,114 @@
+"""BYOL (Grill et al. 2020): no negatives. The online network (encoder -> projector -> predictor)
+predicts the target network's projection of the other view; the target is an EMA of the online
+encoder and projector, so it needs no large batch."""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from ssljax import ema, losses, models
+from ssljax.methods.base import Method
+from ssljax.methods.simclr import stack_views
+
+TARGET_PARTS = ('encoder', 'projector')  # the predictor exists only online
+
+
+class BYOLNet(nn.Module):
+  """Online: (h, z, p); the target uses `project` with its own parameters: (h, z)."""
+
+  encoder: nn.Module
+  projector: nn.Module
+  predictor: nn.Module
+
+  def __call__(self, x, *, train: bool):
+    h, z = self.project(x, train=train)
+    return h, z, self.predictor(z, train=train)
+
+  def project(self, x, *, train: bool):
+    h = self.encoder(x, train=train)
+    return h, self.projector(h, train=train)
+
+  def encode(self, x):
+    return self.encoder(x, train=False)
+
+
+def _target_parts(tree: dict) -> dict:
+  return {k: tree[k] for k in TARGET_PARTS}
+
+
+class BYOL(Method):
+  def __init__(self, config, mesh, total_steps=1):
+    super().__init__(config, mesh, total_steps)
+    m = config.model
+    dtype = models.compute_dtype(config)
+    head = dict(
+      hidden_dim=m.proj_hidden or 4096,
+      out_dim=m.proj_dim,
+      num_layers=m.proj_layers,
+      last_bn=False,
+      dtype=dtype,
+    )
+    self.net = BYOLNet(
+      encoder=models.build_encoder(config),
+      projector=models.MLPHead(**head),
+      predictor=models.MLPHead(**{**head, 'hidden_dim': m.pred_hidden or head['hidden_dim']}),
+    )
+    if config.eval_encoder not in ('online', 'target'):
+      raise ValueError(
+        f"config.eval_encoder must be 'online' or 'target', got {config.eval_encoder!r}"
+      )
+
+  def init(self, rng, batch):
+    variables = self.net.init(rng, stack_views(batch['views'][:2]), train=True)
+    params, stats = variables['params'], variables['batch_stats']
+    # The target starts as a copy of the online encoder and projector.
+    target = {'params': _target_parts(params), 'batch_stats': _target_parts(stats)}
+    return params, {'batch_stats': stats, 'target': target}
+
+  def loss(self, params, model_state, batch, rng, step):
+    del rng, step
+    views = batch['views']
+    if len(views) != 2:
+      raise ValueError(f'BYOL takes 2 views per example, config.views makes {len(views)}')
+    x = stack_views(views)
+    (h, _, p), online_stats = self.net.apply(
+      {'params': params, 'batch_stats': model_state['batch_stats']},
+      x,
+      train=True,
+      mutable=['batch_stats'],
+    )
+    # The target's BatchNorm statistics come from its own forward pass.
+    (_, z), target_stats = self.net.apply(
+      model_state['target'], x, train=True, mutable=['batch_stats'], method=BYOLNet.project
+    )
+    z = jax.lax.stop_gradient(z)
+    p, z = (a.reshape(-1, 2, a.shape[-1]) for a in (p, z))
+    # Symmetrized: view 1 predicts the target of view 2 and vice versa.
+    loss = losses.byol(p[:, 0], z[:, 1]) + losses.byol(p[:, 1], z[:, 0])
+    new_state = {
+      'batch_stats': online_stats['batch_stats'],
+      'target': {
+        'params': model_state['target']['params'],
+        'batch_stats': target_stats['batch_stats'],
+      },
+    }
+    return loss, (new_state, {'loss': loss, 'h_std': jnp.mean(jnp.std(h, axis=0))})
+
+  def momentum(self, step):
+    return ema.cosine_momentum(step, self.total_steps, self.config.ema.base)
+
+  def after_step(self, params, model_state, step):
+    """target <- tau_k target + (1 - tau_k) online, with the new online parameters."""
+    tau = self.momentum(step)
+    target = model_state['target']
+    new_params = ema.ema_update(target['params'], _target_parts(params), tau)
+    return {**model_state, 'target': {**target, 'params': new_params}}
+
+  def features(self, params, model_state, images):
+    if self.config.eval_encoder == 'target':
+      variables = model_state['target']
+    else:
+      variables = {'params': params, 'batch_stats': model_state['batch_stats']}
+    return self.net.apply(variables, images, method=BYOLNet.encode)
