@@ -12,6 +12,7 @@ def augment_defaults(image_size: int) -> ml_collections.ConfigDict:
       crop_ratio=(3 / 4, 4 / 3),  # and aspect-ratio range
       flip=True,  # random horizontal flip, p = 0.5
       color_strength=1.0,  # s: brightness, contrast, saturation 0.8 s, hue 0.2 s
+      color_jitter=(0.8, 0.8, 0.8, 0.2),  # (brightness, contrast, saturation, hue) at s = 1
       color_prob=0.8,  # p of applying the colour jitter (ops in random order)
       grayscale_prob=0.2,
       blur_prob=0.5,

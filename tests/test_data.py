@@ -120,6 +120,22 @@ def test_color_jitter_strength_zero_and_prob_zero_are_identity():
     np.testing.assert_array_equal(_apply(op, image, 0), image)
 
 
+def test_color_jitter_factors_set_each_op_range():
+  """BYOL's jitter is the same op with other per-op factors: zero factors change nothing, and
+  brightness alone scales every pixel by one factor within [1 - b, 1 + b]."""
+  image = _image(3) * 0.5  # no clipping at 1
+  zero = lambda im, s: augment.color_jitter(im, s, strength=1.0, prob=1.0, factors=(0, 0, 0, 0))
+  np.testing.assert_allclose(_apply(zero, image, 0), image, atol=1e-6)
+  for seed in range(4):
+    bright = lambda im, s: augment.color_jitter(
+      im, s, strength=1.0, prob=1.0, factors=(0.4, 0.0, 0.0, 0.0)
+    )
+    out = _apply(bright, image, seed)
+    ratio = out[image > 0.05] / image[image > 0.05]
+    np.testing.assert_allclose(ratio, ratio[0], rtol=1e-4)
+    assert 0.6 - 1e-6 <= ratio[0] <= 1.4 + 1e-6
+
+
 def test_color_jitter_keeps_gray_images_gray():
   gray = np.repeat(_image(1), 3, axis=-1)
   op = lambda im, s: augment.color_jitter(im, s, strength=1.0, prob=1.0)
