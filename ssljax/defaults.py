@@ -101,7 +101,6 @@ def byol_config(image_size: int) -> ml_collections.ConfigDict:
   c.method = 'byol'
   c.augment = augment_defaults(image_size)
   c.augment.color_jitter = (0.4, 0.4, 0.2, 0.1)  # brightness, contrast, saturation, hue
-  c.augment.color_strength = 1.0
   c.views = ml_collections.ConfigDict(
     dict(
       view1=dict(blur_prob=1.0, solarize_prob=0.0),
@@ -110,6 +109,5 @@ def byol_config(image_size: int) -> ml_collections.ConfigDict:
   )
   c.model.proj_hidden = 4096
   c.model.proj_dim = 256
-  c.optimizer = 'lars'
   c.weight_decay = 1.5e-6
   return c

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any, NamedTuple
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 
 PyTree = Any
@@ -57,3 +58,13 @@ class Method:
   def features(self, params: PyTree, model_state: PyTree, images: jax.Array) -> jax.Array:
     """h: the representation kept for downstream tasks, in inference mode."""
     raise NotImplementedError
+
+
+def stack_views(views: list[jax.Array]) -> jax.Array:
+  """(N, H, W, C) x V -> (N * V, H, W, C), the V views of an example next to each other.
+
+  Interleaving per example (not [all view 1; all view 2]) keeps every row on the device that
+  holds its example, so a batch sharded over 'data' needs no communication here.
+  """
+  x = jnp.stack(views, axis=1)
+  return x.reshape((-1,) + x.shape[2:])

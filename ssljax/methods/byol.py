@@ -9,8 +9,7 @@ import jax
 import jax.numpy as jnp
 
 from ssljax import ema, losses, models
-from ssljax.methods.base import Method
-from ssljax.methods.simclr import stack_views
+from ssljax.methods.base import Method, stack_views
 
 TARGET_PARTS = ('encoder', 'projector')  # the predictor exists only online
 

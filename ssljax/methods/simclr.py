@@ -10,7 +10,7 @@ import jax.numpy as jnp
 from jax.sharding import PartitionSpec as P
 
 from ssljax import losses, models
-from ssljax.methods.base import Method
+from ssljax.methods.base import Method, stack_views
 
 
 class EncoderWithHead(nn.Module):
@@ -25,16 +25,6 @@ class EncoderWithHead(nn.Module):
 
   def encode(self, x):
     return self.encoder(x, train=False)
-
-
-def stack_views(views: list[jax.Array]) -> jax.Array:
-  """(N, H, W, C) x V -> (N * V, H, W, C), the V views of an example next to each other.
-
-  Interleaving per example (not [all view 1; all view 2]) keeps every row on the device that
-  holds its example, so a batch sharded over 'data' needs no communication here.
-  """
-  x = jnp.stack(views, axis=1)
-  return x.reshape((-1,) + x.shape[2:])
 
 
 class SimCLR(Method):
