@@ -1,6 +1,7 @@
 """Defaults shared by every config (configs/*.py start from `base_config()` and override)."""
 
 import ml_collections
+from ml_collections.config_dict import placeholder
 
 
 def augment_defaults(image_size: int) -> ml_collections.ConfigDict:
@@ -50,7 +51,7 @@ def base_config() -> ml_collections.ConfigDict:
 
   c.model = ml_collections.ConfigDict(
     dict(
-      encoder='resnet18',  # resnet18 | resnet34 | resnet50
+      encoder='resnet18',  # resnet18 | resnet34 | resnet50 | vit_tiny | vit_small | vit_base
       stem='small',  # small (3x3 conv, no max-pool: 28-64 px) | imagenet (7x7/2 + max-pool)
       width=64,  # channels of the first stage
       proj_hidden=0,  # 0: the width of h
@@ -58,6 +59,18 @@ def base_config() -> ml_collections.ConfigDict:
       proj_layers=2,
       pred_hidden=0,  # BYOL's predictor hidden width (0: as the projector's)
       compute_dtype='float32',  # or bfloat16 (params stay float32)
+      # ViT encoders only:
+      patch_size=16,
+      pos_embed='learned',  # learned | sincos (fixed 2-D)
+      drop_path=0.0,  # stochastic depth at the last block (linear from 0 at the first)
+      pool='cls',  # h = the CLS token | mean of the patch tokens
+      # Pixels in [0, 1] enter as (x - mean) / std: about ImageNet's per-channel mean and std,
+      # which the official code normalizes with (ResNets begin with BatchNorm and need none).
+      pixel_mean=0.5,
+      pixel_std=0.25,
+      vit_width=0,  # 0: the named size's; else override width / depth / heads (small data)
+      vit_depth=0,
+      vit_heads=0,
     )
   )
   c.loss = ml_collections.ConfigDict(dict(temperature=0.5))
@@ -75,6 +88,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.weight_decay = 1e-6
   c.momentum = 0.9
   c.b2 = 0.999  # adamw
+  c.weight_decay_end = placeholder(float)  # adamw: cosine from weight_decay to this (None: fixed)
+  c.grad_clip = 0.0  # > 0: clip the gradient's global norm
 
   c.log_every = 20
   c.checkpoint_every = 500
@@ -90,6 +105,16 @@ def base_config() -> ml_collections.ConfigDict:
       batch_size=256,
       max_examples=0,  # 0: whole split; else cap each split (ImageNet-sized data)
       random_init=True,  # also evaluate the randomly initialised encoder
+    )
+  )
+  # Pictures under WORKDIR/pictures at every evaluation (ssljax.visualize).
+  c.visualize = ml_collections.ConfigDict(
+    dict(
+      embeddings=True,  # 2-D projection of test embeddings, coloured by label, one frame per eval
+      projection='pca',  # pca | tsne | umap (pip install umap-learn)
+      num_points=1000,  # fixed test examples in every frame
+      attention=True,  # ViT encoders: last-block CLS attention of every head
+      num_images=6,  # images in the attention / reconstruction pictures
     )
   )
   return c
@@ -110,4 +135,52 @@ def byol_config(image_size: int) -> ml_collections.ConfigDict:
   c.model.proj_hidden = 4096
   c.model.proj_dim = 256
   c.weight_decay = 1.5e-6
+  return c
+
+
+def dino_config(image_size: int, local_size: int, num_local: int = 8) -> ml_collections.ConfigDict:
+  """DINO's defaults (Caron et al. 2021, official code): multi-crop, AdamW, EMA teacher."""
+  c = base_config()
+  c.method = 'dino'
+  c.augment = augment_defaults(image_size)
+  c.augment.color_jitter = (0.4, 0.4, 0.2, 0.1)
+  c.augment.crop_scale = (0.4, 1.0)
+  # Sorted names: global1, global2, then the local crops; the teacher sees the first two.
+  c.views = ml_collections.ConfigDict(
+    dict(
+      global1=dict(blur_prob=1.0),
+      global2=dict(blur_prob=0.1, solarize_prob=0.2),
+      local=dict(image_size=local_size, crop_scale=(0.05, 0.4), blur_prob=0.5, count=num_local),
+    )
+  )
+  c.model.encoder = 'vit_small'
+  c.model.patch_size = 16
+  c.model.drop_path = 0.1
+  c.dino = ml_collections.ConfigDict(
+    dict(
+      out_dim=65536,  # K prototypes
+      hidden_dim=2048,
+      bottleneck_dim=256,
+      num_layers=3,
+      norm_last_layer=True,  # the last layer's weight norm fixed at 1
+      use_bn=False,  # BatchNorm in the head's MLP (the official use_bn_in_head)
+      freeze_last_layer_epochs=1.0,  # no gradient into the last layer at first
+      global_views=2,  # the first views (sorted names) are the teacher's
+      student_temp=0.1,
+      teacher_temp=0.04,  # the final teacher temperature
+      warmup_teacher_temp=0.04,  # linear from this to teacher_temp over the epochs below
+      warmup_teacher_temp_epochs=0.0,
+      center_momentum=0.9,
+    )
+  )
+  c.ema.base = 0.996
+  c.eval_encoder = 'target'  # the teacher (DINO evaluates it)
+  c.optimizer = 'adamw'
+  c.base_lr = 5e-4
+  c.momentum = 0.9
+  c.b2 = 0.999
+  c.weight_decay = 0.04
+  c.weight_decay_end = 0.4
+  c.grad_clip = 3.0
+  c.warmup_epochs = 10.0
   return c

@@ -87,3 +87,54 @@ def byol(p: jax.Array, z: jax.Array) -> jax.Array:
   """
   p, z = _l2_normalize(p), _l2_normalize(z)
   return jnp.mean(jnp.sum(jnp.square(p - z), axis=-1))
+
+
+def dino(
+  student_logits: jax.Array,
+  teacher_logits: jax.Array,
+  center: jax.Array,
+  *,
+  student_temp: float,
+  teacher_temp: float | jax.Array,
+) -> jax.Array:
+  """DINO's self-distillation cross-entropy, averaged over view pairs and the batch.
+
+  P_t = softmax((t - c) / teacher_temp) (centering, then sharpening; no gradient) and
+  log P_s = log_softmax(s / student_temp); the loss is the mean over pairs (teacher view i,
+  student view j), i != j, of the batch mean of -sum_k P_t[i, b, k] log P_s[j, b, k].
+
+  Args:
+    student_logits: (V_s, B, K) for every crop, the V_t global crops first, in the teacher's order.
+    teacher_logits: (V_t, B, K) for the global crops only.
+    center: (K,) the running center c (see `dino_center`).
+    student_temp, teacher_temp: the temperatures (the teacher's may be a traced schedule value).
+  """
+  v_t, v_s = teacher_logits.shape[0], student_logits.shape[0]
+  if v_s < v_t or v_s * v_t < 2:
+    raise ValueError(f'DINO needs V_s >= V_t and a pair of views; got V_s={v_s}, V_t={v_t}')
+  log_p_s = jax.nn.log_softmax(student_logits.astype(jnp.float32) / student_temp, axis=-1)
+  centered = teacher_logits.astype(jnp.float32) - center.astype(jnp.float32)
+  p_t = jax.lax.stop_gradient(jax.nn.softmax(centered / teacher_temp, axis=-1))
+  cross = -jnp.einsum('ibk,jbk->ij', p_t, log_p_s) / teacher_logits.shape[1]  # (V_t, V_s)
+  pairs = 1.0 - jnp.eye(v_t, v_s)  # teacher view i is student view i: skip it
+  return jnp.sum(cross * pairs) / jnp.sum(pairs)
+
+
+def dino_center(
+  center: jax.Array,
+  teacher_logits: jax.Array,
+  *,
+  momentum: float,
+  axis_name: str | None = None,
+) -> jax.Array:
+  """c <- m c + (1 - m) mean of the raw teacher logits over the global batch and global views.
+
+  Under `jax.jit` on a sharded global array the mean is already global; inside `jax.shard_map`
+  pass `axis_name` and the per-device means are averaged (equal shards, so equal weights).
+  """
+  batch_mean = jnp.mean(
+    teacher_logits.astype(jnp.float32), axis=tuple(range(teacher_logits.ndim - 1))
+  )
+  if axis_name is not None:
+    batch_mean = jax.lax.pmean(batch_mean, axis_name)
+  return momentum * center + (1.0 - momentum) * batch_mean

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import optax
 
@@ -31,6 +32,19 @@ def learning_rate_schedule(
   )
 
 
+def weight_decay_schedule(config: ml_collections.ConfigDict, total_steps: int):
+  """config.weight_decay, or a cosine from it to config.weight_decay_end (DINO: 0.04 -> 0.4)."""
+  start, end = config.weight_decay, config.get('weight_decay_end')
+  if end is None:
+    return start
+  return lambda step: (
+    end
+    + (start - end)
+    * 0.5
+    * (1.0 + jnp.cos(jnp.pi * jnp.minimum(step, total_steps) / max(total_steps, 1)))
+  )
+
+
 def decay_mask(params):
   """True for weight matrices and kernels; biases and norm scales/offsets (1-D) are excluded.
 
@@ -42,9 +56,14 @@ def decay_mask(params):
 def build_optimizer(
   config: ml_collections.ConfigDict, total_steps: int, warmup_steps: int
 ) -> tuple[optax.GradientTransformation, optax.Schedule]:
-  """LARS (SimCLR/BYOL recipe) or AdamW, both with the warm-up + cosine schedule."""
+  """LARS (SimCLR/BYOL recipe) or AdamW, both with the warm-up + cosine schedule.
+
+  config.grad_clip > 0 first clips the gradient's global norm (DINO, MAE).
+  """
   schedule = learning_rate_schedule(config, total_steps, warmup_steps)
   if config.optimizer == 'lars':
+    if config.get('weight_decay_end') is not None:
+      raise ValueError('config.weight_decay_end (a weight-decay schedule) needs optimizer adamw')
     tx = optax.lars(
       schedule,
       weight_decay=config.weight_decay,
@@ -55,8 +74,14 @@ def build_optimizer(
     )
   elif config.optimizer == 'adamw':
     tx = optax.adamw(
-      schedule, b1=config.momentum, b2=config.b2, weight_decay=config.weight_decay, mask=decay_mask
+      schedule,
+      b1=config.momentum,
+      b2=config.b2,
+      weight_decay=weight_decay_schedule(config, total_steps),
+      mask=decay_mask,
     )
   else:
     raise ValueError(f"config.optimizer must be 'lars' or 'adamw', got {config.optimizer!r}")
+  if config.get('grad_clip', 0.0) > 0:
+    tx = optax.chain(optax.clip_by_global_norm(config.grad_clip), tx)
   return tx, schedule

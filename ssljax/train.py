@@ -15,7 +15,7 @@ import numpy as np
 import optax
 from absl import logging
 
-from ssljax import data, evaluation, methods, optim, sharding
+from ssljax import data, evaluation, methods, optim, sharding, visualize
 from ssljax.checkpoint import Checkpointer
 from ssljax.methods import TrainState
 from ssljax.metrics import MetricWriter, ProgressBar
@@ -32,11 +32,15 @@ def validate(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> None
   data.check_available(config)
 
 
+def steps_per_epoch(config: ml_collections.ConfigDict, num_train: int) -> int:
+  return max(num_train // config.batch_size, 1)
+
+
 def schedule_lengths(config: ml_collections.ConfigDict, num_train: int) -> tuple[int, int]:
   """(total steps, warm-up steps) from epochs, or config.total_steps when set."""
-  steps_per_epoch = max(num_train // config.batch_size, 1)
-  total = config.total_steps or int(config.epochs * steps_per_epoch)
-  return total, int(config.warmup_epochs * steps_per_epoch)
+  per_epoch = steps_per_epoch(config, num_train)
+  total = config.total_steps or int(config.epochs * per_epoch)
+  return total, int(config.warmup_epochs * per_epoch)
 
 
 def init_state(method, tx, config, views_shape) -> callable:
@@ -96,7 +100,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
   # ---------------------------------------------------------------- Model and optimizer
   total_steps, warmup_steps = schedule_lengths(config, info.num_train)
-  method = methods.build(config, mesh, total_steps)
+  method = methods.build(config, mesh, total_steps, steps_per_epoch(config, info.num_train))
   tx, schedule = optim.build_optimizer(config, total_steps, warmup_steps)
   views_shape = [
     (s.image_size, s.image_size, info.image_shape[-1]) for s in data.view_specs(config)
@@ -120,6 +124,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     logging.info('Resumed from checkpoint at step %d in %s', latest, ckpt.directory)
     print(f'Resumed from step {latest} ({ckpt.directory})', flush=True)
   start_step = int(state.step)
+
+  # ---------------------------------------------------------------- Pictures
+  if jax.process_index() == 0:
+    os.makedirs(workdir, exist_ok=True)
+    with open(os.path.join(workdir, 'config.json'), 'w') as f:
+      f.write(config.to_json_best_effort(indent=2))  # what `ssljax.visualize` rebuilds from
+  drawer = visualize.Pictures(config, method, workdir)
+  if start_step == 0:
+    drawer.draw(state, 0)  # the first frame: the encoder before any training
 
   # ---------------------------------------------------------------- Train loop
   train_step = jax.jit(
@@ -169,6 +182,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       if config.eval_every and done % config.eval_every == 0 and done < total_steps:
         results = _evaluate(config, method, state, init, mesh, random_init=False)
         writer.write(done, {f'eval/{k}': v for k, v in results['pretrained'].items()})
+        drawer.draw(state, done)
     if last_saved != total_steps:
       ckpt.save(total_steps, state._asdict(), force=True)
   finally:
@@ -177,6 +191,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     ckpt.wait()
 
   # ---------------------------------------------------------------- Evaluation
+  drawer.draw(state, total_steps)
+  drawer.finish()
   results = _evaluate(config, method, state, init, mesh, random_init=config.eval_config.random_init)
   results['step'] = int(state.step)
   results['config'] = config.name

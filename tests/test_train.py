@@ -27,12 +27,22 @@ def load_config(path):
 
 
 def tiny(config, *, source='synthetic'):
-  """Shrinks any config to seconds on a CPU: tiny ResNet, 16 px, batch 16, 3 steps."""
+  """Shrinks any config to seconds on a CPU: tiny ResNet or ViT, 16 px (8-px local crops),
+  batch 16, 3 steps."""
   config.data.source = source
   config.data.image_size = config.augment.image_size = 16
   config.data.num_examples = 64
   config.data.channels = 3
-  config.model.encoder = 'resnet18'
+  for view in config.views.values():
+    if 'image_size' in view:
+      view.image_size = 8
+  if config.model.encoder.startswith('vit'):
+    config.model.patch_size = 4
+    config.model.vit_width, config.model.vit_depth, config.model.vit_heads = 16, 1, 2
+  else:
+    config.model.encoder = 'resnet18'
+  if 'dino' in config:
+    config.dino.out_dim, config.dino.hidden_dim, config.dino.bottleneck_dim = 16, 16, 8
   config.model.width = 4
   config.model.proj_dim = 8
   config.model.proj_hidden = 16
@@ -44,6 +54,8 @@ def tiny(config, *, source='synthetic'):
   config.eval_config.batch_size = 16
   config.eval_config.few_per_class = 2
   config.eval_config.random_init = True
+  config.visualize.num_points = 32
+  config.visualize.num_images = 2
   return config
 
 
@@ -74,6 +86,31 @@ def test_each_config_trains_and_writes_results(path, tmp_path):
   losses = [x['loss'] for x in lines if 'loss' in x]
   assert len(losses) == 3 and all(np.isfinite(losses))
   assert os.path.isdir(tmp_path / 'tensorboard')
+  # pictures: an embedding frame before training and after it, the GIF of the frames
+  pictures = tmp_path / 'pictures'
+  frames = sorted(os.listdir(pictures / 'embeddings'))
+  assert frames == ['step_0000000.png', 'step_0000003.png']
+  assert (pictures / 'embeddings.gif').exists() and (pictures / 'embeddings_grid.png').exists()
+  if config.model.encoder.startswith('vit'):
+    assert sorted(os.listdir(pictures / 'attention')) == frames
+
+
+def test_visualize_command_draws_attention_from_a_run(tmp_path):
+  config = tiny(load_config(os.path.join(ROOT, 'configs', 'dino_digits.py')), source='digits')
+  config.visualize.attention = config.visualize.embeddings = False
+  config.eval = ()
+  train.train_and_evaluate(config, str(tmp_path))
+  assert not os.path.exists(tmp_path / 'pictures')
+  proc = subprocess.run(
+    [sys.executable, '-m', 'ssljax.visualize', 'attention', f'--workdir={tmp_path}'],
+    cwd=ROOT,
+    env={**os.environ, 'JAX_PLATFORMS': 'cpu'},
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert os.listdir(tmp_path / 'pictures' / 'attention') == ['step_0000003.png']
 
 
 def test_indivisible_batch_is_refused_before_compiling(tmp_path):
@@ -177,3 +214,18 @@ def test_main_without_imagenet_exits_with_how_to_prepare(tmp_path):
   assert 'Traceback' not in proc.stderr
   assert 'downloads/manual' in proc.stderr and 'tfds build imagenet2012' in proc.stderr
   assert not os.path.exists(tmp_path / 'run')  # nothing written, nothing compiled
+
+
+@pytest.mark.parametrize('name', ['simclr_digits.py', 'byol_digits.py'])
+def test_vit_encoder_with_stochastic_depth_trains_with_every_method(name, tmp_path):
+  config = tiny(load_config(os.path.join(ROOT, 'configs', name)))
+  config.model.encoder = 'vit_tiny'
+  config.model.patch_size = 4
+  config.model.vit_width, config.model.vit_depth, config.model.vit_heads = 16, 2, 2
+  config.model.drop_path = 0.2  # needs the 'dropout' rng in the training forward pass
+  config.eval = ('knn',)
+  config.eval_config.random_init = False
+  config.visualize.embeddings = False
+  results = train.train_and_evaluate(config, str(tmp_path))
+  assert results['step'] == 3 and 0.0 <= results['pretrained']['knn'] <= 1.0
+  assert os.listdir(tmp_path / 'pictures' / 'attention') == ['step_0000000.png', 'step_0000003.png']

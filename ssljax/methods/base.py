@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any, NamedTuple
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -28,17 +30,24 @@ class TrainState(NamedTuple):
 class Method:
   """A self-supervised method: how a batch of views becomes a loss.
 
-  Subclasses implement `init`, `loss` and `features` (and `after_step` when they keep a
-  teacher). All are pure functions of their arguments, so the train loop can jit them over the
-  mesh. `total_steps` is the length of the run, for schedules such as the teacher's momentum.
+  Subclasses implement `init`, `loss` and `encoder_variables` (and `after_step` when they keep
+  a teacher). All are pure functions of their arguments, so the train loop can jit them over the
+  mesh. `total_steps` and `steps_per_epoch` size schedules such as the teacher's momentum.
   """
 
+  encoder: nn.Module  # f; subclasses set it in __init__ (and use it inside their network)
+
   def __init__(
-    self, config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh, total_steps: int = 1
+    self,
+    config: ml_collections.ConfigDict,
+    mesh: jax.sharding.Mesh,
+    total_steps: int = 1,
+    steps_per_epoch: int = 1,
   ):
     self.config = config
     self.mesh = mesh
     self.total_steps = total_steps
+    self.steps_per_epoch = steps_per_epoch
 
   def init(self, rng: jax.Array, batch: dict) -> tuple[PyTree, PyTree]:
     """Returns (params, model_state) for a batch shaped like the training batches."""
@@ -55,9 +64,43 @@ class Method:
     del params, step
     return model_state
 
+  def encoder_variables(self, params: PyTree, model_state: PyTree) -> dict:
+    """The variables of the encoder f that is evaluated (for methods with a teacher: the one
+    config.eval_encoder names)."""
+    raise NotImplementedError
+
   def features(self, params: PyTree, model_state: PyTree, images: jax.Array) -> jax.Array:
     """h: the representation kept for downstream tasks, in inference mode."""
-    raise NotImplementedError
+    variables = self.encoder_variables(params, model_state)
+    return self.encoder.apply(variables, images, train=False)
+
+  def attention(self, params: PyTree, model_state: PyTree, images: jax.Array) -> jax.Array:
+    """(N, heads, h, w): the last block's CLS-to-patch attention of a ViT encoder, on its grid."""
+    variables = self.encoder_variables(params, model_state)
+    _, attn = self.encoder.apply(variables, images, train=False, return_attention=True)
+    side = math.isqrt(attn.shape[-1] - 1)
+    return attn[:, :, 0, 1:].reshape(attn.shape[:2] + (side, side))
+
+
+class EncoderWithHead(nn.Module):
+  """f followed by a head g: returns (h, g(h)). SimCLR's z, DINO's prototype logits."""
+
+  encoder: nn.Module
+  head: nn.Module
+
+  def __call__(self, x, *, train: bool):
+    h = self.encoder(x, train=train)
+    return h, self.head(h, train=train)
+
+
+def submodule_variables(variables: dict, name: str) -> dict:
+  """{'params': {name: p, ..}, 'batch_stats': {name: s, ..}} -> {'params': p, 'batch_stats': s}."""
+  return {col: tree[name] for col, tree in variables.items() if name in tree}
+
+
+def dropout_rngs(rng: jax.Array | None) -> dict:
+  """The rngs of a training forward pass: stochastic depth in ViT encoders draws from 'dropout'."""
+  return {} if rng is None else {'dropout': rng}
 
 
 def stack_views(views: list[jax.Array]) -> jax.Array:

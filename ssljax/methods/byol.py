@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 
 from ssljax import ema, losses, models
-from ssljax.methods.base import Method, stack_views
+from ssljax.methods.base import Method, dropout_rngs, stack_views, submodule_variables
 
 TARGET_PARTS = ('encoder', 'projector')  # the predictor exists only online
 
@@ -29,17 +29,14 @@ class BYOLNet(nn.Module):
     h = self.encoder(x, train=train)
     return h, self.projector(h, train=train)
 
-  def encode(self, x):
-    return self.encoder(x, train=False)
-
 
 def _target_parts(tree: dict) -> dict:
-  return {k: tree[k] for k in TARGET_PARTS}
+  return {k: tree[k] for k in TARGET_PARTS if k in tree}  # a ViT encoder has no batch_stats
 
 
 class BYOL(Method):
-  def __init__(self, config, mesh, total_steps=1):
-    super().__init__(config, mesh, total_steps)
+  def __init__(self, config, mesh, total_steps=1, steps_per_epoch=1):
+    super().__init__(config, mesh, total_steps, steps_per_epoch)
     m = config.model
     dtype = models.compute_dtype(config)
     head = dict(
@@ -49,8 +46,9 @@ class BYOL(Method):
       last_bn=False,
       dtype=dtype,
     )
+    self.encoder = models.build_encoder(config)
     self.net = BYOLNet(
-      encoder=models.build_encoder(config),
+      encoder=self.encoder,
       projector=models.MLPHead(**head),
       predictor=models.MLPHead(**{**head, 'hidden_dim': m.pred_hidden or head['hidden_dim']}),
     )
@@ -67,7 +65,7 @@ class BYOL(Method):
     return params, {'batch_stats': stats, 'target': target}
 
   def loss(self, params, model_state, batch, rng, step):
-    del rng, step
+    del step
     views = batch['views']
     if len(views) != 2:
       raise ValueError(f'BYOL takes 2 views per example, config.views makes {len(views)}')
@@ -77,10 +75,16 @@ class BYOL(Method):
       x,
       train=True,
       mutable=['batch_stats'],
+      rngs=dropout_rngs(rng),
     )
     # The target's BatchNorm statistics come from its own forward pass.
     (_, z), target_stats = self.net.apply(
-      model_state['target'], x, train=True, mutable=['batch_stats'], method=BYOLNet.project
+      model_state['target'],
+      x,
+      train=True,
+      mutable=['batch_stats'],
+      method=BYOLNet.project,
+      rngs=dropout_rngs(None if rng is None else jax.random.fold_in(rng, 1)),
     )
     z = jax.lax.stop_gradient(z)
     p, z = (a.reshape(-1, 2, a.shape[-1]) for a in (p, z))
@@ -105,9 +109,9 @@ class BYOL(Method):
     new_params = ema.ema_update(target['params'], _target_parts(params), tau)
     return {**model_state, 'target': {**target, 'params': new_params}}
 
-  def features(self, params, model_state, images):
+  def encoder_variables(self, params, model_state):
     if self.config.eval_encoder == 'target':
       variables = model_state['target']
     else:
       variables = {'params': params, 'batch_stats': model_state['batch_stats']}
-    return self.net.apply(variables, images, method=BYOLNet.encode)
+    return submodule_variables(variables, 'encoder')

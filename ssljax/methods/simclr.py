@@ -4,36 +4,28 @@ from __future__ import annotations
 
 import functools
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 from jax.sharding import PartitionSpec as P
 
 from ssljax import losses, models
-from ssljax.methods.base import Method, stack_views
-
-
-class EncoderWithHead(nn.Module):
-  """f followed by g: returns (h, z)."""
-
-  encoder: nn.Module
-  head: nn.Module
-
-  def __call__(self, x, *, train: bool):
-    h = self.encoder(x, train=train)
-    return h, self.head(h, train=train)
-
-  def encode(self, x):
-    return self.encoder(x, train=False)
+from ssljax.methods.base import (
+  EncoderWithHead,
+  Method,
+  dropout_rngs,
+  stack_views,
+  submodule_variables,
+)
 
 
 class SimCLR(Method):
-  def __init__(self, config, mesh, total_steps=1):
-    super().__init__(config, mesh, total_steps)
+  def __init__(self, config, mesh, total_steps=1, steps_per_epoch=1):
+    super().__init__(config, mesh, total_steps, steps_per_epoch)
     m = config.model
     dtype = models.compute_dtype(config)
+    self.encoder = models.build_encoder(config)
     self.model = EncoderWithHead(
-      encoder=models.build_encoder(config),
+      encoder=self.encoder,
       head=models.MLPHead(
         hidden_dim=m.proj_hidden or models.encoder_dim(config),
         out_dim=m.proj_dim,
@@ -55,7 +47,7 @@ class SimCLR(Method):
     return variables['params'], {'batch_stats': variables['batch_stats']}
 
   def loss(self, params, model_state, batch, rng, step):
-    del rng, step  # SimCLR's randomness is all in the data pipeline.
+    del step
     views = batch['views']
     if len(views) != 2:
       raise ValueError(f'SimCLR takes 2 views per example, config.views makes {len(views)}')
@@ -64,13 +56,12 @@ class SimCLR(Method):
       stack_views(views),
       train=True,
       mutable=['batch_stats'],
+      rngs=dropout_rngs(rng),
     )
     z = z.reshape(-1, 2, z.shape[-1])
     loss = self._nt_xent(z[:, 0], z[:, 1])
     metrics = {'loss': loss, 'h_std': jnp.mean(jnp.std(h, axis=0))}
     return loss, (dict(new_state), metrics)
 
-  def features(self, params, model_state, images):
-    return self.model.apply(
-      {'params': params, **model_state}, images, method=EncoderWithHead.encode
-    )
+  def encoder_variables(self, params, model_state):
+    return submodule_variables({'params': params, **model_state}, 'encoder')

@@ -6,9 +6,10 @@ import jax.numpy as jnp
 import ml_collections
 
 from ssljax.models import resnet as resnet_lib
-from ssljax.models.heads import MLPHead
+from ssljax.models import vit as vit_lib
+from ssljax.models.heads import DINOHead, MLPHead
 
-__all__ = ['MLPHead', 'build_encoder', 'encoder_dim', 'compute_dtype']
+__all__ = ['DINOHead', 'MLPHead', 'build_encoder', 'encoder_dim', 'compute_dtype']
 
 
 def compute_dtype(config: ml_collections.ConfigDict):
@@ -22,8 +23,27 @@ def compute_dtype(config: ml_collections.ConfigDict):
 def build_encoder(config: ml_collections.ConfigDict):
   """The encoder f named by config.model.encoder; its output is h."""
   m = config.model
+  if m.encoder.startswith('vit'):
+    # The position embedding is made for the training views' side (config.augment.image_size);
+    # other inputs (eval images, DINO's local crops) get it resized to their grid.
+    return vit_lib.vit(
+      m.encoder,
+      patch_size=m.patch_size,
+      image_size=config.augment.image_size,
+      pos_embed=m.pos_embed,
+      drop_path=m.drop_path,
+      pool=m.pool,
+      dtype=compute_dtype(config),
+      pixel_mean=m.pixel_mean,
+      pixel_std=m.pixel_std,
+      width=m.vit_width,
+      depth=m.vit_depth,
+      num_heads=m.vit_heads,
+    )
   return resnet_lib.resnet(m.encoder, width=m.width, stem=m.stem, dtype=compute_dtype(config))
 
 
 def encoder_dim(config: ml_collections.ConfigDict) -> int:
+  if config.model.encoder.startswith('vit'):
+    return vit_lib.feature_dim(config.model.encoder, config.model.vit_width)
   return resnet_lib.feature_dim(config.model.encoder, config.model.width)

@@ -1,0 +1,165 @@
+"""DINO (Caron et al. 2021): self-distillation with no labels. The student matches, over every
+pair of different crops, the teacher's centered and sharpened distribution over K prototypes;
+the teacher is an EMA of the student and sees only the global crops (multi-crop)."""
+
+from __future__ import annotations
+
+import itertools
+
+import jax
+import jax.numpy as jnp
+
+from ssljax import ema, losses, models
+from ssljax.methods.base import (
+  EncoderWithHead,
+  Method,
+  dropout_rngs,
+  stack_views,
+  submodule_variables,
+)
+
+
+def _by_resolution(views: list[jax.Array]) -> list[list[jax.Array]]:
+  """Consecutive views of one shape, grouped: one forward pass per resolution (multi-crop)."""
+  return [list(g) for _, g in itertools.groupby(views, key=lambda v: v.shape)]
+
+
+class DINO(Method):
+  def __init__(self, config, mesh, total_steps=1, steps_per_epoch=1):
+    super().__init__(config, mesh, total_steps, steps_per_epoch)
+    d = config.dino
+    self.encoder = models.build_encoder(config)
+    # The student and the teacher share this module (f -> h -> K logits).
+    self.net = EncoderWithHead(
+      encoder=self.encoder,
+      head=models.DINOHead(
+        out_dim=d.out_dim,
+        hidden_dim=d.hidden_dim,
+        bottleneck_dim=d.bottleneck_dim,
+        num_layers=d.num_layers,
+        norm_last_layer=d.norm_last_layer,
+        use_bn=d.use_bn,
+        dtype=models.compute_dtype(config),
+      ),
+    )
+    if config.eval_encoder not in ('online', 'target'):
+      raise ValueError(
+        f"config.eval_encoder must be 'online' (student) or 'target' (teacher), "
+        f'got {config.eval_encoder!r}'
+      )
+    if d.global_views < 1:
+      raise ValueError(f'config.dino.global_views must be >= 1, got {d.global_views}')
+    self.freeze_last_layer_steps = int(d.freeze_last_layer_epochs * steps_per_epoch)
+
+  # ------------------------------------------------------------------ schedules
+
+  def teacher_temperature(self, step: jax.Array) -> jax.Array:
+    """Linear warm-up from dino.warmup_teacher_temp to dino.teacher_temp, then constant."""
+    d = self.config.dino
+    warmup = d.warmup_teacher_temp_epochs * self.steps_per_epoch
+    if warmup <= 0:
+      return jnp.asarray(d.teacher_temp, jnp.float32)
+    frac = jnp.minimum(jnp.asarray(step, jnp.float32) / warmup, 1.0)
+    return d.warmup_teacher_temp + (d.teacher_temp - d.warmup_teacher_temp) * frac
+
+  def momentum(self, step: jax.Array) -> jax.Array:
+    return ema.cosine_momentum(step, self.total_steps, self.config.ema.base)
+
+  # ------------------------------------------------------------------ method interface
+
+  def init(self, rng, batch):
+    variables = self.net.init(
+      {'params': rng, 'dropout': rng}, batch['views'][0], train=False
+    )  # parameter shapes do not depend on the crop size
+    variables = dict(variables)
+    params = variables.pop('params')
+    # The teacher starts as a copy of the student; BatchNorm statistics (ResNet encoders) sit
+    # next to it, for the student.
+    teacher = {'params': params, **variables}
+    return params, {**variables, 'teacher': teacher, 'center': jnp.zeros(self.config.dino.out_dim)}
+
+  def _logits(self, variables, groups, *, train, rng=None):
+    """(V, B, K) logits of every view, one forward pass per resolution; BatchNorm statistics
+    (ResNet encoders) are threaded through the passes. Returns (logits, h of the first group,
+    updated non-param collections)."""
+    stats = {k: v for k, v in variables.items() if k != 'params'}
+    logits, first_h = [], None
+    for i, group in enumerate(groups):
+      rngs = dropout_rngs(None if rng is None else jax.random.fold_in(rng, i))
+      outputs = self.net.apply(
+        {'params': variables['params'], **stats},
+        stack_views(group),
+        train=train,
+        rngs=rngs,
+        mutable=list(stats) or False,
+      )
+      if stats:
+        outputs, new_stats = outputs
+        stats = dict(new_stats)
+      h, out = outputs
+      first_h = h if first_h is None else first_h
+      logits.append(jnp.swapaxes(out.reshape(-1, len(group), out.shape[-1]), 0, 1))
+    return jnp.concatenate(logits, axis=0), first_h, stats
+
+  def loss(self, params, model_state, batch, rng, step):
+    d = self.config.dino
+    views = batch['views']
+    if len(views) < max(d.global_views, 2):
+      raise ValueError(
+        f'DINO needs at least 2 views and config.dino.global_views={d.global_views}; '
+        f'config.views makes {len(views)}'
+      )
+    # No gradient into the last layer while it is frozen (the first epoch by default).
+    frozen = step < self.freeze_last_layer_steps
+    last = params['head']['last_layer']
+    last = jax.tree.map(lambda p: jnp.where(frozen, jax.lax.stop_gradient(p), p), last)
+    params = {**params, 'head': {**params['head'], 'last_layer': last}}
+
+    student_stats = {k: v for k, v in model_state.items() if k not in ('teacher', 'center')}
+    student, h, new_student_stats = self._logits(
+      {'params': params, **student_stats}, _by_resolution(views), train=True, rng=rng
+    )
+    # The teacher never drops paths (the official code builds it without stochastic depth); a
+    # BatchNorm teacher normalizes with its own batch statistics, as BYOL's target does.
+    teacher_vars = model_state['teacher']
+    teacher, _, new_teacher_stats = self._logits(
+      teacher_vars,
+      _by_resolution(views[: d.global_views]),
+      train=len(teacher_vars) > 1,
+    )
+    teacher = jax.lax.stop_gradient(teacher)
+    temp = self.teacher_temperature(step)
+    center = model_state['center']
+    loss = losses.dino(student, teacher, center, student_temp=d.student_temp, teacher_temp=temp)
+    new_state = {
+      **new_student_stats,
+      'teacher': {'params': teacher_vars['params'], **new_teacher_stats},
+      'center': losses.dino_center(center, teacher, momentum=d.center_momentum),
+    }
+    p_t = jax.nn.softmax((teacher - center) / temp, axis=-1)
+    metrics = {
+      'loss': loss,
+      'teacher_temp': temp,
+      'h_std': jnp.mean(jnp.std(h, axis=0)),
+      # Collapse watch: per-sample entropy near 0 and batch-mean entropy near log K are healthy;
+      # both near log K = uniform collapse, both near 0 = one-prototype collapse.
+      'teacher_entropy': -jnp.mean(jnp.sum(p_t * jnp.log(p_t + 1e-12), axis=-1)),
+      'teacher_mean_entropy': -jnp.sum(
+        jnp.mean(p_t, axis=(0, 1)) * jnp.log(jnp.mean(p_t, axis=(0, 1)) + 1e-12)
+      ),
+    }
+    return loss, (new_state, metrics)
+
+  def after_step(self, params, model_state, step):
+    """teacher <- m teacher + (1 - m) student, m from ema.base to 1 with a cosine (BYOL's)."""
+    teacher = model_state['teacher']
+    new_params = ema.ema_update(teacher['params'], params, self.momentum(step))
+    return {**model_state, 'teacher': {**teacher, 'params': new_params}}
+
+  def encoder_variables(self, params, model_state):
+    if self.config.eval_encoder == 'target':
+      variables = model_state['teacher']
+    else:
+      stats = {k: v for k, v in model_state.items() if k not in ('teacher', 'center')}
+      variables = {'params': params, **stats}
+    return submodule_variables(variables, 'encoder')

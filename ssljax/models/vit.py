@@ -1,0 +1,315 @@
+"""Vision Transformer encoders f(x) -> h (Dosovitskiy et al. 2021), as in timm, DINO and MAE.
+
+The module exposes its two halves, `embed` (pixels -> patch tokens + position) and `transform`
+(tokens -> blocks -> final norm), so that MAE and I-JEPA can run the blocks on a subset of the
+patches. The position embedding is made for a nominal `image_size` and resized (bicubic) to the
+grid of whatever image comes in: DINO's 96-px local crops go through the model made for 224 px.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import einops
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+VIT_SIZES = {
+  'vit_tiny': (192, 12, 3),  # (width, depth, heads)
+  'vit_small': (384, 12, 6),
+  'vit_base': (768, 12, 12),
+}
+
+# timm/MAE initialisation: Linear layers xavier-uniform with zero bias, tokens trunc-normal .02.
+_dense_init = nn.initializers.xavier_uniform()
+_token_init = nn.initializers.truncated_normal(stddev=0.02)
+# The patch embedding is a Linear over the p*p*C pixels of a patch (MAE inits it as one), so its
+# fans are p*p*C in and D out, not Flax's conv default of p*p*C and p*p*D.
+_patch_init = nn.initializers.variance_scaling(
+  1.0, 'fan_avg', 'uniform', in_axis=(0, 1, 2), out_axis=-1
+)
+
+
+def grid_shape(height: int, width: int, patch_size: int) -> tuple[int, int]:
+  """(h, w): patches along each side; an image must tile exactly, nothing is cropped silently."""
+  if height % patch_size or width % patch_size:
+    raise ValueError(
+      f'image side {height}x{width} is not divisible by model.patch_size={patch_size}'
+    )
+  return height // patch_size, width // patch_size
+
+
+def patchify(images: jax.Array, patch_size: int) -> jax.Array:
+  """(N, H, W, C) -> (N, h*w, p*p*C), ordered (h w)(p q c) like MAE's official code.
+
+  Patches run row-major over the grid; inside a patch its rows, then columns, then channels. A
+  (p, p, C, D) conv kernel flattens in the same order, so the stride-p convolution equals
+  `patchify(x) @ kernel.reshape(p * p * C, D)`.
+  """
+  grid_shape(images.shape[1], images.shape[2], patch_size)
+  return einops.rearrange(images, 'n (h p) (w q) c -> n (h w) (p q c)', p=patch_size, q=patch_size)
+
+
+def unpatchify(
+  patches: jax.Array, patch_size: int, grid_hw: tuple[int, int], channels: int
+) -> jax.Array:
+  """The exact inverse of `patchify`: (N, h*w, p*p*C) -> (N, h*p, w*p, C)."""
+  h, w = grid_hw
+  expected = (h * w, patch_size * patch_size * channels)
+  if tuple(patches.shape[1:]) != expected:
+    raise ValueError(
+      f'patches of shape {patches.shape} do not fit grid {grid_hw}, patch {patch_size} and '
+      f'{channels} channels: expected (N, {expected[0]}, {expected[1]})'
+    )
+  return einops.rearrange(
+    patches, 'n (h w) (p q c) -> n (h p) (w q) c', h=h, w=w, p=patch_size, q=patch_size
+  )
+
+
+def _sincos_1d(dim: int, pos: np.ndarray) -> np.ndarray:
+  omega = 1.0 / 10000 ** (np.arange(dim // 2, dtype=np.float64) / (dim / 2))
+  out = np.outer(pos.reshape(-1), omega)
+  return np.concatenate([np.sin(out), np.cos(out)], axis=1)
+
+
+def sincos_2d(dim: int, grid_h: int, grid_w: int) -> np.ndarray:
+  """Fixed 2-D sin-cos position embedding (grid_h*grid_w, dim), MAE's `get_2d_sincos_pos_embed`.
+
+  For the patch in row i, column j (index i*grid_w + j), with D = dim/2 and
+  omega_k = 1 / 10000**(k / (D/2)), k < D/2:
+    emb[:, 0:D]  = [sin(j * omega), cos(j * omega)]   (the column, w)
+    emb[:, D:2D] = [sin(i * omega), cos(i * omega)]   (the row, h)
+  Column first: the official code builds `np.meshgrid(grid_w, grid_h)` and encodes grid[0] first.
+  No CLS row (the model gives CLS a zero position embedding).
+  """
+  if dim % 4:
+    raise ValueError(f'sincos position embedding needs a width divisible by 4, got {dim}')
+  cols, rows = np.meshgrid(np.arange(grid_w, dtype=np.float64), np.arange(grid_h, dtype=np.float64))
+  emb = np.concatenate([_sincos_1d(dim // 2, cols), _sincos_1d(dim // 2, rows)], axis=1)
+  return emb.astype(np.float32)
+
+
+def drop_path(x: jax.Array, rate: float, rng: jax.Array) -> jax.Array:
+  """Stochastic depth: zero the residual branch of whole samples with p = rate, scale the rest.
+
+  Per sample (the mask is (N, 1, ..., 1)), as timm's DropPath: the expected output is x.
+  """
+  keep = 1.0 - rate
+  mask = jax.random.bernoulli(rng, keep, (x.shape[0],) + (1,) * (x.ndim - 1))
+  return jnp.where(mask, x / keep, jnp.zeros_like(x))
+
+
+class Attention(nn.Module):
+  """Multi-head self-attention; returns the output and the float32 attention probabilities."""
+
+  num_heads: int
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:
+    n, t, d = x.shape
+    head_dim = d // self.num_heads
+    dense = lambda f, name: nn.Dense(f, dtype=self.dtype, kernel_init=_dense_init, name=name)
+    # timm's layout: qkv(x).reshape(N, T, 3, heads, head_dim).
+    qkv = dense(3 * d, 'qkv')(x).reshape(n, t, 3, self.num_heads, head_dim)
+    q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
+    logits = jnp.einsum('nqhd,nkhd->nhqk', q, k, preferred_element_type=jnp.float32)
+    attn = jax.nn.softmax(logits * head_dim**-0.5, axis=-1)  # softmax in float32
+    out = jnp.einsum('nhqk,nkhd->nqhd', attn.astype(self.dtype), v).reshape(n, t, d)
+    return dense(d, 'proj')(out), attn
+
+
+class Mlp(nn.Module):
+  """Dense(hidden) -> GELU -> Dense(width of x)."""
+
+  hidden_dim: int
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    d = x.shape[-1]
+    x = nn.Dense(self.hidden_dim, dtype=self.dtype, kernel_init=_dense_init, name='fc1')(x)
+    x = nn.gelu(x, approximate=False)  # PyTorch's nn.GELU is the exact (erf) form
+    return nn.Dense(d, dtype=self.dtype, kernel_init=_dense_init, name='fc2')(x)
+
+
+class Block(nn.Module):
+  """Pre-norm transformer block: x + DropPath(Attn(LN(x))), then x + DropPath(MLP(LN(x)))."""
+
+  num_heads: int
+  mlp_ratio: float = 4.0
+  drop_rate: float = 0.0
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array, *, train: bool) -> tuple[jax.Array, jax.Array]:
+    norm = lambda name: nn.LayerNorm(epsilon=1e-6, dtype=self.dtype, name=name)
+
+    def residual(y):
+      if train and self.drop_rate > 0:
+        return drop_path(y, self.drop_rate, self.make_rng('dropout'))
+      return y
+
+    y, attn = Attention(self.num_heads, dtype=self.dtype, name='attn')(norm('norm1')(x))
+    x = x + residual(y)
+    y = Mlp(int(x.shape[-1] * self.mlp_ratio), dtype=self.dtype, name='mlp')(norm('norm2')(x))
+    return x + residual(y), attn
+
+
+class ViT(nn.Module):
+  """Returns h (N, width): the final-normed CLS token (pool='cls') or mean patch token ('mean').
+
+  `image_size` is the side the position embedding is made for; other (even non-square) inputs
+  get it resized to their grid. With `drop_path > 0`, calls with train=True need a 'dropout' rng
+  (`apply(..., rngs={'dropout': key})`); train=False is deterministic.
+  """
+
+  patch_size: int
+  width: int
+  depth: int
+  num_heads: int
+  mlp_ratio: float = 4.0
+  image_size: int = 224
+  pos_embed: str = 'learned'  # learned | sincos
+  drop_path: float = 0.0
+  pool: str = 'cls'  # cls | mean
+  pixel_mean: float = 0.0  # embed standardizes pixels: (x - pixel_mean) / pixel_std
+  pixel_std: float = 1.0
+  dtype: Any = jnp.float32
+
+  def setup(self):
+    if self.width % self.num_heads:
+      raise ValueError(f'ViT width {self.width} is not divisible by {self.num_heads} heads')
+    if self.pos_embed not in ('learned', 'sincos'):
+      raise ValueError(f"model.pos_embed must be 'learned' or 'sincos', got {self.pos_embed!r}")
+    if self.pool not in ('cls', 'mean'):
+      raise ValueError(f"model.pool must be 'cls' or 'mean', got {self.pool!r}")
+    g = self.grid(self.image_size)
+    p = self.patch_size
+    # A stride-p conv with kernel p: the same map as a Dense over `patchify(images)`.
+    self.patch_embed = nn.Conv(
+      self.width, (p, p), strides=(p, p), padding='VALID', dtype=self.dtype, kernel_init=_patch_init
+    )
+    self.cls_token = self.param('cls_token', _token_init, (1, 1, self.width))
+    if self.pos_embed == 'learned':
+      self.pos_table = self.param('pos_embed', _token_init, (1, 1 + g * g, self.width))
+    elif self.width % 4:
+      raise ValueError(f'model.pos_embed=sincos needs a width divisible by 4, got {self.width}')
+    # Stochastic depth rises linearly from 0 at the first block to drop_path at the last.
+    rates = np.linspace(0.0, self.drop_path, self.depth)
+    self.blocks = [Block(self.num_heads, self.mlp_ratio, float(r), dtype=self.dtype) for r in rates]
+    self.norm = nn.LayerNorm(epsilon=1e-6, dtype=self.dtype)
+
+  @nn.nowrap
+  def grid(self, image_side: int) -> int:
+    """Patches along one side of an image_side-px image."""
+    return grid_shape(image_side, image_side, self.patch_size)[0]
+
+  def _patch_pos(self, gh: int, gw: int) -> jax.Array:
+    """(1, gh*gw, D) position embedding of the patches of a gh x gw grid."""
+    if self.pos_embed == 'sincos':
+      return jnp.asarray(sincos_2d(self.width, gh, gw))[None]
+    g = self.grid(self.image_size)
+    pos = self.pos_table[:, 1:]
+    if (gh, gw) == (g, g):
+      return pos
+    # DINO's interpolate_pos_encoding: bicubic over the grid, no antialiasing (as F.interpolate).
+    pos = jax.image.resize(
+      pos.reshape(1, g, g, self.width), (1, gh, gw, self.width), 'bicubic', antialias=False
+    )
+    return pos.reshape(1, gh * gw, self.width)
+
+  def embed(self, images: jax.Array) -> jax.Array:
+    """(N, H, W, C) -> patch tokens with their position embedding (N, L, D), no CLS."""
+    gh, gw = grid_shape(images.shape[1], images.shape[2], self.patch_size)
+    # Without BatchNorm nothing rescales raw [0, 1] pixels: standardized, the differences between
+    # images are not drowned by the constant CLS and position tokens (DINO collapsed without it).
+    x = (images.astype(jnp.float32) - self.pixel_mean) / self.pixel_std
+    x = self.patch_embed(x.astype(self.dtype))
+    x = x.reshape(x.shape[0], gh * gw, self.width)
+    return (x + self._patch_pos(gh, gw).astype(self.dtype)).astype(jnp.float32)
+
+  def transform(
+    self,
+    tokens: jax.Array,
+    *,
+    train: bool,
+    add_cls: bool = True,
+    return_attention: bool = False,
+  ) -> jax.Array | tuple[jax.Array, jax.Array]:
+    """Tokens (N, L', D) -> [CLS +] blocks -> final norm, (N, [1+]L', D).
+
+    With return_attention also returns the last block's attention probabilities (N, heads, T, T)
+    in float32.
+    """
+    x = tokens.astype(self.dtype)
+    if add_cls:
+      cls = self.cls_token
+      if self.pos_embed == 'learned':
+        cls = cls + self.pos_table[:, :1]  # sincos: CLS has a zero position embedding
+      cls = jnp.broadcast_to(cls.astype(self.dtype), (x.shape[0], 1, self.width))
+      x = jnp.concatenate([cls, x], axis=1)
+    attn = None
+    for block in self.blocks:
+      x, attn = block(x, train=train)
+    x = self.norm(x).astype(jnp.float32)
+    return (x, attn) if return_attention else x
+
+  def __call__(
+    self, images: jax.Array, *, train: bool, return_attention: bool = False
+  ) -> jax.Array | tuple[jax.Array, jax.Array]:
+    x, attn = self.transform(self.embed(images), train=train, return_attention=True)
+    h = x[:, 0] if self.pool == 'cls' else jnp.mean(x[:, 1:], axis=1)
+    return (h, attn) if return_attention else h
+
+
+def vit(
+  name: str,
+  *,
+  patch_size: int,
+  image_size: int,
+  pos_embed: str = 'learned',
+  drop_path: float = 0.0,
+  pool: str = 'cls',
+  dtype: Any = jnp.float32,
+  pixel_mean: float = 0.0,
+  pixel_std: float = 1.0,
+  width: int = 0,
+  depth: int = 0,
+  num_heads: int = 0,
+) -> ViT:
+  """Builds a ViT by name ('vit_tiny', 'vit_small', 'vit_base') for image_size-px inputs.
+
+  width, depth, num_heads > 0 override the named size's (CPU-sized models for small data).
+  """
+  width, depth, num_heads = (
+    o or n for o, n in zip((width, depth, num_heads), _size(name), strict=True)
+  )
+  return ViT(
+    patch_size=patch_size,
+    width=width,
+    depth=depth,
+    num_heads=num_heads,
+    image_size=image_size,
+    pos_embed=pos_embed,
+    drop_path=drop_path,
+    pool=pool,
+    pixel_mean=pixel_mean,
+    pixel_std=pixel_std,
+    dtype=dtype,
+  )
+
+
+def feature_dim(name: str, width: int = 0) -> int:
+  """Width of h: the token width (`width` when it overrides the named size's)."""
+  return width or _size(name)[0]
+
+
+def _size(name: str) -> tuple[int, int, int]:
+  if name not in VIT_SIZES:
+    raise ValueError(
+      f'config.model.encoder {name!r} is not a ViT; choose one of {sorted(VIT_SIZES)}'
+    )
+  return VIT_SIZES[name]
