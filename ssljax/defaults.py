@@ -114,6 +114,7 @@ def base_config() -> ml_collections.ConfigDict:
       projection='pca',  # pca | tsne | umap (pip install umap-learn)
       num_points=1000,  # fixed test examples in every frame
       attention=True,  # ViT encoders: last-block CLS attention of every head
+      reconstructions=True,  # MAE: original / masked / reconstruction / visible pasted back
       num_images=6,  # images in the attention / reconstruction pictures
     )
   )
@@ -183,4 +184,35 @@ def dino_config(image_size: int, local_size: int, num_local: int = 8) -> ml_coll
   c.weight_decay_end = 0.4
   c.grad_clip = 3.0
   c.warmup_epochs = 10.0
+  return c
+
+
+def mae_config(image_size: int) -> ml_collections.ConfigDict:
+  """MAE's defaults (He et al. 2022, official code): 75% masking, AdamW (0.9, 0.95), wd 0.05,
+  lr 1.5e-4 x B/256; random resized crop (0.2-1) and flip only."""
+  c = base_config()
+  c.method = 'mae'
+  c.augment = augment_defaults(image_size)
+  c.augment.crop_scale = (0.2, 1.0)
+  c.augment.color_strength = 0.0  # no colour jitter, grayscale, blur or solarize
+  c.augment.grayscale_prob = 0.0
+  c.augment.blur_prob = 0.0
+  c.views = ml_collections.ConfigDict(dict(view1={}))
+  c.model.encoder = 'vit_base'
+  c.model.patch_size = 16
+  c.model.pos_embed = 'sincos'  # MAE's encoder uses fixed 2-D sin-cos positions
+  c.mae = ml_collections.ConfigDict(
+    dict(
+      mask_ratio=0.75,
+      decoder_width=512,
+      decoder_depth=8,
+      decoder_heads=16,
+      norm_pix=True,  # targets: each patch normalized by its own mean and variance
+    )
+  )
+  c.optimizer = 'adamw'
+  c.base_lr = 1.5e-4
+  c.momentum = 0.9
+  c.b2 = 0.95
+  c.weight_decay = 0.05
   return c

@@ -138,3 +138,27 @@ def dino_center(
   if axis_name is not None:
     batch_mean = jax.lax.pmean(batch_mean, axis_name)
   return momentum * center + (1.0 - momentum) * batch_mean
+
+
+def mae(pred: jax.Array, target: jax.Array, mask: jax.Array, *, norm_pix: bool = True) -> jax.Array:
+  """MAE's reconstruction loss: per-patch mean squared error, averaged over removed patches only.
+
+  Args:
+    pred, target: (B, L, p*p*C); target = patchify(images).
+    mask: (B, L), 1 = removed (the loss counts these), 0 = visible.
+    norm_pix: normalize each target patch by its own mean and unbiased variance (ddof = 1,
+      eps 1e-6), as the official code; the model then predicts normalized pixels.
+  """
+  target = target.astype(jnp.float32)
+  if norm_pix:
+    target = normalize_patches(target)
+  per_patch = jnp.mean(jnp.square(pred.astype(jnp.float32) - target), axis=-1)
+  mask = mask.astype(jnp.float32)
+  return jnp.sum(per_patch * mask) / jnp.maximum(jnp.sum(mask), 1.0)
+
+
+def normalize_patches(patches: jax.Array, eps: float = 1e-6) -> jax.Array:
+  """(x - mean) / sqrt(var + eps) per patch (last axis), unbiased variance as torch.var."""
+  mean = jnp.mean(patches, axis=-1, keepdims=True)
+  var = jnp.var(patches, axis=-1, keepdims=True, ddof=1)
+  return (patches - mean) / jnp.sqrt(var + eps)

@@ -4,11 +4,14 @@
   UMAP: config.visualize.projection), coloured by label, one frame per evaluation (step 0 is the
   initial encoder); embeddings.gif and embeddings_grid.png collect the frames at the end.
 - attention/step_NNNNNNN.png (ViT encoders): the last block's CLS attention of every head.
+- reconstructions/step_NNNNNNN.png (MAE): original, masked input, reconstruction, and the
+  reconstruction with the visible patches pasted back, for fixed images and fixed masks.
 
 Command line, on a finished or running run (reads WORKDIR/config.json and the latest checkpoint):
 
   python -m ssljax.visualize attention --workdir=DIR
   python -m ssljax.visualize embeddings --workdir=DIR
+  python -m ssljax.visualize reconstructions --workdir=DIR
 
 The pictures are drawn on process 0 with its first device from its share of the test split, so
 they cost no communication and never block the other processes.
@@ -46,7 +49,9 @@ class Pictures:
     self.config, self.method = config, method
     self.directory = os.path.join(workdir, 'pictures')
     self.enabled = jax.process_index() == 0 and (
-      config.visualize.embeddings or (config.visualize.attention and is_vit(config))
+      config.visualize.embeddings
+      or (config.visualize.attention and is_vit(config))
+      or self._reconstructs()
     )
     if not self.enabled:
       return
@@ -59,6 +64,10 @@ class Pictures:
     self.labels = labels[: config.visualize.num_points]
     self._features = jax.jit(method.features)
     self._attention = jax.jit(method.attention)
+    self._reconstruct = jax.jit(getattr(method, 'reconstruct', lambda *a: {}))
+
+  def _reconstructs(self) -> bool:
+    return self.config.visualize.reconstructions and hasattr(self.method, 'reconstruct')
 
   def draw(self, state: TrainState, step: int) -> None:
     if not self.enabled:
@@ -82,6 +91,14 @@ class Pictures:
       attn = np.asarray(self._attention(params, model_state, x), np.float32)
       path = os.path.join(self.directory, 'attention', f'step_{step:07d}.png')
       pictures.save_attention_maps(x, attn, path, title=title)
+    if self._reconstructs():
+      x = self.images[: v.num_images]
+      rng = jax.random.PRNGKey(self.config.seed)  # the same masks at every step
+      out = jax.device_get(self._reconstruct(params, model_state, x, rng))
+      path = os.path.join(self.directory, 'reconstructions', f'step_{step:07d}.png')
+      pictures.save_reconstructions(
+        out['original'], out['masked'], out['reconstruction'], out['pasted'], path, title=title
+      )
 
   def finish(self) -> None:
     """The 'step 0 ... step N' summary of the embedding frames: a GIF and a grid."""
@@ -134,7 +151,7 @@ def restore_latest(config: ml_collections.ConfigDict, workdir: str) -> tuple[Met
 
 
 def main(argv) -> None:
-  commands = ('attention', 'embeddings')
+  commands = ('attention', 'embeddings', 'reconstructions')
   if len(argv) != 2 or argv[1] not in commands:
     print(f'usage: python -m ssljax.visualize {{{"|".join(commands)}}} --workdir=DIR')
     sys.exit(2)
@@ -146,6 +163,7 @@ def main(argv) -> None:
   with config.unlocked():
     config.visualize.attention = argv[1] == 'attention'
     config.visualize.embeddings = argv[1] == 'embeddings'
+    config.visualize.reconstructions = argv[1] == 'reconstructions'
   if argv[1] == 'attention' and not is_vit(config):
     print(f'error: attention maps need a ViT encoder, not {config.model.encoder}', file=sys.stderr)
     sys.exit(2)

@@ -43,6 +43,8 @@ def tiny(config, *, source='synthetic'):
     config.model.encoder = 'resnet18'
   if 'dino' in config:
     config.dino.out_dim, config.dino.hidden_dim, config.dino.bottleneck_dim = 16, 16, 8
+  if 'mae' in config:
+    config.mae.decoder_width, config.mae.decoder_depth, config.mae.decoder_heads = 16, 1, 2
   config.model.width = 4
   config.model.proj_dim = 8
   config.model.proj_hidden = 16
@@ -93,6 +95,8 @@ def test_each_config_trains_and_writes_results(path, tmp_path):
   assert (pictures / 'embeddings.gif').exists() and (pictures / 'embeddings_grid.png').exists()
   if config.model.encoder.startswith('vit'):
     assert sorted(os.listdir(pictures / 'attention')) == frames
+  if config.method == 'mae':
+    assert sorted(os.listdir(pictures / 'reconstructions')) == frames
 
 
 def test_visualize_command_draws_attention_from_a_run(tmp_path):

@@ -120,6 +120,18 @@ class ViTTest(parameterized.TestCase):
       chex.assert_tree_all_finite((h, attn))
       np.testing.assert_allclose(attn.sum(-1), 1.0, rtol=1e-5)
 
+  def test_224_and_96_px_crops_through_one_set_of_parameters(self):
+    """DINO's actual sizes: a patch-16 model made for 224 px (a narrow one: shapes only)."""
+    model = vit.ViT(patch_size=16, width=32, depth=1, num_heads=2, image_size=224)
+    big, small = images((2, 224, 224, 3)), images((2, 96, 96, 3))
+    variables = jax.jit(functools.partial(model.init, train=False))(jax.random.PRNGKey(0), big)
+    chex.assert_shape(variables['params']['pos_embed'], (1, 1 + 14 * 14, 32))
+    apply = jax.jit(functools.partial(model.apply, train=False, return_attention=True))
+    for x, grid in ((big, 14), (small, 6)):
+      h, attn = apply(variables, x)
+      chex.assert_shape((h, attn), ((2, 32), (2, 2, 1 + grid * grid, 1 + grid * grid)))
+      chex.assert_tree_all_finite((h, attn))
+
   @chex.variants(with_jit=True, without_jit=True)
   def test_forward_matches_numpy_reference(self):
     """h for pool='cls' and 'mean' (one set of params), and the last block's attention."""

@@ -8,9 +8,10 @@ import ml_collections
 from ssljax.methods.base import Method, TrainState
 from ssljax.methods.byol import BYOL
 from ssljax.methods.dino import DINO
+from ssljax.methods.mae import MAE
 from ssljax.methods.simclr import SimCLR
 
-METHODS: dict[str, type[Method]] = {'simclr': SimCLR, 'byol': BYOL, 'dino': DINO}
+METHODS: dict[str, type[Method]] = {'simclr': SimCLR, 'byol': BYOL, 'dino': DINO, 'mae': MAE}
 
 __all__ = ['METHODS', 'Method', 'TrainState', 'build']
 

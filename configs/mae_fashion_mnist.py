@@ -1,0 +1,30 @@
+"""MAE on Fashion-MNIST (Debian's dataset-fashion-mnist), sized for ~30 CPU-minutes.
+
+python -m ssljax.main --config=configs/mae_fashion_mnist.py
+
+A small ViT with patch 4 (a 7x7 grid): the encoder sees 12 of the 49 patches; the
+reconstruction grid lands under WORKDIR/pictures/reconstructions at every eval.
+"""
+
+from ssljax.defaults import mae_config
+
+
+def get_config(arg=None):
+  del arg
+  c = mae_config(image_size=28)
+  c.data.source = 'idx'
+  c.data.path = '/usr/share/datasets/fashion-mnist'
+  c.data.image_size = 28
+  c.model.encoder = 'vit_tiny'
+  c.model.patch_size = 4
+  c.model.vit_width, c.model.vit_depth, c.model.vit_heads = 96, 4, 4
+  c.mae.decoder_width, c.mae.decoder_depth, c.mae.decoder_heads = 64, 2, 4
+  c.batch_size = 256
+  c.epochs = 10
+  c.warmup_epochs = 1.0
+  c.base_lr = 1.5e-3
+  c.log_every = 50
+  c.checkpoint_every = 500
+  c.eval_every = 700
+  c.eval_config.batch_size = 512
+  return c

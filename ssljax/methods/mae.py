@@ -1,0 +1,136 @@
+"""MAE (He et al. 2022): hide most patches, encode only the visible ones, reconstruct the pixels
+of the hidden ones with a light decoder that is thrown away afterwards."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from ssljax import losses, masking, models
+from ssljax.methods.base import Method, dropout_rngs, submodule_variables
+from ssljax.models import vit
+
+
+class MAEDecoder(nn.Module):
+  """Encoded visible tokens + a shared mask token at every removed position -> p*p*C pixels.
+
+  Its own width and depth; fixed 2-D sin-cos positions (the official code's), CLS kept.
+  """
+
+  width: int
+  depth: int
+  num_heads: int
+  mlp_ratio: float = 4.0
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, latent, ids_restore, grid: tuple[int, int], patch_dim: int, *, train: bool):
+    x = nn.Dense(self.width, dtype=self.dtype, kernel_init=nn.initializers.xavier_uniform())(
+      latent.astype(self.dtype)
+    )
+    batch, length = ids_restore.shape
+    mask_token = self.param('mask_token', nn.initializers.normal(0.02), (1, 1, self.width))
+    removed = length + 1 - x.shape[1]  # x holds CLS + the visible tokens
+    fill = jnp.broadcast_to(mask_token.astype(x.dtype), (batch, removed, self.width))
+    patches = jnp.concatenate([x[:, 1:], fill], axis=1)  # [visible; mask tokens], shuffled order
+    patches = jnp.take_along_axis(patches, ids_restore[..., None], axis=1)  # original order
+    pos = jnp.asarray(vit.sincos_2d(self.width, *grid), self.dtype)
+    x = jnp.concatenate([x[:, :1], patches + pos[None]], axis=1)
+    for _ in range(self.depth):
+      x, _ = vit.Block(self.num_heads, self.mlp_ratio, dtype=self.dtype)(x, train=train)
+    x = nn.LayerNorm(epsilon=1e-6, dtype=self.dtype)(x)
+    pred = nn.Dense(patch_dim, dtype=self.dtype, kernel_init=nn.initializers.xavier_uniform())(x)
+    return pred[:, 1:].astype(jnp.float32)
+
+
+class MAENet(nn.Module):
+  encoder: vit.ViT
+  decoder: MAEDecoder
+  mask_ratio: float
+
+  def __call__(self, images, noise, *, train: bool):
+    """(pred (B, L, p*p*C), mask (B, L), 1 = removed). The encoder sees only visible patches
+    plus its CLS token, never mask tokens: that is where MAE's speed comes from."""
+    tokens = self.encoder.embed(images)  # (B, L, D) with positions
+    keep = masking.num_visible(tokens.shape[1], self.mask_ratio)
+    ids_keep, mask, ids_restore = masking.random_masking(noise, keep)
+    visible = jnp.take_along_axis(tokens, ids_keep[..., None], axis=1)
+    latent = self.encoder.transform(visible, train=train)
+    p = self.encoder.patch_size
+    grid = vit.grid_shape(images.shape[1], images.shape[2], p)
+    pred = self.decoder(latent, ids_restore, grid, p * p * images.shape[-1], train=train)
+    return pred, mask
+
+
+class MAE(Method):
+  def __init__(self, config, mesh, total_steps=1, steps_per_epoch=1):
+    super().__init__(config, mesh, total_steps, steps_per_epoch)
+    if not config.model.encoder.startswith('vit'):
+      raise ValueError(f'MAE needs a ViT: config.model.encoder is {config.model.encoder!r}')
+    c = config.mae
+    self.encoder = models.build_encoder(config)
+    self.net = MAENet(
+      encoder=self.encoder,
+      decoder=MAEDecoder(
+        width=c.decoder_width,
+        depth=c.decoder_depth,
+        num_heads=c.decoder_heads,
+        dtype=models.compute_dtype(config),
+      ),
+      mask_ratio=c.mask_ratio,
+    )
+
+  def _noise(self, rng, images):
+    grid = vit.grid_shape(images.shape[1], images.shape[2], self.config.model.patch_size)
+    return jax.random.uniform(rng, (images.shape[0], grid[0] * grid[1]))
+
+  def init(self, rng, batch):
+    images = batch['views'][0]
+    variables = self.net.init(rng, images, self._noise(rng, images), train=False)
+    return variables['params'], {}
+
+  def loss(self, params, model_state, batch, rng, step):
+    del step
+    views = batch['views']
+    if len(views) != 1:
+      raise ValueError(f'MAE takes 1 view per example, config.views makes {len(views)}')
+    images = views[0]
+    mask_rng, drop_rng = jax.random.split(rng)
+    pred, mask = self.net.apply(
+      {'params': params},
+      images,
+      self._noise(mask_rng, images),
+      train=True,
+      rngs=dropout_rngs(drop_rng),
+    )
+    target = vit.patchify(images, self.config.model.patch_size)
+    loss = losses.mae(pred, target, mask, norm_pix=self.config.mae.norm_pix)
+    return loss, (model_state, {'loss': loss, 'mask_fraction': jnp.mean(mask)})
+
+  def encoder_variables(self, params, model_state):
+    return submodule_variables({'params': params}, 'encoder')
+
+  def reconstruct(self, params, model_state, images, rng) -> dict[str, jax.Array]:
+    """The MAE picture: original, masked input, reconstruction, reconstruction with the visible
+    patches pasted back; all (N, H, W, C). With norm_pix the predictions are un-normalized with
+    each patch's mean and variance from the original image (as the official demo)."""
+    del model_state
+    pred, mask = self.net.apply({'params': params}, images, self._noise(rng, images), train=False)
+    p = self.config.model.patch_size
+    target = vit.patchify(images, p)
+    if self.config.mae.norm_pix:
+      mean = jnp.mean(target, axis=-1, keepdims=True)
+      var = jnp.var(target, axis=-1, keepdims=True, ddof=1)
+      pred = pred * jnp.sqrt(var + 1e-6) + mean
+    grid = vit.grid_shape(images.shape[1], images.shape[2], p)
+    back = lambda patches: vit.unpatchify(patches, p, grid, images.shape[-1])
+    m = mask[..., None]
+    return {
+      'original': images,
+      'masked': back(target * (1 - m)),
+      'reconstruction': back(pred),
+      'pasted': back(target * (1 - m) + pred * m),
+    }
