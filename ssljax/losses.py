@@ -157,8 +157,13 @@ def mae(pred: jax.Array, target: jax.Array, mask: jax.Array, *, norm_pix: bool =
   return jnp.sum(per_patch * mask) / jnp.maximum(jnp.sum(mask), 1.0)
 
 
-def normalize_patches(patches: jax.Array, eps: float = 1e-6) -> jax.Array:
-  """(x - mean) / sqrt(var + eps) per patch (last axis), unbiased variance as torch.var."""
+def patch_mean_std(patches: jax.Array, eps: float = 1e-6) -> tuple[jax.Array, jax.Array]:
+  """Per patch (last axis): the mean and sqrt(var + eps), unbiased variance as torch.var."""
   mean = jnp.mean(patches, axis=-1, keepdims=True)
-  var = jnp.var(patches, axis=-1, keepdims=True, ddof=1)
-  return (patches - mean) / jnp.sqrt(var + eps)
+  return mean, jnp.sqrt(jnp.var(patches, axis=-1, keepdims=True, ddof=1) + eps)
+
+
+def normalize_patches(patches: jax.Array, eps: float = 1e-6) -> jax.Array:
+  """MAE's norm_pix target: (x - mean) / sqrt(var + eps) per patch."""
+  mean, std = patch_mean_std(patches, eps)
+  return (patches - mean) / std

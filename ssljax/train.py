@@ -43,6 +43,18 @@ def schedule_lengths(config: ml_collections.ConfigDict, num_train: int) -> tuple
   return total, int(config.warmup_epochs * per_epoch)
 
 
+def build_method(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh, info) -> tuple:
+  """(method, tx, schedule, init, total_steps) for `config` on `mesh`: what a run trains and what
+  `ssljax.visualize` restores into. `init` is rng -> TrainState, not yet jitted."""
+  total_steps, warmup_steps = schedule_lengths(config, info.num_train)
+  method = methods.build(config, mesh, total_steps, steps_per_epoch(config, info.num_train))
+  tx, schedule = optim.build_optimizer(config, total_steps, warmup_steps)
+  views_shape = [
+    (s.image_size, s.image_size, info.image_shape[-1]) for s in data.view_specs(config)
+  ]
+  return method, tx, schedule, init_state(method, tx, config, views_shape), total_steps
+
+
 def init_state(method, tx, config, views_shape) -> callable:
   """A function rng -> TrainState; jitted or eval_shape'd by the caller (big_vision style)."""
 
@@ -99,15 +111,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   logging.info('Mesh %s over %d processes; data %s', mesh.shape, jax.process_count(), info)
 
   # ---------------------------------------------------------------- Model and optimizer
-  total_steps, warmup_steps = schedule_lengths(config, info.num_train)
-  method = methods.build(config, mesh, total_steps, steps_per_epoch(config, info.num_train))
-  tx, schedule = optim.build_optimizer(config, total_steps, warmup_steps)
-  views_shape = [
-    (s.image_size, s.image_size, info.image_shape[-1]) for s in data.view_specs(config)
-  ]
+  method, tx, schedule, init, total_steps = build_method(config, mesh, info)
 
   # ---------------------------------------------------------------- Sharding and init
-  init = init_state(method, tx, config, views_shape)
   state_sharding = jax.tree.map(
     lambda _: sharding.replicated(mesh), jax.eval_shape(init, jax.random.PRNGKey(0))
   )

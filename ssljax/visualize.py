@@ -29,17 +29,13 @@ import ml_collections
 import numpy as np
 from absl import app, flags, logging
 
-from ssljax import data, pictures
+from ssljax import data, models, pictures
 from ssljax.methods import Method, TrainState
 
 
 def _local(tree):
   """A copy of replicated global arrays on this process's first device (no collectives)."""
   return jax.tree.map(lambda a: a.addressable_data(0) if isinstance(a, jax.Array) else a, tree)
-
-
-def is_vit(config: ml_collections.ConfigDict) -> bool:
-  return config.model.encoder.startswith('vit')
 
 
 class Pictures:
@@ -50,7 +46,7 @@ class Pictures:
     self.directory = os.path.join(workdir, 'pictures')
     self.enabled = jax.process_index() == 0 and (
       config.visualize.embeddings
-      or (config.visualize.attention and is_vit(config))
+      or (config.visualize.attention and models.is_vit(config))
       or self._reconstructs()
     )
     if not self.enabled:
@@ -64,7 +60,8 @@ class Pictures:
     self.labels = labels[: config.visualize.num_points]
     self._features = jax.jit(method.features)
     self._attention = jax.jit(method.attention)
-    self._reconstruct = jax.jit(getattr(method, 'reconstruct', lambda *a: {}))
+    if self._reconstructs():
+      self._reconstruct = jax.jit(method.reconstruct)
 
   def _reconstructs(self) -> bool:
     return self.config.visualize.reconstructions and hasattr(self.method, 'reconstruct')
@@ -86,7 +83,7 @@ class Pictures:
       points = pictures.project_2d(h, v.projection, seed=self.config.seed)
       path = os.path.join(self.directory, 'embeddings', f'step_{step:07d}.png')
       pictures.save_embedding_frame(points, self.labels, path, title=title)
-    if v.attention and is_vit(self.config):
+    if v.attention and models.is_vit(self.config):
       x = self.images[: v.num_images]
       attn = np.asarray(self._attention(params, model_state, x), np.float32)
       path = os.path.join(self.directory, 'attention', f'step_{step:07d}.png')
@@ -128,15 +125,10 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
 
 def restore_latest(config: ml_collections.ConfigDict, workdir: str) -> tuple[Method, TrainState]:
   """The method and its latest saved state, on this process's devices."""
-  from ssljax import checkpoint, methods, optim, sharding, train
+  from ssljax import checkpoint, sharding, train
 
   mesh = sharding.make_mesh()
-  info = data.dataset_info(config)
-  total, warmup = train.schedule_lengths(config, info.num_train)
-  method = methods.build(config, mesh, total, train.steps_per_epoch(config, info.num_train))
-  tx, _ = optim.build_optimizer(config, total, warmup)
-  shapes = [(s.image_size, s.image_size, info.image_shape[-1]) for s in data.view_specs(config)]
-  init = train.init_state(method, tx, config, shapes)
+  method, _, _, init, _ = train.build_method(config, mesh, data.dataset_info(config))
   like = jax.eval_shape(init, jax.random.PRNGKey(0))
   like = jax.tree.map(
     lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sharding.replicated(mesh)), like
@@ -164,7 +156,7 @@ def main(argv) -> None:
     config.visualize.attention = argv[1] == 'attention'
     config.visualize.embeddings = argv[1] == 'embeddings'
     config.visualize.reconstructions = argv[1] == 'reconstructions'
-  if argv[1] == 'attention' and not is_vit(config):
+  if argv[1] == 'attention' and not models.is_vit(config):
     print(f'error: attention maps need a ViT encoder, not {config.model.encoder}', file=sys.stderr)
     sys.exit(2)
   method, state = restore_latest(config, workdir)

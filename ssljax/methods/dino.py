@@ -19,6 +19,12 @@ from ssljax.methods.base import (
 )
 
 
+def _student_stats(model_state: dict) -> dict:
+  """The student's non-param collections (BatchNorm statistics): model_state minus the teacher
+  and the center."""
+  return {k: v for k, v in model_state.items() if k not in ('teacher', 'center')}
+
+
 def _by_resolution(views: list[jax.Array]) -> list[list[jax.Array]]:
   """Consecutive views of one shape, grouped: one forward pass per resolution (multi-crop)."""
   return [list(g) for _, g in itertools.groupby(views, key=lambda v: v.shape)]
@@ -68,9 +74,8 @@ class DINO(Method):
   # ------------------------------------------------------------------ method interface
 
   def init(self, rng, batch):
-    variables = self.net.init(
-      {'params': rng, 'dropout': rng}, batch['views'][0], train=False
-    )  # parameter shapes do not depend on the crop size
+    # Parameter shapes do not depend on the crop size: the first view is enough.
+    variables = self.net.init(rng, batch['views'][0], train=False)
     variables = dict(variables)
     params = variables.pop('params')
     # The teacher starts as a copy of the student; BatchNorm statistics (ResNet encoders) sit
@@ -115,9 +120,8 @@ class DINO(Method):
     last = jax.tree.map(lambda p: jnp.where(frozen, jax.lax.stop_gradient(p), p), last)
     params = {**params, 'head': {**params['head'], 'last_layer': last}}
 
-    student_stats = {k: v for k, v in model_state.items() if k not in ('teacher', 'center')}
     student, h, new_student_stats = self._logits(
-      {'params': params, **student_stats}, _by_resolution(views), train=True, rng=rng
+      {'params': params, **_student_stats(model_state)}, _by_resolution(views), train=True, rng=rng
     )
     # The teacher never drops paths (the official code builds it without stochastic depth); a
     # BatchNorm teacher normalizes with its own batch statistics, as BYOL's target does.
@@ -160,6 +164,5 @@ class DINO(Method):
     if self.config.eval_encoder == 'target':
       variables = model_state['teacher']
     else:
-      stats = {k: v for k, v in model_state.items() if k not in ('teacher', 'center')}
-      variables = {'params': params, **stats}
+      variables = {'params': params, **_student_stats(model_state)}
     return submodule_variables(variables, 'encoder')

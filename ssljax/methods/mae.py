@@ -68,7 +68,7 @@ class MAENet(nn.Module):
 class MAE(Method):
   def __init__(self, config, mesh, total_steps=1, steps_per_epoch=1):
     super().__init__(config, mesh, total_steps, steps_per_epoch)
-    if not config.model.encoder.startswith('vit'):
+    if not models.is_vit(config):
       raise ValueError(f'MAE needs a ViT: config.model.encoder is {config.model.encoder!r}')
     c = config.mae
     self.encoder = models.build_encoder(config)
@@ -122,9 +122,8 @@ class MAE(Method):
     p = self.config.model.patch_size
     target = vit.patchify(images, p)
     if self.config.mae.norm_pix:
-      mean = jnp.mean(target, axis=-1, keepdims=True)
-      var = jnp.var(target, axis=-1, keepdims=True, ddof=1)
-      pred = pred * jnp.sqrt(var + 1e-6) + mean
+      mean, std = losses.patch_mean_std(target)
+      pred = pred * std + mean
     grid = vit.grid_shape(images.shape[1], images.shape[2], p)
     back = lambda patches: vit.unpatchify(patches, p, grid, images.shape[-1])
     m = mask[..., None]

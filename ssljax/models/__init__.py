@@ -9,7 +9,7 @@ from ssljax.models import resnet as resnet_lib
 from ssljax.models import vit as vit_lib
 from ssljax.models.heads import DINOHead, MLPHead
 
-__all__ = ['DINOHead', 'MLPHead', 'build_encoder', 'encoder_dim', 'compute_dtype']
+__all__ = ['DINOHead', 'MLPHead', 'is_vit', 'build_encoder', 'encoder_dim', 'compute_dtype']
 
 
 def compute_dtype(config: ml_collections.ConfigDict):
@@ -20,10 +20,14 @@ def compute_dtype(config: ml_collections.ConfigDict):
   return jnp.dtype(name)
 
 
+def is_vit(config: ml_collections.ConfigDict) -> bool:
+  return config.model.encoder.startswith('vit')
+
+
 def build_encoder(config: ml_collections.ConfigDict):
   """The encoder f named by config.model.encoder; its output is h."""
   m = config.model
-  if m.encoder.startswith('vit'):
+  if is_vit(config):
     # The position embedding is made for the training views' side (config.augment.image_size);
     # other inputs (eval images, DINO's local crops) get it resized to their grid.
     return vit_lib.vit(
@@ -44,6 +48,6 @@ def build_encoder(config: ml_collections.ConfigDict):
 
 
 def encoder_dim(config: ml_collections.ConfigDict) -> int:
-  if config.model.encoder.startswith('vit'):
+  if is_vit(config):
     return vit_lib.feature_dim(config.model.encoder, config.model.vit_width)
   return resnet_lib.feature_dim(config.model.encoder, config.model.width)
