@@ -64,6 +64,7 @@ def base_config() -> ml_collections.ConfigDict:
       pos_embed='learned',  # learned | sincos (fixed 2-D)
       drop_path=0.0,  # stochastic depth at the last block (linear from 0 at the first)
       pool='cls',  # h = the CLS token | mean of the patch tokens
+      cls_token=True,  # False: patch tokens only (I-JEPA), needs pool='mean'
       # Pixels in [0, 1] enter as (x - mean) / std: about ImageNet's per-channel mean and std,
       # which the official code normalizes with (ResNets begin with BatchNorm and need none).
       pixel_mean=0.5,
@@ -215,4 +216,52 @@ def mae_config(image_size: int) -> ml_collections.ConfigDict:
   c.momentum = 0.9
   c.b2 = 0.95
   c.weight_decay = 0.05
+  return c
+
+
+def ijepa_config(image_size: int) -> ml_collections.ConfigDict:
+  """I-JEPA's defaults (Assran et al. 2023, official code): ViT-H/14 without CLS, 4 target blocks
+  (scale 0.15-0.2, aspect 0.75-1.5) and a context block (0.85-1.0) per image, a 384-wide
+  12-block predictor, target encoder momentum 0.996 -> 1 (linear), AdamW with weight decay
+  0.04 -> 0.4, random resized crop (0.3-1) as the only augmentation."""
+  c = base_config()
+  c.method = 'ijepa'
+  c.augment = augment_defaults(image_size)
+  c.augment.crop_scale = (0.3, 1.0)
+  c.augment.flip = False
+  c.augment.color_strength = 0.0  # no colour jitter, grayscale, blur or solarize
+  c.augment.grayscale_prob = 0.0
+  c.augment.blur_prob = 0.0
+  c.views = ml_collections.ConfigDict(dict(view1={}))
+  c.model.encoder = 'vit_huge'
+  c.model.patch_size = 14
+  c.model.pos_embed = 'sincos'
+  c.model.cls_token = False  # patch tokens only; h = their mean
+  c.model.pool = 'mean'
+  c.ijepa = ml_collections.ConfigDict(
+    dict(
+      num_targets=4,
+      target_scale=(0.15, 0.2),  # fraction of the patch grid per target block
+      target_aspect=(0.75, 1.5),  # height / width
+      context_scale=(0.85, 1.0),
+      context_aspect=(1.0, 1.0),
+      min_keep=10,  # context patches every image keeps
+      max_context=0,  # > 0: at most this many context patches (a random subset); 0: no cap
+      tries=8,  # redraws for an image whose context would keep fewer than min_keep
+      pred_width=384,
+      pred_depth=12,
+      pred_heads=0,  # 0: the encoder's number of heads (as the official code)
+      ema_end=1.0,  # the target momentum goes linearly from ema.base to this
+    )
+  )
+  c.loss = ml_collections.ConfigDict(dict(kind='l2'))  # l2 (the lecture) | smooth_l1 (official)
+  c.ema.base = 0.996
+  c.eval_encoder = 'target'  # or 'context'
+  c.optimizer = 'adamw'
+  c.base_lr = 1.25e-4  # x B/256: 1e-3 at the official batch of 2048
+  c.momentum = 0.9
+  c.b2 = 0.999
+  c.weight_decay = 0.04
+  c.weight_decay_end = 0.4
+  c.warmup_epochs = 40.0
   return c

@@ -167,3 +167,39 @@ def normalize_patches(patches: jax.Array, eps: float = 1e-6) -> jax.Array:
   """MAE's norm_pix target: (x - mean) / sqrt(var + eps) per patch."""
   mean, std = patch_mean_std(patches, eps)
   return (patches - mean) / std
+
+
+def ijepa(
+  pred: jax.Array,
+  target: jax.Array,
+  *,
+  kind: str = 'l2',
+  valid: jax.Array | None = None,
+) -> jax.Array:
+  """I-JEPA's loss in representation space; the targets get an affine-free layer norm here.
+
+  s_j = layer_norm(target_j) (eps 1e-5, as the official F.layer_norm), under stop_gradient.
+  - kind='l2', the lecture's 1/M sum_i sum_{j in B_i} ||s^_j - s_j||^2: per block, the sum over
+    its patches of the squared L2 distance, averaged over the blocks (and the batch).
+  - kind='smooth_l1', the official code's: smooth-L1 with beta = 1, averaged over every element.
+
+  Args:
+    pred, target: (R, K, D), one row per (target block, example), K patches per block.
+    valid: (R, K) bool, the real patches of padded blocks (default: all). A row with no valid
+      patch (a block the masking dropped) is left out of the average over blocks.
+  """
+  pred = pred.astype(jnp.float32)
+  target = target.astype(jnp.float32)
+  mean = jnp.mean(target, axis=-1, keepdims=True)
+  s = (target - mean) * jax.lax.rsqrt(jnp.var(target, axis=-1, keepdims=True) + 1e-5)
+  diff = pred - jax.lax.stop_gradient(s)
+  w = jnp.ones(pred.shape[:2], jnp.float32) if valid is None else valid.astype(jnp.float32)
+  if kind == 'l2':
+    per_block = jnp.sum(jnp.sum(jnp.square(diff), axis=-1) * w, axis=-1)
+    blocks = (jnp.sum(w, axis=-1) > 0).astype(jnp.float32)
+    return jnp.sum(per_block * blocks) / jnp.maximum(jnp.sum(blocks), 1.0)
+  if kind == 'smooth_l1':
+    a = jnp.abs(diff)
+    per_elem = jnp.where(a < 1.0, 0.5 * jnp.square(a), a - 0.5)
+    return jnp.sum(per_elem * w[..., None]) / jnp.maximum(jnp.sum(w) * pred.shape[-1], 1.0)
+  raise ValueError(f"config.loss.kind must be 'l2' or 'smooth_l1' for I-JEPA, got {kind!r}")

@@ -45,6 +45,8 @@ def tiny(config, *, source='synthetic'):
     config.dino.out_dim, config.dino.hidden_dim, config.dino.bottleneck_dim = 16, 16, 8
   if 'mae' in config:
     config.mae.decoder_width, config.mae.decoder_depth, config.mae.decoder_heads = 16, 1, 2
+  if 'ijepa' in config:
+    config.ijepa.pred_width, config.ijepa.pred_depth, config.ijepa.pred_heads = 8, 1, 2
   config.model.width = 4
   config.model.proj_dim = 8
   config.model.proj_hidden = 16

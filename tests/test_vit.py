@@ -288,6 +288,45 @@ class ViTTest(parameterized.TestCase):
     chex.assert_shape(no_cls, (2, 16, 32))
     np.testing.assert_allclose(full_cls, h, rtol=1e-6)  # __call__ = embed -> transform -> CLS
 
+  def test_padded_tokens_change_nothing_for_the_real_ones(self):
+    """I-JEPA pads token lists to static lengths: with `valid`, the real tokens' outputs equal
+    those of the unpadded sequence, whatever the padding holds."""
+    model = tiny()
+    variables = tiny_variables()
+    tokens = jax.jit(lambda v, x: model.apply(v, x, method=vit.ViT.embed))(
+      variables, images((2, 32, 32, 3))
+    )
+    real = tokens[:, :10]
+    padded = jnp.concatenate([real, 100.0 * images((2, 6, 32), seed=1)], axis=1)
+    valid = jnp.arange(16)[None, :] < 10
+    run = jax.jit(lambda v, x, m: model.apply(v, x, train=False, valid=m, method=vit.ViT.transform))
+    np.testing.assert_allclose(
+      run(variables, padded, jnp.broadcast_to(valid, (2, 16)))[:, :11],
+      run(variables, real, None),
+      atol=1e-5,
+    )
+    # without the mask the padding does leak into the real tokens
+    assert np.max(np.abs(run(variables, padded, None)[:, :11] - run(variables, real, None))) > 1e-3
+
+  def test_vit_without_cls_token(self):
+    """I-JEPA's ViT-H/14: no CLS token, fixed positions; h is the mean of the patch tokens."""
+    model = vit.vit(
+      'vit_huge', patch_size=14, image_size=224, pos_embed='sincos', pool='mean', use_cls=False
+    )
+    shapes = jax.eval_shape(
+      lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((1, 224, 224, 3)), train=False)
+    )
+    d, grid = 1280, 16
+    # no CLS token and no learned position embedding (CLS row included) in the trunk's count
+    assert n_params(shapes['params']) == vit_param_count(d, 32, 14, 224) - d - (1 + grid**2) * d
+    small = tiny(use_cls=False, pool='mean')
+    x = images((2, 32, 32, 3))
+    v = jax.jit(lambda: small.init(jax.random.PRNGKey(0), x, train=False))()
+    assert 'cls_token' not in v['params'] and v['params']['pos_embed'].shape == (1, 64, 32)
+    tokens = small.apply(v, x, train=False, method=vit.ViT.tokens)
+    chex.assert_shape(tokens, (2, 64, 32))
+    np.testing.assert_allclose(small.apply(v, x, train=False), tokens.mean(1), atol=1e-6)
+
   def test_drop_path_is_per_sample_and_only_in_training(self):
     x = jnp.ones((64, 3, 2))
     y = vit.drop_path(x, 0.25, jax.random.PRNGKey(0))
@@ -356,8 +395,10 @@ class ViTTest(parameterized.TestCase):
 
   def test_bad_config_is_a_clear_error(self):
     with self.assertRaisesRegex(ValueError, 'config.model.encoder.*vit_small'):
-      vit.vit('vit_huge', patch_size=16, image_size=224)
+      vit.vit('vit_giant', patch_size=16, image_size=224)
     with self.assertRaisesRegex(ValueError, 'model.pool'):
       tiny(pool='max').init(jax.random.PRNGKey(0), jnp.zeros((1, 32, 32, 3)), train=False)
     with self.assertRaisesRegex(ValueError, 'not divisible'):
       tiny().init(jax.random.PRNGKey(0), jnp.zeros((1, 30, 30, 3)), train=False)
+    with self.assertRaisesRegex(ValueError, 'cls_token'):
+      tiny(use_cls=False).init(jax.random.PRNGKey(0), jnp.zeros((1, 32, 32, 3)), train=False)

@@ -8,10 +8,17 @@ import ml_collections
 from ssljax.methods.base import Method, TrainState
 from ssljax.methods.byol import BYOL
 from ssljax.methods.dino import DINO
+from ssljax.methods.ijepa import IJEPA
 from ssljax.methods.mae import MAE
 from ssljax.methods.simclr import SimCLR
 
-METHODS: dict[str, type[Method]] = {'simclr': SimCLR, 'byol': BYOL, 'dino': DINO, 'mae': MAE}
+METHODS: dict[str, type[Method]] = {
+  'simclr': SimCLR,
+  'byol': BYOL,
+  'dino': DINO,
+  'mae': MAE,
+  'ijepa': IJEPA,
+}
 
 __all__ = ['METHODS', 'Method', 'TrainState', 'build']
 

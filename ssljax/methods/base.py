@@ -75,11 +75,19 @@ class Method:
     return self.encoder.apply(variables, images, train=False)
 
   def attention(self, params: PyTree, model_state: PyTree, images: jax.Array) -> jax.Array:
-    """(N, heads, h, w): the last block's CLS-to-patch attention of a ViT encoder, on its grid."""
+    """(N, heads, h, w): the last block's CLS-to-patch attention of a ViT encoder, on its grid.
+
+    A ViT without CLS (I-JEPA) has no such query: its map is the attention each patch receives,
+    averaged over all query patches.
+    """
     variables = self.encoder_variables(params, model_state)
     _, attn = self.encoder.apply(variables, images, train=False, return_attention=True)
-    side = math.isqrt(attn.shape[-1] - 1)
-    return attn[:, :, 0, 1:].reshape(attn.shape[:2] + (side, side))
+    if self.encoder.use_cls:
+      attn = attn[:, :, 0, 1:]
+    else:
+      attn = jnp.mean(attn, axis=2)
+    side = math.isqrt(attn.shape[-1])
+    return attn.reshape(attn.shape[:2] + (side, side))
 
 
 class EncoderWithHead(nn.Module):

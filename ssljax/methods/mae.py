@@ -70,6 +70,8 @@ class MAE(Method):
     super().__init__(config, mesh, total_steps, steps_per_epoch)
     if not models.is_vit(config):
       raise ValueError(f'MAE needs a ViT: config.model.encoder is {config.model.encoder!r}')
+    if not config.model.cls_token:
+      raise ValueError('MAE keeps a CLS token: set config.model.cls_token=True')
     c = config.mae
     self.encoder = models.build_encoder(config)
     self.net = MAENet(

@@ -43,6 +43,7 @@ def build_encoder(config: ml_collections.ConfigDict):
       width=m.vit_width,
       depth=m.vit_depth,
       num_heads=m.vit_heads,
+      use_cls=m.cls_token,
     )
   return resnet_lib.resnet(m.encoder, width=m.width, stem=m.stem, dtype=compute_dtype(config))
 

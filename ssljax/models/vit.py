@@ -20,6 +20,8 @@ VIT_SIZES = {
   'vit_tiny': (192, 12, 3),  # (width, depth, heads)
   'vit_small': (384, 12, 6),
   'vit_base': (768, 12, 12),
+  'vit_large': (1024, 24, 16),
+  'vit_huge': (1280, 32, 16),
 }
 
 # timm/MAE initialisation: Linear layers xavier-uniform with zero bias, tokens trunc-normal .02.
@@ -102,13 +104,18 @@ def drop_path(x: jax.Array, rate: float, rng: jax.Array) -> jax.Array:
 
 
 class Attention(nn.Module):
-  """Multi-head self-attention; returns the output and the float32 attention probabilities."""
+  """Multi-head self-attention; returns the output and the float32 attention probabilities.
+
+  `valid` (N, T) marks the real tokens of a padded sequence: no token attends to a padding one,
+  so the real tokens' outputs equal those of the unpadded sequence (I-JEPA pads the context and
+  target blocks to static sizes).
+  """
 
   num_heads: int
   dtype: Any = jnp.float32
 
   @nn.compact
-  def __call__(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:
+  def __call__(self, x: jax.Array, valid: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
     n, t, d = x.shape
     head_dim = d // self.num_heads
     dense = lambda f, name: nn.Dense(f, dtype=self.dtype, kernel_init=_dense_init, name=name)
@@ -116,6 +123,8 @@ class Attention(nn.Module):
     qkv = dense(3 * d, 'qkv')(x).reshape(n, t, 3, self.num_heads, head_dim)
     q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
     logits = jnp.einsum('nqhd,nkhd->nhqk', q, k, preferred_element_type=jnp.float32)
+    if valid is not None:
+      logits = jnp.where(valid[:, None, None, :], logits, jnp.finfo(jnp.float32).min)
     attn = jax.nn.softmax(logits * head_dim**-0.5, axis=-1)  # softmax in float32
     out = jnp.einsum('nhqk,nkhd->nqhd', attn.astype(self.dtype), v).reshape(n, t, d)
     return dense(d, 'proj')(out), attn
@@ -144,7 +153,9 @@ class Block(nn.Module):
   dtype: Any = jnp.float32
 
   @nn.compact
-  def __call__(self, x: jax.Array, *, train: bool) -> tuple[jax.Array, jax.Array]:
+  def __call__(
+    self, x: jax.Array, *, train: bool, valid: jax.Array | None = None
+  ) -> tuple[jax.Array, jax.Array]:
     norm = lambda name: nn.LayerNorm(epsilon=1e-6, dtype=self.dtype, name=name)
 
     def residual(y):
@@ -152,7 +163,7 @@ class Block(nn.Module):
         return drop_path(y, self.drop_rate, self.make_rng('dropout'))
       return y
 
-    y, attn = Attention(self.num_heads, dtype=self.dtype, name='attn')(norm('norm1')(x))
+    y, attn = Attention(self.num_heads, dtype=self.dtype, name='attn')(norm('norm1')(x), valid)
     x = x + residual(y)
     y = Mlp(int(x.shape[-1] * self.mlp_ratio), dtype=self.dtype, name='mlp')(norm('norm2')(x))
     return x + residual(y), attn
@@ -163,7 +174,8 @@ class ViT(nn.Module):
 
   `image_size` is the side the position embedding is made for; other (even non-square) inputs
   get it resized to their grid. With `drop_path > 0`, calls with train=True need a 'dropout' rng
-  (`apply(..., rngs={'dropout': key})`); train=False is deterministic.
+  (`apply(..., rngs={'dropout': key})`); train=False is deterministic. `use_cls=False` builds a
+  ViT of patch tokens only (I-JEPA's), which needs pool='mean'.
   """
 
   patch_size: int
@@ -177,6 +189,7 @@ class ViT(nn.Module):
   pool: str = 'cls'  # cls | mean
   pixel_mean: float = 0.0  # embed standardizes pixels: (x - pixel_mean) / pixel_std
   pixel_std: float = 1.0
+  use_cls: bool = True
   dtype: Any = jnp.float32
 
   def setup(self):
@@ -186,15 +199,20 @@ class ViT(nn.Module):
       raise ValueError(f"model.pos_embed must be 'learned' or 'sincos', got {self.pos_embed!r}")
     if self.pool not in ('cls', 'mean'):
       raise ValueError(f"model.pool must be 'cls' or 'mean', got {self.pool!r}")
+    if self.pool == 'cls' and not self.use_cls:
+      raise ValueError(
+        "model.pool='cls' needs a CLS token: set model.cls_token=True or pool='mean'"
+      )
     g = self.grid(self.image_size)
     p = self.patch_size
     # A stride-p conv with kernel p: the same map as a Dense over `patchify(images)`.
     self.patch_embed = nn.Conv(
       self.width, (p, p), strides=(p, p), padding='VALID', dtype=self.dtype, kernel_init=_patch_init
     )
-    self.cls_token = self.param('cls_token', _token_init, (1, 1, self.width))
-    if self.pos_embed == 'learned':
-      self.pos_table = self.param('pos_embed', _token_init, (1, 1 + g * g, self.width))
+    if self.use_cls:
+      self.cls_token = self.param('cls_token', _token_init, (1, 1, self.width))
+    if self.pos_embed == 'learned':  # row 0 is the CLS token's when there is one
+      self.pos_table = self.param('pos_embed', _token_init, (1, self.use_cls + g * g, self.width))
     elif self.width % 4:
       raise ValueError(f'model.pos_embed=sincos needs a width divisible by 4, got {self.width}')
     # Stochastic depth rises linearly from 0 at the first block to drop_path at the last.
@@ -212,7 +230,7 @@ class ViT(nn.Module):
     if self.pos_embed == 'sincos':
       return jnp.asarray(sincos_2d(self.width, gh, gw))[None]
     g = self.grid(self.image_size)
-    pos = self.pos_table[:, 1:]
+    pos = self.pos_table[:, int(self.use_cls) :]
     if (gh, gw) == (g, g):
       return pos
     # DINO's interpolate_pos_encoding: bicubic over the grid, no antialiasing (as F.interpolate).
@@ -236,32 +254,43 @@ class ViT(nn.Module):
     tokens: jax.Array,
     *,
     train: bool,
-    add_cls: bool = True,
+    add_cls: bool | None = None,
+    valid: jax.Array | None = None,
     return_attention: bool = False,
   ) -> jax.Array | tuple[jax.Array, jax.Array]:
     """Tokens (N, L', D) -> [CLS +] blocks -> final norm, (N, [1+]L', D).
 
-    With return_attention also returns the last block's attention probabilities (N, heads, T, T)
-    in float32.
+    add_cls defaults to the model's use_cls. `valid` (N, L') marks real tokens when the sequence
+    is padded (see Attention). With return_attention also returns the last block's attention
+    probabilities (N, heads, T, T) in float32.
     """
     x = tokens.astype(self.dtype)
-    if add_cls:
+    if self.use_cls if add_cls is None else add_cls:
       cls = self.cls_token
       if self.pos_embed == 'learned':
         cls = cls + self.pos_table[:, :1]  # sincos: CLS has a zero position embedding
       cls = jnp.broadcast_to(cls.astype(self.dtype), (x.shape[0], 1, self.width))
       x = jnp.concatenate([cls, x], axis=1)
+      if valid is not None:
+        valid = jnp.concatenate([jnp.ones_like(valid[:, :1]), valid], axis=1)
     attn = None
     for block in self.blocks:
-      x, attn = block(x, train=train)
+      x, attn = block(x, train=train, valid=valid)
     x = self.norm(x).astype(jnp.float32)
     return (x, attn) if return_attention else x
+
+  def tokens(self, images: jax.Array, *, train: bool) -> jax.Array:
+    """The final-normed patch tokens (N, L, D) of the whole image, CLS (if any) dropped."""
+    return self.transform(self.embed(images), train=train)[:, int(self.use_cls) :]
 
   def __call__(
     self, images: jax.Array, *, train: bool, return_attention: bool = False
   ) -> jax.Array | tuple[jax.Array, jax.Array]:
     x, attn = self.transform(self.embed(images), train=train, return_attention=True)
-    h = x[:, 0] if self.pool == 'cls' else jnp.mean(x[:, 1:], axis=1)
+    if self.pool == 'cls':
+      h = x[:, 0]
+    else:
+      h = jnp.mean(x[:, int(self.use_cls) :], axis=1)
     return (h, attn) if return_attention else h
 
 
@@ -279,6 +308,7 @@ def vit(
   width: int = 0,
   depth: int = 0,
   num_heads: int = 0,
+  use_cls: bool = True,
 ) -> ViT:
   """Builds a ViT by name ('vit_tiny', 'vit_small', 'vit_base') for image_size-px inputs.
 
@@ -298,6 +328,7 @@ def vit(
     pool=pool,
     pixel_mean=pixel_mean,
     pixel_std=pixel_std,
+    use_cls=use_cls,
     dtype=dtype,
   )
 

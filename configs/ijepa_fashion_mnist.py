@@ -1,0 +1,32 @@
+"""I-JEPA on Fashion-MNIST (Debian's dataset-fashion-mnist), sized for ~30 CPU-minutes.
+
+python -m ssljax.main --config=configs/ijepa_fashion_mnist.py
+
+A small ViT with patch 4 (a 7x7 grid, no CLS token): per image 4 target blocks of 6-12
+patches and a context block of 36 or 49 patches with the targets cut out; h is the mean of the
+target encoder's patch tokens.
+"""
+
+from ssljax.defaults import ijepa_config
+
+
+def get_config(arg=None):
+  del arg
+  c = ijepa_config(image_size=28)
+  c.data.source = 'idx'
+  c.data.path = '/usr/share/datasets/fashion-mnist'
+  c.data.image_size = 28
+  c.model.encoder = 'vit_tiny'
+  c.model.patch_size = 4
+  c.model.vit_width, c.model.vit_depth, c.model.vit_heads = 96, 4, 4
+  c.ijepa.pred_width, c.ijepa.pred_depth = 48, 2
+  c.ema.base = 0.99  # short run: a faster-moving target
+  c.batch_size = 256
+  c.epochs = 3
+  c.warmup_epochs = 0.3
+  c.base_lr = 1e-3
+  c.log_every = 50
+  c.checkpoint_every = 500
+  c.eval_every = 234
+  c.eval_config.batch_size = 512
+  return c
