@@ -20,7 +20,6 @@ def get_config(arg=None):
   c.model.patch_size = 4
   c.model.vit_width, c.model.vit_depth, c.model.vit_heads = 96, 4, 4
   c.ijepa.pred_width, c.ijepa.pred_depth = 48, 2
-  c.ema.base = 0.99  # short run: a faster-moving target
   c.batch_size = 256
   c.epochs = 3
   c.warmup_epochs = 0.3
