@@ -30,6 +30,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.name = ''  # the run's name: default workdir is runs/<name>
   c.method = 'simclr'
   c.seed = 0
+  # Warm start: another run's workdir. A new run starts its encoder (online and every EMA copy)
+  # from that run's latest encoder, by name and shape; heads start fresh (REMEDIS's pipeline).
+  c.init_from = ''
 
   c.data = ml_collections.ConfigDict(
     dict(
@@ -43,6 +46,11 @@ def base_config() -> ml_collections.ConfigDict:
       num_classes=10,  # synthetic source only; others read it from the data
       channels=1,  # synthetic source only
       num_examples=1024,  # synthetic source only
+      # A corruption of the evaluation images (ssljax.data.shifts): '' (none) | gaussian_noise |
+      # contrast | rotate; pretraining views are never shifted. Usually set in eval_config.ood_data.
+      shift='',
+      shift_severity=3,  # 1..5 (ImageNet-C's levels; rotate: 15, 30, 45, 60, 90 degrees)
+      shift_seed=0,  # keys the noise of each example (with its index in the split)
     )
   )
   c.augment = augment_defaults(32)
@@ -106,6 +114,36 @@ def base_config() -> ml_collections.ConfigDict:
       batch_size=256,
       max_examples=0,  # 0: whole split; else cap each split (ImageNet-sized data)
       random_init=True,  # also evaluate the randomly initialised encoder
+      # linear, knn, finetune and supervised run once per budget, keys `linear@10_per_class`:
+      # 'N_per_class' or 'P%' (round(P/100 * class count) of each class, at least 1). Empty: all
+      # labels, plain keys. Class-balanced, drawn with subset_seed: the same images for every
+      # method.
+      label_budgets=(),
+      # A second test set: config.data with these fields replaced (None: keep), e.g.
+      # dict(shift='gaussian_noise') or dict(source='idx', path=DIR). Results get keys `.../ood`.
+      ood_data=ml_collections.ConfigDict(
+        dict(shift=placeholder(str), shift_severity=placeholder(int))
+      ),
+      # 'finetune' trains the whole encoder + a linear head on h with cross-entropy; 'supervised'
+      # runs the same recipe from a random init (the baseline without pretraining).
+      finetune=ml_collections.ConfigDict(
+        dict(
+          epochs=30.0,  # passes over the labelled subset
+          min_steps=100,  # at least this many steps (tiny label budgets)
+          warmup_epochs=3.0,
+          batch_size=64,  # global; the devices must divide it
+          optimizer='auto',  # auto: adamw for ViTs, sgd (Nesterov) for ResNets | sgd | lars | adamw
+          base_lr=placeholder(float),  # None: sgd 0.1, lars 0.1, adamw 4e-3; times B / 256
+          weight_decay=placeholder(float),  # None: sgd 1e-4, lars 1e-6, adamw 0.05
+          momentum=0.9,  # sgd / lars momentum, adamw beta1
+          layer_decay=0.75,  # ViTs: lr of block i x decay**(depth - i) (MAE: 0.65 B, 0.75 L/H)
+          label_smoothing=0.1,
+          drop_path=0.1,  # ViTs: stochastic depth while fine-tuning
+          crop_scale=placeholder(tuple),  # random resized crop (area); None: config.augment's
+          flip=placeholder(bool),  # random horizontal flip; None: config.augment's
+          seed=0,  # head init, batch order, augmentations; and the supervised baseline's init
+        )
+      ),
     )
   )
   # Pictures under WORKDIR/pictures at every evaluation (ssljax.visualize).
@@ -119,6 +157,9 @@ def base_config() -> ml_collections.ConfigDict:
       num_images=6,  # images in the attention / reconstruction pictures
     )
   )
+  # WORKDIR/report.md (ssljax.report): summary, results, curves, pictures; rewritten at every
+  # evaluation so a run can be read, or copied, without TensorBoard.
+  c.report = True
   return c
 
 

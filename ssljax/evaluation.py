@@ -1,9 +1,16 @@
-"""Runs the evaluation protocols named in `config.eval` on the frozen encoder's features h."""
+"""Runs the evaluation protocols named in `config.eval`: on the frozen encoder's features h
+(linear, linear_few, knn) or by training it with labels (finetune, and supervised: the same from
+a random init), once per label budget, on the test split and an optional out-of-distribution one.
+
+Results keys: the protocol's key, `@budget` when eval_config.label_budgets is set (e.g.
+`linear@10_per_class`, `finetune@1%`), `/ood` for the second test set (`knn@1%/ood`).
+"""
 
 from __future__ import annotations
 
+import copy
 import functools
-import math
+import hashlib
 from collections.abc import Callable
 
 import jax
@@ -12,91 +19,303 @@ import numpy as np
 from absl import logging
 from jax.experimental import multihost_utils
 
-from ssljax import evaluators, sharding
+from ssljax import data, evaluators, sharding
+from ssljax.evaluators import finetune as finetune_lib
+from ssljax.evaluators.batched import apply_in_batches
+from ssljax.evaluators.label_subset import LabelBudget, parse_label_budgets
 from ssljax.methods import Method
 
 Features = tuple[np.ndarray, np.ndarray]  # (features (N, d), labels (N,))
+Tests = dict[str, Features]  # results-key suffix ('' or '/ood') -> test set
+OOD = '/ood'
 
 
-def _linear(train: Features, test: Features, num_classes: int, ec) -> float:
-  return evaluators.linear_probe(*train, *test, num_classes=num_classes)['accuracy']
+# ----------------------------------------------------------------------------- frozen features
 
 
-def _linear_few(train: Features, test: Features, num_classes: int, ec) -> float:
+def _linear(train: Features, tests: Tests, num_classes: int, ec) -> dict[str, float]:
+  probe = evaluators.fit_linear_probe(*train, num_classes=num_classes)
+  return {name: probe.accuracy(*test) for name, test in tests.items()}
+
+
+def _linear_few(train: Features, tests: Tests, num_classes: int, ec) -> dict[str, float]:
   idx = evaluators.per_class_subset(train[1], ec.few_per_class, seed=ec.subset_seed)
-  return evaluators.linear_probe(train[0][idx], train[1][idx], *test, num_classes=num_classes)[
-    'accuracy'
-  ]
+  return _linear((train[0][idx], train[1][idx]), tests, num_classes, ec)
 
 
-def _knn(train: Features, test: Features, num_classes: int, ec) -> float:
-  return evaluators.knn_accuracy(
-    *train, *test, num_classes=num_classes, k=ec.knn_k, temperature=ec.knn_temperature
-  )
+def _knn(train: Features, tests: Tests, num_classes: int, ec) -> dict[str, float]:
+  return {
+    name: evaluators.knn_accuracy(
+      *train, *test, num_classes=num_classes, k=ec.knn_k, temperature=ec.knn_temperature
+    )
+    for name, test in tests.items()
+  }
 
 
-# name in config.eval -> (key in results.json, protocol)
+# name in config.eval -> (key in results.json, protocol on features, runs per label budget)
+FEATURE_PROTOCOLS: dict[str, tuple[Callable[[ml_collections.ConfigDict], str], Callable, bool]] = {
+  'linear': (lambda ec: 'linear', _linear, True),
+  'linear_few': (lambda ec: f'linear_{ec.few_per_class}_per_class', _linear_few, False),
+  'knn': (lambda ec: 'knn', _knn, True),
+}
+# name -> (key, start from the pretrained encoder (else a random init)); always per label budget
+TRAINING_PROTOCOLS: dict[str, tuple[Callable[[ml_collections.ConfigDict], str], bool]] = {
+  'finetune': (lambda ec: 'finetune', True),
+  'supervised': (lambda ec: 'supervised', False),
+}
+
+
+def _one_test(fn: Callable) -> Callable:
+  def protocol(train: Features, test: Features, num_classes: int, ec) -> float:
+    return fn(train, {'': test}, num_classes, ec)['']
+
+  return protocol
+
+
+# The feature protocols as functions (train, test, num_classes, ec) -> accuracy, for scripts that
+# run them on other features (experiments/raw_pixel_baseline.py).
 PROTOCOLS: dict[str, tuple[Callable[[ml_collections.ConfigDict], str], Callable]] = {
-  'linear': (lambda ec: 'linear', _linear),
-  'linear_few': (lambda ec: f'linear_{ec.few_per_class}_per_class', _linear_few),
-  'knn': (lambda ec: 'knn', _knn),
+  name: (key, _one_test(fn)) for name, (key, fn, _) in FEATURE_PROTOCOLS.items()
 }
 
 
 def check_protocols(names) -> None:
-  unknown = [n for n in names if n not in PROTOCOLS]
+  known = {**FEATURE_PROTOCOLS, **TRAINING_PROTOCOLS}
+  unknown = [n for n in names if n not in known]
+  if unknown:
+    raise ValueError(f'config.eval names unknown protocols {unknown}; choose from {sorted(known)}')
+
+
+def label_budgets(ec: ml_collections.ConfigDict) -> list[LabelBudget | None]:
+  """The budgets each budgeted protocol runs with; [None] (all labels, plain keys) when empty."""
+  return parse_label_budgets(ec.get('label_budgets', ())) or [None]
+
+
+def ood_overrides(ec: ml_collections.ConfigDict) -> dict:
+  """The config.data fields eval_config.ood_data sets (None values keep config.data's)."""
+  ood = ec.get('ood_data') or {}
+  items = ood.items() if hasattr(ood, 'items') else []
+  return {k: v for k, v in items if v is not None}
+
+
+def ood_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict | None:
+  """config with eval_config.ood_data applied to config.data; None without overrides."""
+  overrides = ood_overrides(config.eval_config)
+  if not overrides:
+    return None
+  unknown = sorted(set(overrides) - set(config.data.keys()))
   if unknown:
     raise ValueError(
-      f'config.eval names unknown protocols {unknown}; choose from {sorted(PROTOCOLS)}'
+      f'config.eval_config.ood_data sets {unknown}, which are not config.data fields; '
+      f'choose from {sorted(config.data.keys())}'
     )
+  ood = copy.deepcopy(config)
+  with ood.unlocked():
+    ood.data.update(overrides)
+  return ood
+
+
+def check_eval_config(config: ml_collections.ConfigDict) -> None:
+  """Every check of config.eval / config.eval_config that needs no data: call it before
+  pretraining, so a typo fails in seconds rather than after the run."""
+  check_protocols(config.eval)
+  ec = config.eval_config
+  label_budgets(ec)
+  ood = ood_config(config)
+  if ood is not None:
+    from ssljax.data import shifts
+
+    shifts.check(ood.data.get('shift', ''), ood.data.get('shift_severity', 3))
+  if any(name in TRAINING_PROTOCOLS for name in config.eval):
+    ft = ec.finetune
+    name = ft.optimizer
+    if name != 'auto' and name not in finetune_lib.RECIPES:
+      raise ValueError(
+        "config.eval_config.finetune.optimizer must be 'auto', 'sgd', 'lars' or 'adamw', "
+        f'got {name!r}'
+      )
+    if not 0.0 < ft.layer_decay <= 1.0:
+      raise ValueError(
+        f'config.eval_config.finetune.layer_decay must be in (0, 1], got {ft.layer_decay!r}'
+      )
+
+
+def finetune_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """eval_config.finetune with the crop scale and flip it leaves None taken from config.augment
+  (the pretraining's, which suit the data: no flips for digits, say)."""
+  ft = ml_collections.ConfigDict(config.eval_config.finetune.to_dict())
+  if ft.crop_scale is None:
+    ft.crop_scale = tuple(config.augment.crop_scale)
+  if ft.flip is None:
+    ft.flip = bool(config.augment.flip)
+  return ft
+
+
+# ----------------------------------------------------------------------------- on the mesh
+
+
+@functools.lru_cache(maxsize=8)
+def _encode(method: Method) -> Callable:
+  """method.features as fn(args, x) for `apply_in_batches`; one per method, so it compiles once."""
+  return lambda args, x: method.features(*args, x)
 
 
 def extract_features(
   method: Method, params, model_state, images: np.ndarray, labels: np.ndarray, mesh, batch_size: int
 ) -> Features:
-  """Encodes this process's images in global batches; every process gets all (h, label) pairs."""
+  """Encodes this process's images in global batches; every process gets all (h, label) pairs,
+  in the split's global order (see `apply_in_batches`)."""
+  return apply_in_batches(_encode(method), (params, model_state), images, labels, mesh, batch_size)
+
+
+def _global_labels(local: np.ndarray) -> np.ndarray:
+  """The labels of all processes in global order: process p holds positions p, p + P, ..."""
   n_proc = jax.process_count()
-  local_bs = batch_size // n_proc
-  sizes = (
-    multihost_utils.process_allgather(np.asarray(len(images))) if n_proc > 1 else [len(images)]
-  )
-  num_batches = max(math.ceil(int(np.max(sizes)) / local_bs), 0)
-  replicated = sharding.replicated(mesh)
+  local = np.asarray(local)
+  if n_proc == 1:
+    return local
+  sizes = np.asarray(multihost_utils.process_allgather(np.asarray(len(local)))).reshape(-1)
+  padded = np.zeros(int(sizes.max()), local.dtype)
+  padded[: len(local)] = local
+  gathered = np.asarray(multihost_utils.process_allgather(padded)).reshape(n_proc, -1)
+  out = np.empty(int(sizes.sum()), local.dtype)
+  for p in range(n_proc):
+    out[p::n_proc] = gathered[p, : sizes[p]]
+  return out
 
-  @functools.partial(jax.jit, out_shardings=replicated)
-  def encode(params, model_state, x, y, valid):
-    return method.features(params, model_state, x), y, valid
 
-  feats, labs = [], []
-  for i in range(num_batches):
-    x = images[i * local_bs : (i + 1) * local_bs]
-    y = labels[i * local_bs : (i + 1) * local_bs]
-    pad = local_bs - len(x)
-    valid = np.concatenate([np.ones(len(x), bool), np.zeros(pad, bool)])
-    x = np.concatenate([x, np.zeros((pad,) + images.shape[1:], images.dtype)])
-    y = np.concatenate([y, np.zeros(pad, labels.dtype)])
-    h, y, valid = encode(params, model_state, *sharding.to_global((x, y, valid), mesh))
-    valid = np.asarray(valid)
-    feats.append(np.asarray(h, np.float32)[valid])
-    labs.append(np.asarray(y)[valid])
-  if not feats:
-    return np.zeros((0, 0), np.float32), np.zeros((0,), np.int32)
-  return np.concatenate(feats), np.concatenate(labs)
+# Supervised-from-scratch accuracies by everything they depend on: the baseline ignores the
+# encoder's weights, so the random-init pass and later evaluations of a run reuse it.
+_SUPERVISED: dict[tuple, dict[str, float]] = {}
+
+
+def _fingerprint(*arrays: np.ndarray) -> str:
+  digest = hashlib.sha1()
+  for a in arrays:
+    a = np.ascontiguousarray(a)
+    step = max(1, len(a) // 64)
+    digest.update(repr((a.shape, a.dtype.str)).encode())
+    digest.update(np.ascontiguousarray(a[::step]).tobytes())
+  return digest.hexdigest()
+
+
+class _Run:
+  """One call of `evaluate`: features, label subsets and test sets, each computed once."""
+
+  def __init__(self, config, method, params, model_state, splits, mesh):
+    self.config, self.ec = config, config.eval_config
+    self.method, self.params, self.model_state, self.mesh = method, params, model_state, mesh
+    self.train = splits['train']
+    self.tests = {'': splits['test']}
+    if OOD[1:] in splits:
+      self.tests[OOD] = splits[OOD[1:]]
+    self._features: dict[str, Features] = {}
+    self.train_labels = _global_labels(self.train[1])
+    maxima = [int(np.max(self.train_labels, initial=0))]
+    maxima += [int(np.max(_global_labels(t[1]), initial=0)) for t in self.tests.values()]
+    self.num_classes = max(maxima) + 1
+
+  def features(self, name: str) -> Features:
+    """'train' or a test suffix -> (h, labels) of all processes in global order."""
+    if name not in self._features:
+      images, labels = self.train if name == 'train' else self.tests[name]
+      self._features[name] = extract_features(
+        self.method, self.params, self.model_state, images, labels, self.mesh, self.ec.batch_size
+      )
+    return self._features[name]
+
+  def subset(self, budget: LabelBudget | None) -> np.ndarray | None:
+    """Global positions of the budget's labelled train images (None: all)."""
+    if budget is None:
+      return None
+    return budget.subset(self.train_labels, seed=self.ec.subset_seed)
+
+  def run_features(self, fn: Callable, budget: LabelBudget | None) -> dict[str, float]:
+    x, y = self.features('train')
+    idx = self.subset(budget)
+    if idx is not None:
+      x, y = x[idx], y[idx]
+    tests = {name: self.features(name) for name in self.tests}
+    return fn((x, y), tests, self.num_classes, self.ec)
+
+  def run_training(self, pretrained: bool, budget: LabelBudget | None) -> dict[str, float]:
+    ft = finetune_config(self.config)
+    idx = self.subset(budget)
+    images, labels = self.train
+    num_train = len(self.train_labels) if idx is None else len(idx)
+    if idx is not None:
+      # Global position g lives on process g % P at local position g // P.
+      n_proc, proc = jax.process_count(), jax.process_index()
+      local = idx[idx % n_proc == proc] // n_proc
+      images, labels = images[local], labels[local]
+    if not pretrained:
+      c = self.config
+      key = (
+        c.method,
+        *(c[f].to_json_best_effort(sort_keys=True) for f in ('model', 'augment', 'data')),
+        ft.to_json_best_effort(sort_keys=True),
+        (self.ec.subset_seed, self.ec.max_examples, self.ec.batch_size),
+        budget and budget.key,
+        _fingerprint(images, labels, *[a for t in self.tests.values() for a in t]),
+        tuple(self.tests),
+        self.mesh.devices.size,
+      )
+      if key in _SUPERVISED:
+        return dict(_SUPERVISED[key])
+    if pretrained:
+      variables = self.method.encoder_variables(self.params, self.model_state)
+    else:
+      variables = finetune_lib.random_encoder_variables(
+        finetune_lib.finetune_encoder(self.method.encoder, ft),
+        images.shape[1:],
+        int(ft.seed),
+        self.mesh,
+      )
+    result = finetune_lib.finetune(
+      self.method.encoder,
+      variables,
+      (images, labels),
+      self.tests,
+      num_classes=self.num_classes,
+      num_train=num_train,
+      mesh=self.mesh,
+      ft=ft,
+      eval_batch_size=self.ec.batch_size,
+      tf_augment=self.config.data.source != 'synthetic',
+    )
+    if not pretrained:
+      _SUPERVISED[key] = dict(result.accuracy)
+    return result.accuracy
 
 
 def evaluate(
   config: ml_collections.ConfigDict, method: Method, params, model_state, splits, mesh
 ) -> dict[str, float]:
-  """Accuracy (a fraction) of every protocol in config.eval; splits = {'train': .., 'test': ..}."""
+  """Accuracy (a fraction) of every protocol in config.eval, per label budget and test set.
+
+  splits = {'train': .., 'test': .., ['ood': ..]}, each this process's (images, labels) from
+  `data.load_eval_split`; without 'ood', eval_config.ood_data (when set) is loaded here.
+  """
+  check_eval_config(config)
   ec = config.eval_config
-  batch_size = ec.batch_size
-  sharding.check_batch_size(batch_size, mesh, 'eval_config.batch_size')
-  train = extract_features(method, params, model_state, *splits['train'], mesh, batch_size)
-  test = extract_features(method, params, model_state, *splits['test'], mesh, batch_size)
-  num_classes = int(max(train[1].max(), test[1].max())) + 1
+  sharding.check_batch_size(ec.batch_size, mesh, 'eval_config.batch_size')
+  if OOD[1:] not in splits and (ood := ood_config(config)) is not None:
+    splits = {**splits, OOD[1:]: data.load_eval_split(ood, 'test')}
+  run = _Run(config, method, params, model_state, splits, mesh)
+  budgets = label_budgets(ec)
   results = {}
   for name in config.eval:
-    key, protocol = PROTOCOLS[name]
-    results[key(ec)] = float(protocol(train, test, num_classes, ec))
-    logging.info('eval %s: %.4f', key(ec), results[key(ec)])
+    if name in FEATURE_PROTOCOLS:
+      key, fn, budgeted = FEATURE_PROTOCOLS[name]
+      runs = [
+        (b, functools.partial(run.run_features, fn, b)) for b in (budgets if budgeted else [None])
+      ]
+    else:
+      key, pretrained = TRAINING_PROTOCOLS[name]
+      runs = [(b, functools.partial(run.run_training, pretrained, b)) for b in budgets]
+    for budget, protocol in runs:
+      name_key = key(ec) + (f'@{budget.key}' if budget is not None else '')
+      for suffix, accuracy in protocol().items():
+        results[name_key + suffix] = float(accuracy)
+        logging.info('eval %s: %.4f', name_key + suffix, accuracy)
   return results

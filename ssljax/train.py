@@ -15,7 +15,7 @@ import numpy as np
 import optax
 from absl import logging
 
-from ssljax import data, evaluation, methods, optim, sharding, visualize
+from ssljax import data, evaluation, methods, optim, report, restore, sharding, visualize
 from ssljax.checkpoint import Checkpointer
 from ssljax.methods import TrainState
 from ssljax.metrics import MetricWriter, ProgressBar
@@ -28,7 +28,7 @@ def validate(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> None
     raise ValueError(
       f'config.method {config.method!r} is unknown; choose one of {sorted(methods.METHODS)}'
     )
-  evaluation.check_protocols(config.eval)
+  evaluation.check_eval_config(config)
   data.check_available(config)
 
 
@@ -114,9 +114,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   method, tx, schedule, init, total_steps = build_method(config, mesh, info)
 
   # ---------------------------------------------------------------- Sharding and init
-  state_sharding = jax.tree.map(
-    lambda _: sharding.replicated(mesh), jax.eval_shape(init, jax.random.PRNGKey(0))
-  )
+  abstract_state = jax.eval_shape(init, jax.random.PRNGKey(0))
+  state_sharding = jax.tree.map(lambda _: sharding.replicated(mesh), abstract_state)
+  # config.init_from: another run's encoder, read and checked before anything compiles.
+  warm = restore.prepare_warm_start(config, method, abstract_state, workdir)
   init = jax.jit(init, out_shardings=state_sharding)
   state = init(jax.random.PRNGKey(config.seed))
   n_params = sum(x.size for x in jax.tree.leaves(state.params))
@@ -129,6 +130,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     state = TrainState(**ckpt.restore(latest, state._asdict()))
     logging.info('Resumed from checkpoint at step %d in %s', latest, ckpt.directory)
     print(f'Resumed from step {latest} ({ckpt.directory})', flush=True)
+  elif warm is not None:
+    state = restore.warm_start(method, state, warm)
   start_step = int(state.step)
 
   # ---------------------------------------------------------------- Pictures
@@ -189,6 +192,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         results = _evaluate(config, method, state, init, mesh, random_init=False)
         writer.write(done, {f'eval/{k}': v for k, v in results['pretrained'].items()})
         drawer.draw(state, done)
+        _write_report(config, workdir, total_steps)
     if last_saved != total_steps:
       ckpt.save(total_steps, state._asdict(), force=True)
   finally:
@@ -207,9 +211,20 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   if jax.process_index() == 0:
     with open(os.path.join(workdir, 'results.json'), 'w') as f:
       json.dump(results, f, indent=2)
+  _write_report(config, workdir, total_steps)
   writer.close()
   ckpt.close()
   return results
+
+
+def _write_report(config: ml_collections.ConfigDict, workdir: str, total_steps: int) -> None:
+  """Rewrites WORKDIR/report.md on process 0; a report that fails to draw never stops training."""
+  if jax.process_index() != 0 or not config.get('report', True):
+    return
+  try:
+    report.write_report(workdir, config, total_steps=total_steps)
+  except Exception:
+    logging.warning('Could not write the report in %s', workdir, exc_info=True)
 
 
 def _evaluate(config, method, state, init, mesh, *, random_init: bool) -> dict:

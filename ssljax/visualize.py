@@ -20,7 +20,6 @@ they cost no communication and never block the other processes.
 from __future__ import annotations
 
 import glob
-import json
 import os
 import sys
 
@@ -31,6 +30,7 @@ from absl import app, flags, logging
 
 from ssljax import data, models, pictures
 from ssljax.methods import Method, TrainState
+from ssljax.restore import load_config, restore_latest
 
 
 def _local(tree):
@@ -111,35 +111,6 @@ class Pictures:
 
 
 # ----------------------------------------------------------------------------- command line
-
-
-def load_config(workdir: str) -> ml_collections.ConfigDict:
-  path = os.path.join(workdir, 'config.json')
-  if not os.path.exists(path):
-    raise FileNotFoundError(
-      f'{path} not found: --workdir must be a run directory written by ssljax.main'
-    )
-  with open(path) as f:
-    return ml_collections.ConfigDict(json.load(f))
-
-
-def restore_latest(config: ml_collections.ConfigDict, workdir: str) -> tuple[Method, TrainState]:
-  """The method and its latest saved state, on this process's devices."""
-  from ssljax import checkpoint, sharding, train
-
-  mesh = sharding.make_mesh()
-  method, _, _, init, _ = train.build_method(config, mesh, data.dataset_info(config))
-  like = jax.eval_shape(init, jax.random.PRNGKey(0))
-  like = jax.tree.map(
-    lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sharding.replicated(mesh)), like
-  )
-  ckpt = checkpoint.Checkpointer(workdir, max_to_keep=config.keep_checkpoints)
-  step = ckpt.latest_step()
-  if step is None:
-    raise FileNotFoundError(f'no checkpoint under {ckpt.directory}: train first')
-  state = TrainState(**ckpt.restore(step, like._asdict()))
-  ckpt.close()
-  return method, state
 
 
 def main(argv) -> None:

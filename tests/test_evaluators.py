@@ -220,3 +220,70 @@ def test_linear_probe_singleton_class_falls_back_to_fixed_l2(digits):
   out = linear_probe(train_x[idx], train_y[idx], test_x, test_y, num_classes=10)
   assert out['l2'] == 1e-3
   assert out['accuracy'] >= 0.5
+
+
+# ----------------------------------------------------------------------------- shifted test sets
+
+
+def _shift_config(**data_fields):
+  from ssljax.defaults import base_config
+
+  config = base_config()
+  config.data.image_size = 8
+  config.data.update(data_fields)
+  return config
+
+
+@pytest.fixture(scope='module')
+def clean_digits():
+  from ssljax import data
+
+  return data.load_eval_split(_shift_config(), 'test')
+
+
+def test_rotate_quarter_turn_is_rot90_and_contrast_formula():
+  from ssljax.data import shifts
+
+  x = np.random.default_rng(0).random((3, 6, 6, 2)).astype(np.float32)
+  np.testing.assert_allclose(shifts.rotate(x, 90.0), np.rot90(x, 1, axes=(1, 2)), atol=1e-6)
+  np.testing.assert_allclose(shifts.rotate(x, 0.0), x, atol=1e-6)
+  # 45 degrees on an odd side: the center pixel stays, the corners fall outside (zero).
+  y = np.random.default_rng(1).random((1, 7, 7, 1)).astype(np.float32)
+  r = shifts.rotate(y, 45.0)
+  assert r[0, 3, 3, 0] == pytest.approx(y[0, 3, 3, 0]) and r[0, 0, 0, 0] == 0.0
+  # contrast: (x - mean of the image) * c + mean, by hand for severity 3 (c = 0.2).
+  m = x.mean(axis=(1, 2, 3), keepdims=True)
+  got = shifts.apply(x, np.arange(3), shift='contrast', severity=3)
+  np.testing.assert_allclose(got, (x - m) * 0.2 + m, atol=1e-6)
+
+
+def test_shifted_eval_split_is_deterministic_and_changes_the_images(clean_digits):
+  from ssljax import data
+
+  clean_x, clean_y = clean_digits
+  config = _shift_config(shift='gaussian_noise', shift_severity=3)
+  x, y = data.load_eval_split(config, 'test')
+  np.testing.assert_array_equal(y, clean_y)
+  np.testing.assert_array_equal(x, data.load_eval_split(config, 'test')[0])  # deterministic
+  # Keyed by each example's position: a capped split is a prefix of the whole one.
+  config.eval_config.max_examples = 50
+  np.testing.assert_array_equal(data.load_eval_split(config, 'test')[0], x[:50])
+  other = _shift_config(shift='gaussian_noise', shift_severity=3, shift_seed=1)
+  assert not np.array_equal(data.load_eval_split(other, 'test')[0], x)
+  assert x.min() >= 0.0 and x.max() <= 1.0
+  # Away from 0 and 1 nothing is clipped: the residual is the noise, std 0.18 (ImageNet-C, s=3).
+  middle = (clean_x > 0.4) & (clean_x < 0.6)
+  assert middle.sum() > 1000
+  assert np.std((x - clean_x)[middle]) == pytest.approx(0.18, rel=0.1)
+  assert np.mean(np.abs(x - clean_x)) > 0.05
+  rotated = data.load_eval_split(_shift_config(shift='rotate', shift_severity=5), 'test')[0]
+  np.testing.assert_allclose(rotated, np.rot90(clean_x, 1, axes=(1, 2)), atol=1e-6)
+
+
+def test_unknown_shift_is_refused_naming_the_field():
+  from ssljax import data
+
+  with pytest.raises(ValueError, match=r"config\.data\.shift='blur'"):
+    data.check_available(_shift_config(shift='blur'))
+  with pytest.raises(ValueError, match=r'config\.data\.shift_severity=7'):
+    data.check_available(_shift_config(shift='contrast', shift_severity=7))

@@ -22,6 +22,7 @@ __all__ = [
   'check_available',
   'dataset_info',
   'global_indices',
+  'labelled_train_iterator',
   'load_eval_split',
   'view_specs',
 ]
@@ -121,6 +122,9 @@ def global_indices(
 def check_available(config: ml_collections.ConfigDict) -> None:
   """Fails fast, before any compilation, when the configured data is not on this machine."""
   source = _source(config)
+  from ssljax.data import shifts
+
+  shifts.check(config.data.get('shift', ''), config.data.get('shift_severity', 3))
   if source in ('digits', 'synthetic'):
     return
   from ssljax.data import sources
@@ -163,17 +167,63 @@ def load_eval_split(config: ml_collections.ConfigDict, split: str) -> tuple[np.n
   """Un-augmented (images float32 (N, S, S, C) in [0, 1], labels int32 (N,)) of this process.
 
   `split` is 'train' or 'test'. The split is capped to config.eval_config.max_examples (when > 0)
-  first, then process p keeps examples i with i % process_count == p.
+  first, then process p keeps examples i with i % process_count == p. A `config.data.shift`
+  corrupts the images (`ssljax.data.shifts`), the same ones whatever the process count.
   """
   if split not in ('train', 'test'):
     raise ValueError(f"split must be 'train' or 'test', got {split!r}")
   if _source(config) == 'synthetic':
     from ssljax.data import synthetic
 
-    return synthetic.eval_split(config, split)
-  from ssljax.data import pipeline
+    images, labels = synthetic.eval_split(config, split)
+  else:
+    from ssljax.data import pipeline
 
-  return pipeline.eval_split(config, split)
+    images, labels = pipeline.eval_split(config, split)
+  shift = config.data.get('shift', '')
+  if shift:
+    from ssljax.data import shifts
+
+    positions = jax.process_index() + jax.process_count() * np.arange(len(labels))
+    images = shifts.apply(
+      images,
+      positions,
+      shift=shift,
+      severity=config.data.get('shift_severity', 3),
+      seed=config.data.get('shift_seed', 0),
+    )
+  return images, labels
+
+
+def labelled_train_iterator(
+  images: np.ndarray,
+  labels: np.ndarray,
+  spec: ml_collections.ConfigDict,
+  *,
+  batch_size: int,
+  seed: int,
+  tf_augment: bool = True,
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+  """Endless (augmented images, labels) batches of `batch_size` from this process's arrays.
+
+  For supervised training on a labelled subset (fine-tuning, the from-scratch baseline): element e
+  of the stream is example perm_(e // n)[e % n] (a seeded permutation per epoch, as
+  `global_indices`), augmented by `augment.augment_view(spec)` seeded by (seed, process, e).
+  `images` are float32 in [0, 1] (an evaluation split). tf_augment=False (the synthetic source:
+  no TensorFlow) crops and flips in NumPy instead: a random window of spec.crop_scale[0]'s side
+  fraction or more, nearest-resized back.
+  """
+  if len(labels) == 0 or len(images) != len(labels):
+    raise ValueError(
+      f'need matching, non-empty images and labels, got {len(images)} / {len(labels)}'
+    )
+  if tf_augment:
+    from ssljax.data import pipeline
+
+    return pipeline.labelled_batches(images, labels, spec, batch_size=batch_size, seed=seed)
+  from ssljax.data import synthetic
+
+  return synthetic.labelled_batches(images, labels, spec, batch_size=batch_size, seed=seed)
 
 
 def process_share(n: int, max_examples: int = 0) -> np.ndarray:

@@ -191,6 +191,39 @@ def train_iterator(
   return ({'views': list(views)} for views in batches)
 
 
+def labelled_batches(
+  images: np.ndarray,
+  labels: np.ndarray,
+  spec: ml_collections.ConfigDict,
+  *,
+  batch_size: int,
+  seed: int,
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+  """Endless augmented (images, labels) batches; see `ssljax.data.labelled_train_iterator`."""
+  num, process = len(labels), jax.process_index()
+  view = _view_function(spec)
+  images_t, labels_t = tf.constant(np.asarray(images, np.float32)), tf.constant(labels)
+  key = tf.constant([int(seed) % 2**63, process], tf.int64)
+
+  @tf.function(autograph=False)
+  def example(index, element):
+    view_seed = tf.random.experimental.stateless_fold_in(key, element)
+    return view(tf.gather(images_t, index), view_seed), tf.gather(labels_t, index)
+
+  steps_per_chunk = max(1, CHUNK_EXAMPLES // batch_size)
+  order = dict(batch_size=batch_size, num_examples=num, seed=seed, process_index=0, process_count=1)
+
+  def chunk(first: int) -> tf.data.Dataset:
+    steps = range(first, first + steps_per_chunk)
+    elements = np.arange(first * batch_size, (first + steps_per_chunk) * batch_size)
+    indices = np.concatenate([data.global_indices(s, **order) for s in steps])
+    ds = tf.data.Dataset.from_tensor_slices((indices, elements))
+    return ds.map(example, num_parallel_calls=AUTOTUNE, deterministic=True)
+
+  for first in itertools.count(0, steps_per_chunk):
+    yield from _batched(chunk(first), batch_size)
+
+
 def eval_split(config: ml_collections.ConfigDict, split: str) -> tuple[np.ndarray, np.ndarray]:
   """This process's share of the un-augmented split (see `ssljax.data.load_eval_split`)."""
   size = int(config.data.image_size)

@@ -110,3 +110,31 @@ def eval_split(config: ml_collections.ConfigDict, split: str) -> tuple[np.ndarra
   images, labels = arrays(config, split)
   share = data.process_share(len(labels), int(config.eval_config.get('max_examples', 0)))
   return images[share].astype(np.float32) / 255.0, labels[share]
+
+
+def labelled_batches(
+  images: np.ndarray,
+  labels: np.ndarray,
+  spec: ml_collections.ConfigDict,
+  *,
+  batch_size: int,
+  seed: int,
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+  """NumPy stand-in for `pipeline.labelled_batches` (no TensorFlow): square random crops of at
+  least sqrt(spec.crop_scale[0]) of the side, nearest-resized to spec.image_size, random flips."""
+  num, side, out = len(labels), images.shape[1], int(spec.image_size)
+  order = dict(batch_size=batch_size, num_examples=num, seed=seed, process_index=0, process_count=1)
+  for step in itertools.count():
+    index = data.global_indices(step, **order)
+    rng = np.random.default_rng((int(seed) % 2**63, jax.process_index(), step))
+    crop = np.round(side * rng.uniform(np.sqrt(spec.crop_scale[0]), 1.0, batch_size)).astype(int)
+    crop = np.maximum(crop, 1)
+    y0 = (rng.random(batch_size) * (side - crop + 1)).astype(int)
+    x0 = (rng.random(batch_size) * (side - crop + 1)).astype(int)
+    grid = np.arange(out) / out
+    rows = y0[:, None] + (grid[None] * crop[:, None]).astype(int)
+    cols = x0[:, None] + (grid[None] * crop[:, None]).astype(int)
+    flips = (rng.random(batch_size) < 0.5) & bool(spec.flip)
+    cols = np.where(flips[:, None], cols[:, ::-1], cols)
+    x = images[index[:, None, None], rows[:, :, None], cols[:, None, :]]
+    yield np.asarray(x, np.float32), labels[index]

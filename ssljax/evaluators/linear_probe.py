@@ -196,6 +196,71 @@ def _select_l2(x, y, y_np, grid, *, num_classes, val_fraction, seed, max_iters):
   return best, solutions[best]
 
 
+class LinearProbe:
+  """A fitted probe: the train mean/std that standardize features, W, b and the chosen L2."""
+
+  def __init__(self, mean: np.ndarray, std: np.ndarray, params: dict, l2: float):
+    self.mean, self.std, self.params, self.l2 = mean, std, params, l2
+
+  def predict(self, x: np.ndarray | jax.Array) -> np.ndarray:
+    x = (np.asarray(x, np.float32) - self.mean) / self.std
+    return np.asarray(_predict(self.params, jnp.asarray(x)))
+
+  def accuracy(self, x: np.ndarray | jax.Array, y: np.ndarray | jax.Array) -> float:
+    y = np.asarray(y)
+    if y.ndim != 1 or y.shape[0] != np.shape(x)[0] or y.size == 0:
+      raise ValueError('test_x and test_y must be non-empty with matching lengths')
+    return float(np.mean(self.predict(x) == y))
+
+
+def fit_linear_probe(
+  train_x: np.ndarray | jax.Array,
+  train_y: np.ndarray | jax.Array,
+  *,
+  num_classes: int,
+  l2_grid: Sequence[float] = (1e-5, 1e-4, 1e-3, 1e-2, 1e-1),
+  val_fraction: float = 0.2,
+  seed: int = 0,
+  max_iters: int = 500,
+) -> LinearProbe:
+  """The probe of `linear_probe`, fitted once so it can score several test sets (in and out of
+  distribution) without refitting."""
+  train_y = np.asarray(train_y).astype(np.int32)
+  if train_y.ndim != 1 or train_y.shape[0] != np.shape(train_x)[0] or train_y.size == 0:
+    raise ValueError('train_x and train_y must be non-empty with matching lengths')
+  if train_y.min() < 0 or train_y.max() >= num_classes:
+    raise ValueError(
+      f'train labels must lie in [0, {num_classes}), got {train_y.min()}..{train_y.max()}'
+    )
+  if not 0.0 < val_fraction < 1.0:
+    raise ValueError(f'val_fraction must be in (0, 1), got {val_fraction}')
+  if not l2_grid:
+    raise ValueError('l2_grid is empty')
+  train_x = np.asarray(train_x)
+  mean = np.mean(train_x, axis=0, dtype=np.float64).astype(np.float32)
+  std = np.maximum(np.std(train_x, axis=0, dtype=np.float64), _STD_FLOOR).astype(np.float32)
+  train_x = (np.asarray(train_x, np.float32) - mean) / std  # as `standardize`
+  pad = -train_y.shape[0] % _ROW_BUCKET  # Padded once here, so no fit has to copy x.
+  x = jnp.asarray(np.pad(train_x, ((0, pad), (0, 0))))
+  y = jnp.asarray(np.pad(train_y, (0, pad)))
+  valid = np.arange(x.shape[0]) < train_y.shape[0]
+  lam, warm_start = _select_l2(
+    x,
+    y,
+    train_y,
+    [float(v) for v in l2_grid],
+    num_classes=num_classes,
+    val_fraction=val_fraction,
+    seed=seed,
+    max_iters=max_iters,
+  )
+  # The fit at `lam` on most of the train set is a close start; the optimum itself is unique.
+  params = fit_logistic_regression(
+    x, y, num_classes=num_classes, l2=lam, weights=valid, init=warm_start, max_iters=max_iters
+  )
+  return LinearProbe(mean, std, {'w': params['w'], 'b': params['b']}, lam)
+
+
 def linear_probe(
   train_x: np.ndarray | jax.Array,
   train_y: np.ndarray | jax.Array,
@@ -223,38 +288,16 @@ def linear_probe(
 
   Returns {'accuracy': test accuracy in [0, 1], 'l2': chosen lam}.
   """
-  train_y = np.asarray(train_y).astype(np.int32)
   test_y = np.asarray(test_y).astype(np.int32)
-  if train_y.ndim != 1 or train_y.shape[0] != np.shape(train_x)[0] or train_y.size == 0:
-    raise ValueError('train_x and train_y must be non-empty with matching lengths')
   if test_y.ndim != 1 or test_y.shape[0] != np.shape(test_x)[0] or test_y.size == 0:
     raise ValueError('test_x and test_y must be non-empty with matching lengths')
-  if train_y.min() < 0 or train_y.max() >= num_classes:
-    raise ValueError(
-      f'train labels must lie in [0, {num_classes}), got {train_y.min()}..{train_y.max()}'
-    )
-  if not 0.0 < val_fraction < 1.0:
-    raise ValueError(f'val_fraction must be in (0, 1), got {val_fraction}')
-  if not l2_grid:
-    raise ValueError('l2_grid is empty')
-  train_x, test_x = standardize(np.asarray(train_x), np.asarray(test_x))
-  pad = -train_y.shape[0] % _ROW_BUCKET  # Padded once here, so no fit has to copy x.
-  x = jnp.asarray(np.pad(train_x, ((0, pad), (0, 0))))
-  y = jnp.asarray(np.pad(train_y, (0, pad)))
-  valid = np.arange(x.shape[0]) < train_y.shape[0]
-  lam, warm_start = _select_l2(
-    x,
-    y,
+  probe = fit_linear_probe(
+    train_x,
     train_y,
-    [float(v) for v in l2_grid],
     num_classes=num_classes,
+    l2_grid=l2_grid,
     val_fraction=val_fraction,
     seed=seed,
     max_iters=max_iters,
   )
-  # The fit at `lam` on most of the train set is a close start; the optimum itself is unique.
-  params = fit_logistic_regression(
-    x, y, num_classes=num_classes, l2=lam, weights=valid, init=warm_start, max_iters=max_iters
-  )
-  pred = np.asarray(_predict({'w': params['w'], 'b': params['b']}, jnp.asarray(test_x)))
-  return {'accuracy': float(np.mean(pred == test_y)), 'l2': lam}
+  return {'accuracy': probe.accuracy(test_x, test_y), 'l2': probe.l2}

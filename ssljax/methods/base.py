@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from typing import Any, NamedTuple
 
 import flax.linen as nn
@@ -69,6 +70,24 @@ class Method:
     config.eval_encoder names)."""
     raise NotImplementedError
 
+  def warm_start(
+    self, params: PyTree, model_state: PyTree, encoder_variables: dict
+  ) -> tuple[PyTree, PyTree]:
+    """(params, model_state) with `encoder_variables` ({'params': .., 'batch_stats': ..}, any
+    subset of the encoder's names) copied into the online encoder and into every teacher copy
+    of it, so the EMA starts from the loaded weights too (config.init_from).
+
+    By default a teacher is any model_state entry with its own 'params' (BYOL's target, DINO's
+    teacher, I-JEPA's target encoder); the encoder is the submodule named 'encoder' in each
+    collection. Methods that keep the encoder elsewhere override this.
+    """
+    online = _load_submodule({'params': params, **model_state}, 'encoder', encoder_variables)
+    model_state = {
+      k: _load_submodule(v, 'encoder', encoder_variables) if _is_teacher(v) else online[k]
+      for k, v in model_state.items()
+    }
+    return online['params'], model_state
+
   def features(self, params: PyTree, model_state: PyTree, images: jax.Array) -> jax.Array:
     """h: the representation kept for downstream tasks, in inference mode."""
     variables = self.encoder_variables(params, model_state)
@@ -104,6 +123,27 @@ class EncoderWithHead(nn.Module):
 def submodule_variables(variables: dict, name: str) -> dict:
   """{'params': {name: p, ..}, 'batch_stats': {name: s, ..}} -> {'params': p, 'batch_stats': s}."""
   return {col: tree[name] for col, tree in variables.items() if name in tree}
+
+
+def _is_teacher(value: Any) -> bool:
+  return isinstance(value, Mapping) and 'params' in value
+
+
+def _overwrite(tree: Any, values: Any) -> Any:
+  """`tree` with the leaves `values` also has (same nesting) replaced; the rest kept."""
+  if not isinstance(values, Mapping):
+    return values
+  return {k: _overwrite(v, values[k]) if k in values else v for k, v in tree.items()}
+
+
+def _load_submodule(variables: dict, name: str, submodule: dict) -> dict:
+  """`variables` with submodule `name`'s leaves in each collection overwritten by `submodule`
+  ({collection: tree}), where the collection has that submodule."""
+  out = dict(variables)
+  for col, values in submodule.items():
+    if isinstance(out.get(col), Mapping) and name in out[col]:
+      out[col] = {**out[col], name: _overwrite(out[col][name], values)}
+  return out
 
 
 def dropout_rngs(rng: jax.Array | None) -> dict:

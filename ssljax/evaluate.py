@@ -1,0 +1,124 @@
+"""Evaluates a run's latest checkpoint again, without training: new protocols, other label
+budgets, after the run ended or while it trains.
+
+  python -m ssljax.evaluate --workdir=RUN [--config=configs/X.py] [--config.field=value ...]
+
+The config is the run's own (RUN/config.json) unless --config names another; --config.* overrides
+either, e.g. --config.eval_config.few_per_class=10. Writes RUN/eval.json, shaped like
+results.json; results.json and the checkpoints are never touched.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+
+import jax  # noqa: E402
+import ml_collections  # noqa: E402
+from absl import app, flags, logging  # noqa: E402
+
+from ssljax import data, evaluation, restore, sharding  # noqa: E402
+
+USAGE = 'python -m ssljax.evaluate --workdir=RUN [--config=configs/X.py] [--config.field=value]'
+
+
+def get_config(run_dir: str) -> ml_collections.ConfigDict:
+  """The --config default: `ssljax/evaluate.py:RUN` is the run's own config (config_flags loads
+  it like any config file, so --config.* overrides apply to it)."""
+  return restore.load_config(run_dir)
+
+
+def evaluate_run(config: ml_collections.ConfigDict, run_dir: str) -> dict:
+  """Evaluates RUN's latest checkpoint with `config` (config.eval, config.eval_config, and for
+  the baseline config.eval_config.random_init), writes RUN/eval.json on process 0; returns it."""
+  from ssljax import train  # the same model and evaluation as training
+
+  mesh = sharding.make_mesh()
+  evaluation.check_eval_config(config)
+  sharding.check_batch_size(config.eval_config.batch_size, mesh, 'eval_config.batch_size')
+  data.check_available(config)
+  method, _, _, init, _ = train.build_method(config, mesh, data.dataset_info(config))
+  state = restore.latest_state(config, run_dir, init, mesh)
+  # The random-init baseline, initialised exactly as in training.
+  replicated = jax.tree.map(
+    lambda _: sharding.replicated(mesh), jax.eval_shape(init, jax.random.PRNGKey(0))
+  )
+  init = jax.jit(init, out_shardings=replicated)
+  logging.info('Evaluating %s at step %d', run_dir, int(state.step))
+  results = train._evaluate(
+    config, method, state, init, mesh, random_init=config.eval_config.random_init
+  )
+  results['step'] = int(state.step)
+  results['config'] = config.name
+  results['eval'] = list(config.eval)
+  results['eval_config'] = config.eval_config.to_dict()
+  if jax.process_index() == 0:
+    with open(os.path.join(run_dir, 'eval.json'), 'w') as f:
+      json.dump(results, f, indent=2)
+  return results
+
+
+# ----------------------------------------------------------------------------- command line
+
+
+def _run_dir_in(argv: list[str]) -> str | None:
+  """--workdir from the raw command line: the --config default depends on it."""
+  for i, arg in enumerate(argv):
+    for prefix in ('--workdir=', '-workdir='):
+      if arg.startswith(prefix):
+        return arg[len(prefix) :]
+    if arg in ('--workdir', '-workdir') and i + 1 < len(argv):
+      return argv[i + 1]
+  return None
+
+
+def define_flags(argv: list[str], flag_values: flags.FlagValues = flags.FLAGS) -> None:
+  """--workdir, and --config whose default is the run's own config (so it needs argv)."""
+  from ml_collections import config_flags
+
+  flags.DEFINE_string(
+    'workdir', None, 'Run directory written by ssljax.main.', flag_values=flag_values
+  )
+  flags.mark_flag_as_required('workdir', flag_values=flag_values)
+  run_dir = _run_dir_in(argv)
+  config_flags.DEFINE_config_file(
+    'config',
+    f'{os.path.abspath(__file__)}:{run_dir}' if run_dir else None,
+    "Config file (default: the run's own RUN/config.json); --config.* overrides either.",
+    flag_values=flag_values,
+    lock_config=True,
+    sys_argv=argv,
+  )
+
+
+def run_name(config: ml_collections.ConfigDict, run_dir: str) -> ml_collections.ConfigDict:
+  """config.name, when a config file left it empty: the run directory's name."""
+  if not config.name:
+    with config.unlocked():
+      config.name = os.path.basename(os.path.normpath(run_dir))
+  return config
+
+
+def main(argv) -> None:
+  if len(argv) > 1:
+    print(f'unexpected arguments {argv[1:]}; usage: {USAGE}', file=sys.stderr)
+    sys.exit(2)
+  run_dir = flags.FLAGS.workdir
+  try:
+    results = evaluate_run(run_name(flags.FLAGS.config, run_dir), run_dir)
+  except (OSError, data.DatasetNotFoundError, ValueError) as e:
+    if isinstance(e, ValueError) and 'config.' not in str(e):
+      raise  # a bug, not a bad input: keep the traceback
+    print(f'error: {e}', file=sys.stderr)
+    sys.exit(2)
+  if jax.process_index() == 0:
+    print(f'results: {results}  ({os.path.join(run_dir, "eval.json")})')
+
+
+if __name__ == '__main__':
+  # Defined here, not at import: config_flags loads this file again as the default config.
+  define_flags(sys.argv)
+  app.run(main)

@@ -1,0 +1,362 @@
+"""Fine-tuning: every encoder weight plus a linear head on h, trained with labels on the mesh.
+
+The same recipe from a random init is the supervised baseline: what the labelled subset alone
+gives the architecture, the number pretraining has to beat. Recipes (the optimizer by encoder):
+- ResNets: SGD with Nesterov momentum and coupled weight decay (He et al.'s supervised recipe;
+  SimCLR fine-tunes with Nesterov momentum too), or LARS;
+- ViTs: AdamW with layer-wise lr decay, drop path and label smoothing (MAE's fine-tuning: lr of
+  block i scaled by decay**(depth - i), the patch embedding, CLS and positions as layer 0, the
+  final norm and the head as layer depth + 1, so the layers nearest the input move least).
+Linear warm-up then cosine to 0; random resized crop + flip on the labelled images; BatchNorm
+statistics over the global batch in train mode. No mixup / cutmix / RandAugment.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+import re
+from typing import Any, NamedTuple
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from absl import logging
+
+from ssljax import data, sharding
+from ssljax.defaults import augment_defaults
+from ssljax.evaluators.batched import apply_in_batches
+from ssljax.models import vit as vit_lib
+
+PyTree = Any
+
+# (base lr at batch 256, weight decay) when eval_config.finetune leaves them None. AdamW's lr is
+# for small data and batches (MAE fine-tunes ImageNet with 5e-4-1e-3 at batch 1024).
+RECIPES = {'sgd': (0.1, 1e-4), 'lars': (0.1, 1e-6), 'adamw': (4e-3, 0.05)}
+_EMBEDDING = ('patch_embed', 'cls_token', 'pos_embed')  # ViT layer 0; no weight decay on tokens
+_BLOCK = re.compile(r'blocks_(\d+)')
+_head_init = nn.initializers.truncated_normal(2e-5)  # MAE's head init: starts near zero logits
+
+
+class Classifier(nn.Module):
+  """logits = head(f(x)): the encoder (its variables under 'encoder') and a linear head on h."""
+
+  encoder: nn.Module
+  num_classes: int
+
+  @nn.compact
+  def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
+    h = self.encoder(x, train=train).astype(jnp.float32)
+    return nn.Dense(self.num_classes, kernel_init=_head_init, name='head')(h)
+
+
+def vit_layer_id(path: tuple[str, ...], depth: int) -> int:
+  """MAE's layer of a Classifier parameter: embedding 0, block i -> i + 1, the rest depth + 1."""
+  if path[0] == 'encoder' and len(path) > 1:
+    if path[1] in _EMBEDDING:
+      return 0
+    if m := _BLOCK.fullmatch(path[1]):
+      return int(m.group(1)) + 1
+  return depth + 1
+
+
+def _path(key_path) -> tuple[str, ...]:
+  return tuple(str(getattr(k, 'key', getattr(k, 'name', k))) for k in key_path)
+
+
+def layer_decay_scales(params: PyTree, depth: int, decay: float) -> PyTree:
+  """lr multiplier per leaf of Classifier params: decay ** (depth + 1 - layer id).
+
+  Block i gets decay**(depth - i), the embedding decay**(depth + 1), final norm and head 1.
+  """
+  return jax.tree_util.tree_map_with_path(
+    lambda kp, _: float(decay ** (depth + 1 - vit_layer_id(_path(kp), depth))), params
+  )
+
+
+def weight_decay_mask(params: PyTree) -> PyTree:
+  """Kernels decay; biases, norm scales (1-D) and the ViT's CLS / position tokens do not."""
+  return jax.tree_util.tree_map_with_path(
+    lambda kp, p: p.ndim > 1 and not set(_path(kp)) & {'cls_token', 'pos_embed'}, params
+  )
+
+
+def scale_by_tree(scales: PyTree) -> optax.GradientTransformation:
+  """Multiplies each update by its leaf of `scales` (a per-parameter lr factor), stateless."""
+
+  def update(updates, state, params=None):
+    del params
+    return jax.tree.map(lambda u, s: u * jnp.asarray(s, u.dtype), updates, scales), state
+
+  return optax.GradientTransformation(lambda _: optax.EmptyState(), update)
+
+
+@dataclasses.dataclass(frozen=True)
+class Recipe:
+  """What the compiled train step depends on; hashable, so one compilation serves every run of
+  the same model and optimizer (label budgets, the supervised baseline, later evaluations)."""
+
+  model: Classifier
+  optimizer: str  # sgd | lars | adamw
+  weight_decay: float
+  momentum: float
+  layer_decay: float  # 1.0: none
+  depth: int  # ViT blocks (layer decay)
+  label_smoothing: float
+
+  def tx(self, learning_rate, params: PyTree) -> optax.GradientTransformation:
+    """The optimizer at `learning_rate` (a traced scalar: the schedule runs on the host)."""
+    mask = weight_decay_mask(params)
+    if self.optimizer == 'sgd':
+      tx = optax.chain(
+        optax.add_decayed_weights(self.weight_decay, mask),
+        optax.sgd(learning_rate, momentum=self.momentum, nesterov=True),
+      )
+    elif self.optimizer == 'lars':
+      tx = optax.lars(
+        learning_rate,
+        weight_decay=self.weight_decay,
+        weight_decay_mask=mask,
+        trust_coefficient=1e-3,
+        trust_ratio_mask=mask,
+        momentum=self.momentum,
+      )
+    elif self.optimizer == 'adamw':
+      tx = optax.adamw(
+        learning_rate, b1=self.momentum, b2=0.999, weight_decay=self.weight_decay, mask=mask
+      )
+    else:
+      raise ValueError(
+        f"config.eval_config.finetune.optimizer must be 'auto', 'sgd', 'lars' or 'adamw', "
+        f'got {self.optimizer!r}'
+      )
+    if self.layer_decay != 1.0:
+      tx = optax.chain(tx, scale_by_tree(layer_decay_scales(params, self.depth, self.layer_decay)))
+    return tx
+
+
+class State(NamedTuple):
+  step: jax.Array
+  params: PyTree  # {'encoder': .., 'head': ..}
+  model_state: PyTree  # {'batch_stats': {'encoder': ..}} for ResNets, {} for ViTs
+  opt_state: PyTree
+  rng: jax.Array
+
+
+def _train_step(recipe: Recipe, state: State, batch, learning_rate):
+  x, y = batch
+  rng, dropout_rng = jax.random.split(state.rng)
+  num_classes = recipe.model.num_classes
+
+  def loss_fn(params):
+    logits, updates = recipe.model.apply(
+      {'params': params, **state.model_state},
+      x,
+      train=True,
+      mutable=['batch_stats'],
+      rngs={'dropout': dropout_rng},
+    )
+    targets = optax.smooth_labels(jax.nn.one_hot(y, num_classes), recipe.label_smoothing)
+    loss = jnp.mean(optax.softmax_cross_entropy(logits, targets))
+    return loss, (dict(updates), jnp.mean(jnp.argmax(logits, -1) == y))
+
+  (loss, (updates, accuracy)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+  tx = recipe.tx(learning_rate, state.params)
+  steps, opt_state = tx.update(grads, state.opt_state, state.params)
+  params = optax.apply_updates(state.params, steps)
+  model_state = {**state.model_state, **updates}
+  metrics = {'loss': loss, 'accuracy': accuracy, 'grad_norm': optax.tree.norm(grads)}
+  return State(state.step + 1, params, model_state, opt_state, rng), metrics
+
+
+@functools.lru_cache(maxsize=16)
+def _compiled_train_step(recipe: Recipe, mesh: jax.sharding.Mesh):
+  """The jitted step: state replicated, the (images, labels) batch sharded over 'data'."""
+  replicated = sharding.replicated(mesh)
+  return jax.jit(
+    functools.partial(_train_step, recipe),
+    in_shardings=(replicated, sharding.data_sharding(mesh), replicated),
+    out_shardings=(replicated, replicated),
+    donate_argnums=0,
+  )
+
+
+@dataclasses.dataclass(frozen=True)
+class _Predict:
+  """variables, images -> predicted class; hashable, so its compilation is cached."""
+
+  model: Classifier
+
+  def __call__(self, variables, x):
+    return jnp.argmax(self.model.apply(variables, x, train=False), axis=-1)
+
+
+@functools.lru_cache(maxsize=16)
+def _compiled_copy(mesh: jax.sharding.Mesh):
+  # A copy into fresh buffers: the train step donates its state, never the caller's arrays.
+  return jax.jit(
+    lambda tree: jax.tree.map(lambda x: jnp.array(x, copy=True), tree),
+    out_shardings=sharding.replicated(mesh),
+  )
+
+
+def finetune_encoder(encoder: nn.Module, ft: ml_collections.ConfigDict) -> nn.Module:
+  """`encoder` as fine-tuning runs it: ViTs with drop path ft.drop_path (same parameters)."""
+  if isinstance(encoder, vit_lib.ViT):
+    return encoder.clone(drop_path=float(ft.drop_path))
+  return encoder
+
+
+def random_encoder_variables(
+  encoder: nn.Module, image_shape: tuple[int, ...], seed: int, mesh: jax.sharding.Mesh
+) -> dict:
+  """A fresh initialisation of `encoder` (the supervised baseline's start), replicated."""
+
+  def init(rng):
+    # As train.init_state: the classic threefry compiles much faster for replicated parameters.
+    with jax.threefry_partitionable(False):
+      return encoder.init(rng, jnp.zeros((2, *image_shape), jnp.float32), train=False)
+
+  shapes = jax.eval_shape(init, jax.random.PRNGKey(0))
+  out = jax.tree.map(lambda _: sharding.replicated(mesh), shapes)
+  return dict(jax.jit(init, out_shardings=out)(jax.random.PRNGKey(seed)))
+
+
+def resolve_recipe(encoder: nn.Module, num_classes: int, ft: ml_collections.ConfigDict) -> Recipe:
+  """The Recipe for `encoder` (already through `finetune_encoder`) from eval_config.finetune."""
+  is_vit = isinstance(encoder, vit_lib.ViT)
+  name = ft.optimizer
+  if name == 'auto':
+    name = 'adamw' if is_vit else 'sgd'
+  if name not in RECIPES:
+    raise ValueError(
+      "config.eval_config.finetune.optimizer must be 'auto', 'sgd', 'lars' or 'adamw', "
+      f'got {ft.optimizer!r}'
+    )
+  weight_decay = RECIPES[name][1] if ft.weight_decay is None else float(ft.weight_decay)
+  layer_decay = float(ft.layer_decay) if is_vit else 1.0
+  if not 0.0 < layer_decay <= 1.0:
+    raise ValueError(
+      f'config.eval_config.finetune.layer_decay must be in (0, 1], got {layer_decay}'
+    )
+  return Recipe(
+    model=Classifier(encoder, int(num_classes)),
+    optimizer=name,
+    weight_decay=weight_decay,
+    momentum=float(ft.momentum),
+    layer_decay=layer_decay,
+    depth=int(encoder.depth) if is_vit else 0,
+    label_smoothing=float(ft.label_smoothing),
+  )
+
+
+def schedule(ft: ml_collections.ConfigDict, num_train: int, optimizer: str) -> np.ndarray:
+  """Learning rate of every step: linear warm-up, then cosine to 0, peak base_lr x B / 256.
+
+  Steps: epochs x num_train / batch (rounded up), at least min_steps; warm-up is the same
+  fraction of them as warmup_epochs of epochs.
+  """
+  batch = int(ft.batch_size)
+  total = max(math.ceil(float(ft.epochs) * num_train / batch), int(ft.min_steps), 1)
+  warmup = int(total * float(ft.warmup_epochs) / float(ft.epochs)) if ft.epochs > 0 else 0
+  base_lr = RECIPES[optimizer][0] if ft.base_lr is None else float(ft.base_lr)
+  fn = optax.warmup_cosine_decay_schedule(
+    init_value=0.0,
+    peak_value=base_lr * batch / 256,
+    warmup_steps=min(warmup, total - 1),
+    decay_steps=total,
+    end_value=0.0,
+  )
+  return np.asarray(fn(np.arange(total)), np.float32)
+
+
+class FineTuneResult(NamedTuple):
+  accuracy: dict[str, float]  # test set name -> top-1 in [0, 1]
+  variables: dict  # the trained Classifier's {'params': .., ['batch_stats': ..]}
+  steps: int
+  train_loss: float  # mean over the last tenth of the steps
+
+
+def finetune(
+  encoder: nn.Module,
+  encoder_variables: dict,
+  train: tuple[np.ndarray, np.ndarray],
+  tests: dict[str, tuple[np.ndarray, np.ndarray]],
+  *,
+  num_classes: int,
+  num_train: int,
+  mesh: jax.sharding.Mesh,
+  ft: ml_collections.ConfigDict,
+  eval_batch_size: int,
+  tf_augment: bool = True,
+) -> FineTuneResult:
+  """Fine-tunes `encoder` from `encoder_variables` with a new linear head; top-1 on each test set.
+
+  `train` is this process's labelled images (float32 in [0, 1], as `load_eval_split` gives) and
+  labels, `num_train` the global count; `tests` maps a name to this process's share of a test
+  split. `ft` is eval_config.finetune. The caller's arrays are never modified or donated.
+  """
+  sharding.check_batch_size(int(ft.batch_size), mesh, 'eval_config.finetune.batch_size')
+  images, labels = train
+  if len(labels) == 0:
+    raise ValueError(
+      f'this process holds none of the {num_train} labelled images: use a larger label budget'
+    )
+  encoder = finetune_encoder(encoder, ft)
+  recipe = resolve_recipe(encoder, num_classes, ft)
+  lrs = schedule(ft, num_train, recipe.optimizer)
+  rng, head_rng = jax.random.split(jax.random.PRNGKey(int(ft.seed)))
+  h = jax.eval_shape(
+    lambda v: encoder.apply(v, jnp.zeros((1, *images.shape[1:])), train=False), encoder_variables
+  )
+  with jax.threefry_partitionable(False):  # eager and replicated: the classic one is faster
+    head = nn.Dense(num_classes, kernel_init=_head_init).init(head_rng, jnp.zeros(h.shape))
+  params = {'encoder': encoder_variables['params'], 'head': head['params']}
+  model_state = {
+    col: {'encoder': tree} for col, tree in encoder_variables.items() if col != 'params'
+  }
+  state = State(
+    jnp.zeros((), jnp.int32), params, model_state, recipe.tx(0.0, params).init(params), rng
+  )
+  state = _compiled_copy(mesh)(state)
+
+  spec = augment_defaults(int(images.shape[1]))
+  spec.update(
+    dict(
+      crop_scale=(0.08, 1.0) if ft.crop_scale is None else tuple(ft.crop_scale),
+      flip=True if ft.flip is None else bool(ft.flip),
+      color_strength=0.0,
+      grayscale_prob=0.0,
+      blur_prob=0.0,
+      solarize_prob=0.0,
+    )
+  )
+  local_batch = int(ft.batch_size) // jax.process_count()
+  batches = sharding.prefetch_to_mesh(
+    data.labelled_train_iterator(
+      images, labels, spec, batch_size=local_batch, seed=int(ft.seed), tf_augment=tf_augment
+    ),
+    mesh,
+  )
+  step_fn = _compiled_train_step(recipe, mesh)
+  losses = []
+  for step, learning_rate in enumerate(lrs):
+    state, metrics = step_fn(state, next(batches), learning_rate)
+    losses.append(metrics['loss'])
+    if (step + 1) % 100 == 0 or step + 1 == len(lrs):
+      logging.info(
+        'finetune step %d/%d loss %.4f', step + 1, len(lrs), float(np.mean(losses[-100:]))
+      )
+  losses = np.asarray(jax.device_get(losses))
+  variables = {'params': state.params, **state.model_state}
+  predict = _Predict(recipe.model)
+  accuracy = {}
+  for name, (test_x, test_y) in tests.items():
+    preds, truth = apply_in_batches(predict, variables, test_x, test_y, mesh, eval_batch_size)
+    accuracy[name] = float(np.mean(preds == truth)) if truth.size else float('nan')
+  tail = max(1, len(losses) // 10)
+  return FineTuneResult(accuracy, variables, len(lrs), float(np.mean(losses[-tail:])))

@@ -1,0 +1,432 @@
+"""One Markdown page per run, readable without TensorBoard: WORKDIR/report.md.
+
+It collects what a run leaves in its workdir: a summary, the results table (pretrained against
+random init), training and evaluation curves drawn to WORKDIR/report/{loss,eval}.png from
+metrics.jsonl, the latest pictures under WORKDIR/pictures, and the config. Every link is relative,
+so the workdir can be copied or attached as it is. Training rewrites the page after each
+evaluation and at the end (process 0, `config.report`); for any run, at any time:
+
+  python -m ssljax.report --workdir=DIR
+
+Reading files and plotting only, so no JAX import; figures are built as in `ssljax.pictures`
+(a `Figure` on the Agg canvas, never pyplot). Half-written or non-finite input must not break
+the page: a NaN loss is the very thing a reader needs to see.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import sys
+import time
+import urllib.parse
+from typing import Any
+
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+REPORT = 'report.md'
+PLOTS = 'report'  # WORKDIR/report/: loss.png, eval.png
+_NOT_PLOTTED = ('images_per_sec',)  # a speed, summarised in the text; it swings at compile time
+_DPI = 100
+_STEP_FRAME = re.compile(r'^step_(\d+)\.png$')
+_KIND_TITLES = {
+  'embeddings': 'Embeddings (2-D projection of test h, coloured by label)',
+  'attention': 'Attention (last block, CLS to patches, every head)',
+  'reconstructions': 'Reconstructions',
+}
+
+Series = dict[str, tuple[np.ndarray, np.ndarray]]  # name -> (steps, values), sorted by step
+
+
+def write_report(workdir: str, config: Any = None, *, total_steps: int | None = None) -> str:
+  """Writes WORKDIR/report.md (and report/*.png) from what the run has written so far.
+
+  `config` is a ConfigDict or a dict; None reads WORKDIR/config.json. `total_steps`, when the
+  caller knows it, shows progress (the config alone may give only epochs). Returns the path.
+  """
+  if config is None:
+    config = _read_json(os.path.join(workdir, 'config.json')) or {}
+  series, bad_lines = _read_metrics(os.path.join(workdir, 'metrics.jsonl'))
+  results = _read_json(os.path.join(workdir, 'results.json'))
+  if total_steps is None and (_field(config, 'total_steps') or 0) > 0:
+    total_steps = int(_field(config, 'total_steps'))
+
+  plots_dir = os.path.join(workdir, PLOTS)
+  train_names = [k for k in series if not k.startswith('eval/') and k not in _NOT_PLOTTED]
+  eval_names = [k for k in series if k.startswith('eval/')]
+  loss_png = eval_png = None
+  if train_names:
+    loss_png = os.path.join(plots_dir, 'loss.png')
+    _plot_training(series, train_names, loss_png)
+  if eval_names:
+    eval_png = os.path.join(plots_dir, 'eval.png')
+    random_init = (results or {}).get('random_init') or {}
+    _plot_eval(series, eval_names, random_init, eval_png)
+
+  title = (
+    _field(config, 'name')
+    or _field(config, 'method')
+    or os.path.basename(os.path.normpath(workdir))
+  )
+  lines = [f'# {title}', '']
+  lines += _summary(config, series, results, total_steps, bad_lines)
+  lines += ['', '## Results', '']
+  lines += _results_table(results, series)
+  lines += ['', '## Training', '']
+  if loss_png:
+    lines.append(f'![training loss and other logged scalars]({_link(workdir, loss_png)})')
+  else:
+    lines.append('No training metrics logged yet.')
+  lines += ['', '## Evaluation', '']
+  if eval_png:
+    lines.append(f'![every evaluation metric against step]({_link(workdir, eval_png)})')
+    if (results or {}).get('random_init'):
+      lines += ['', 'Dashed: the randomly initialised encoder, the baseline to beat.']
+  else:
+    lines.append('No evaluation yet.')
+  lines += ['', '## Pictures', '']
+  lines += _pictures(workdir)
+  lines += ['', '## Config', '', '<details><summary>config</summary>', '', '```json']
+  lines += [_config_json(config), '```', '', '</details>', '']
+
+  path = os.path.join(workdir, REPORT)
+  _write_atomic(path, '\n'.join(lines))
+  return path
+
+
+# ----------------------------------------------------------------------------- reading
+
+
+def _read_json(path: str) -> dict | None:
+  """The file's object, or None when it is missing or unreadable (a run still writing it)."""
+  try:
+    with open(path) as f:
+      data = json.load(f)
+  except (OSError, ValueError):
+    return None
+  return data if isinstance(data, dict) else None
+
+
+def _read_metrics(path: str) -> tuple[Series, int]:
+  """metrics.jsonl as {name: (steps, values)} and the count of lines that could not be read.
+
+  A resumed run logs again the steps after its last checkpoint: the later line wins. NaN and
+  Infinity (which json writes for non-finite floats) are kept; non-numbers are skipped.
+  """
+  by_name: dict[str, dict[int, float]] = {}
+  bad = 0
+  try:
+    with open(path) as f:
+      raw = f.read().splitlines()
+  except OSError:
+    return {}, 0
+  for line in raw:
+    if not line.strip():
+      continue
+    try:
+      record = json.loads(line)
+      step = int(record['step'])
+    except (ValueError, KeyError, TypeError):
+      bad += 1  # e.g. the last line half-written while we read
+      continue
+    for name, value in record.items():
+      if name == 'step' or isinstance(value, bool) or not isinstance(value, (int, float)):
+        continue
+      by_name.setdefault(name, {})[step] = float(value)
+  series = {}
+  for name, points in by_name.items():
+    steps = np.array(sorted(points), dtype=np.int64)
+    series[name] = (steps, np.array([points[s] for s in steps], dtype=np.float64))
+  return series, bad
+
+
+def _field(config: Any, dotted: str, default: Any = None) -> Any:
+  """config.a.b for a ConfigDict or a plain dict, `default` when any part is missing."""
+  node = config
+  for key in dotted.split('.'):
+    try:
+      node = node[key]
+    except (KeyError, TypeError, IndexError, AttributeError):
+      return default
+  return node
+
+
+def _config_json(config: Any) -> str:
+  if hasattr(config, 'to_json_best_effort'):
+    return config.to_json_best_effort(indent=2, sort_keys=True)
+  return json.dumps(config, indent=2, sort_keys=True, default=str)
+
+
+# ----------------------------------------------------------------------------- text
+
+
+def _summary(config, series: Series, results, total_steps, bad_lines: int) -> list[str]:
+  done = max((int(steps[-1]) for steps, _ in series.values()), default=None)
+  if results and isinstance(results.get('step'), int):
+    done = results['step']
+  if done is None:
+    state = 'nothing logged yet'
+  elif results is not None:
+    state = f'finished at step {done}'
+  else:
+    state = f'in progress, step {done}'
+  dataset = _field(config, 'data.source', '?')
+  detail = _field(config, 'data.name') or _field(config, 'data.path')
+  if detail:
+    dataset = f'{dataset} ({detail})'
+  steps = '0' if done is None else str(done)
+  if total_steps:
+    steps += f' / {total_steps}'
+  elif _field(config, 'epochs') is not None:
+    steps += f' (of {_field(config, "epochs")} epochs)'
+  lines = [
+    f'Report written {time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())}; run {state}.',
+    '',
+    f'- method: {_field(config, "method", "?")}',
+    f'- encoder: {_field(config, "model.encoder", "?")}',
+    f'- dataset: {dataset}',
+    f'- batch size: {_field(config, "batch_size", "?")}',
+    f'- steps: {steps}',
+  ]
+  if 'images_per_sec' in series:
+    speed = series['images_per_sec'][1]
+    speed = speed[np.isfinite(speed)]
+    if speed.size:
+      lines.append(f'- images/s: {np.median(speed):,.0f} (median of {speed.size} logs)')
+  if 'loss' in series:
+    steps_, loss = series['loss']
+    lines.append(f'- loss: {_num(loss[-1])} at step {steps_[-1]} (first logged: {_num(loss[0])})')
+  if done is None:
+    lines += ['', 'No metrics logged yet: metrics.jsonl is missing or empty.']
+  for name, (steps_, values) in series.items():
+    bad = ~np.isfinite(values)
+    if bad.any():
+      lines += [
+        '',
+        f'**Warning: `{name}` is not finite** at {int(bad.sum())} of {values.size} logged '
+        f'steps (first at step {steps_[bad][0]}: {values[bad][0]}).',
+      ]
+  if bad_lines:
+    lines += ['', f'{bad_lines} unreadable line(s) of metrics.jsonl were skipped.']
+  return lines
+
+
+def _num(x: float) -> str:
+  return f'{x:.4g}' if math.isfinite(x) else str(x)
+
+
+def _pct(x: Any) -> str:
+  """An accuracy (fraction) in %, as the table prints it."""
+  if not isinstance(x, (int, float)) or isinstance(x, bool):
+    return '-'
+  return f'{100 * x:.2f}' if math.isfinite(x) else str(float(x))
+
+
+def _results_table(results: dict | None, series: Series) -> list[str]:
+  """protocol | pretrained | random init | difference, from results.json; before it exists,
+  the latest logged evaluation (no baseline yet)."""
+  lines = []
+  if results is not None:
+    pretrained = results.get('pretrained') or {}
+    random_init = results.get('random_init') or {}
+    if not pretrained and not random_init:
+      return ['results.json has no accuracies (no labelled test split, or `config.eval` empty).']
+    lines.append(f'Linear / k-NN accuracy (%) on the test split at step {results.get("step")}:')
+  else:
+    latest = {}
+    for name, (steps, values) in series.items():
+      if name.startswith('eval/'):
+        latest[name[len('eval/') :]] = (int(steps[-1]), float(values[-1]))
+    if not latest:
+      return ['No results yet (results.json is written at the end of the run).']
+    step = max(s for s, _ in latest.values())
+    pretrained = {k: v for k, (_, v) in latest.items()}
+    random_init = {}
+    lines.append(
+      f'No results.json yet: the latest evaluation (step {step}), accuracy (%); the random-init '
+      'baseline is measured at the end.'
+    )
+  lines += ['', '| protocol | pretrained | random init | difference |', '|---|---:|---:|---:|']
+  for protocol in [*pretrained, *(k for k in random_init if k not in pretrained)]:
+    p, r = pretrained.get(protocol), random_init.get(protocol)
+    both = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (p, r))
+    diff = '-'
+    if both:
+      d = 100 * (p - r)
+      diff = f'{d:+.2f}' if math.isfinite(d) else str(d)
+    lines.append(f'| {protocol} | {_pct(p)} | {_pct(r)} | {diff} |')
+  return lines
+
+
+def _pictures(workdir: str) -> list[str]:
+  """The latest picture of each kind under WORKDIR/pictures; for embeddings, also the first."""
+  root = os.path.join(workdir, 'pictures')
+  if not os.path.isdir(root):
+    return ['No pictures yet.']
+  lines = []
+  order = list(_KIND_TITLES)  # the known kinds first, in this order; then any other, by name
+  kinds = sorted(
+    (d for d in os.listdir(root) if os.path.isdir(os.path.join(root, d))),
+    key=lambda d: (order.index(d) if d in order else len(order), d),
+  )
+  for kind in kinds:
+    frames = _frames(os.path.join(root, kind))
+    if not frames:
+      continue
+    lines += [f'### {_KIND_TITLES.get(kind, kind)}', '']
+    (last_step, last), (first_step, first) = frames[-1], frames[0]
+    if kind == 'embeddings' and len(frames) > 1:
+      lines += [
+        f'| step {first_step} | step {last_step} |',
+        '|:---:|:---:|',
+        f'| ![step {first_step}]({_link(workdir, first)}) '
+        f'| ![step {last_step}]({_link(workdir, last)}) |',
+      ]
+    else:
+      lines.append(f'Step {last_step}:')
+      lines += ['', f'![{kind}, step {last_step}]({_link(workdir, last)})']
+    if kind == 'embeddings':
+      grid = os.path.join(root, 'embeddings_grid.png')
+      gif = os.path.join(root, 'embeddings.gif')
+      if os.path.isfile(grid):
+        lines += ['', f'Every evaluation: ![every frame]({_link(workdir, grid)})']
+      if os.path.isfile(gif):
+        lines += ['', f'[Animation]({_link(workdir, gif)})']
+    lines.append('')
+  known = {'embeddings_grid.png', 'embeddings.gif'}
+  for name in sorted(os.listdir(root)):
+    path = os.path.join(root, name)
+    if name in known or not os.path.isfile(path) or not name.endswith(('.png', '.gif')):
+      continue
+    lines += [f'### {name}', '', f'![{name}]({_link(workdir, path)})', '']
+  while lines and not lines[-1]:
+    lines.pop()
+  return lines or ['No pictures yet.']
+
+
+def _frames(directory: str) -> list[tuple[int, str]]:
+  """(step, path) of the step_N.png files, sorted by step."""
+  found = []
+  for name in os.listdir(directory):
+    match = _STEP_FRAME.match(name)
+    if match:
+      found.append((int(match.group(1)), os.path.join(directory, name)))
+  return sorted(found)
+
+
+def _link(workdir: str, path: str) -> str:
+  """`path` relative to the report, as a Markdown link target (POSIX, URL-quoted)."""
+  rel = os.path.relpath(path, workdir).replace(os.sep, '/')
+  return urllib.parse.quote(rel)
+
+
+# ----------------------------------------------------------------------------- plots
+
+
+def _plot_training(series: Series, names: list[str], path: str) -> None:
+  """The loss large on top; every other training scalar in a small panel below."""
+  small = [n for n in names if n != 'loss']
+  cols = min(3, max(len(small), 1))
+  rows = math.ceil(len(small) / cols)
+  fig = Figure(figsize=(10.0, 3.6 + 2.2 * rows), dpi=_DPI)
+  grid = fig.add_gridspec(1 + rows, cols, height_ratios=[1.7] + [1.0] * rows)
+  ax = fig.add_subplot(grid[0, :])
+  if 'loss' in series:
+    _curve(ax, *series['loss'], 'loss')
+  else:
+    ax.text(0.5, 0.5, 'no loss logged', ha='center', va='center', transform=ax.transAxes)
+  ax.set_title('training loss')
+  ax.set_xlabel('step')
+  for i, name in enumerate(small):
+    ax = fig.add_subplot(grid[1 + i // cols, i % cols])
+    _curve(ax, *series[name], name)
+    ax.set_title(name, fontsize='small')
+    ax.tick_params(labelsize='x-small')
+  _save(fig, path)
+
+
+def _plot_eval(series: Series, names: list[str], random_init: dict, path: str) -> None:
+  """One panel per eval/ metric, in %; the random-init accuracy as a dashed line."""
+  cols = min(3, len(names))
+  rows = math.ceil(len(names) / cols)
+  fig = Figure(figsize=(4.0 * cols, 3.2 * rows), dpi=_DPI)
+  axes = fig.subplots(rows, cols, squeeze=False)
+  for ax in axes.flat[len(names) :]:
+    ax.set_axis_off()
+  for ax, name in zip(axes.flat, names, strict=False):
+    steps, values = series[name]
+    _curve(ax, steps, 100 * values, 'pretrained', marker='o')
+    baseline = random_init.get(name[len('eval/') :])
+    if isinstance(baseline, (int, float)) and math.isfinite(baseline):
+      ax.axhline(100 * baseline, linestyle='--', color='gray', label='random init')
+    ax.set_title(name[len('eval/') :])
+    ax.set_xlabel('step')
+    ax.set_ylabel('accuracy (%)')
+    ax.legend(fontsize='small')
+  _save(fig, path)
+
+
+def _curve(ax, steps: np.ndarray, values: np.ndarray, label: str, marker: str | None = None):
+  """A line with gaps where values are not finite, and those steps marked by red crosses at the
+  bottom of the panel, so a NaN shows instead of silently vanishing."""
+  finite = np.isfinite(values)
+  ax.plot(
+    steps,
+    np.where(finite, values, np.nan),
+    marker=marker if marker else ('.' if len(steps) <= 50 else None),
+    label=label,
+  )
+  if not finite.all():
+    ax.scatter(
+      steps[~finite],
+      np.full(int((~finite).sum()), 0.03),
+      transform=ax.get_xaxis_transform(),  # x in steps, y in axes fraction
+      marker='x',
+      color='red',
+      label='not finite',
+      zorder=3,
+    )
+    ax.legend(fontsize='x-small')
+  ax.ticklabel_format(axis='y', useOffset=False)  # a constant 0.7551 reads as itself
+  lo, hi = float(steps.min()), float(steps.max())
+  pad = max(0.03 * (hi - lo), 1.0)
+  ax.set_xlim(lo - pad, hi + pad)
+  ax.grid(alpha=0.3)
+
+
+def _save(fig: Figure, path: str) -> None:
+  """PNG through a temporary file, so a reader never sees half an image."""
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  fig.set_layout_engine('constrained')
+  FigureCanvasAgg(fig)
+  try:
+    fig.savefig(path + '.tmp', format='png', dpi=_DPI)
+  finally:
+    fig.clear()
+  os.replace(path + '.tmp', path)
+
+
+def _write_atomic(path: str, text: str) -> None:
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  with open(path + '.tmp', 'w') as f:
+    f.write(text)
+  os.replace(path + '.tmp', path)
+
+
+def main(argv: list[str]) -> None:
+  workdir = next((a.split('=', 1)[1] for a in argv[1:] if a.startswith('--workdir=')), None)
+  if not workdir or len(argv) != 2:
+    print('usage: python -m ssljax.report --workdir=DIR', file=sys.stderr)
+    sys.exit(2)
+  if not os.path.isdir(workdir):
+    print(f'error: {workdir} is not a directory', file=sys.stderr)
+    sys.exit(2)
+  print(f'wrote {write_report(workdir)}')
+
+
+if __name__ == '__main__':
+  main(sys.argv)

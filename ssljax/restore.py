@@ -1,0 +1,250 @@
+"""Reading a run back: its config, its latest state, its encoder on its own (`load_encoder`), and
+its encoder as the start of a new run (`config.init_from`: warm starts, as in REMEDIS, where a
+model pretrained on natural images continues self-supervised on medical ones).
+
+The encoder is read from the checkpoint without the run's data or optimizer, so a run trained on
+ImageNet elsewhere can be loaded, or warm-start a run, on a machine that has only the new data.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import os
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import ml_collections
+import numpy as np
+from absl import logging
+
+from ssljax import checkpoint, data, defaults, methods, sharding
+from ssljax.methods import Method, TrainState
+
+__all__ = [
+  'WarmStart',
+  'encoder_variables',
+  'load_config',
+  'load_encoder',
+  'latest_state',
+  'prepare_warm_start',
+  'restore_latest',
+  'warm_start',
+]
+
+
+# ----------------------------------------------------------------------------- config and state
+
+
+def _tuples(value: Any) -> Any:
+  """JSON lists back to the tuples the configs use (command-line overrides parse tuples only)."""
+  if isinstance(value, list):
+    return tuple(_tuples(v) for v in value)
+  if isinstance(value, dict):
+    return {k: _tuples(v) for k, v in value.items()}
+  return value
+
+
+def _with_defaults(config: ml_collections.ConfigDict, base: ml_collections.ConfigDict) -> None:
+  """Fields a run's config.json predates get their defaults (old runs still load), and fields
+  saved as null get their type back (placeholders), so --config.* overrides of them parse."""
+  for key in base.keys():
+    value = base[key]
+    if isinstance(value, ml_collections.ConfigDict):
+      if key not in config:
+        config[key] = copy.deepcopy(value)
+      elif isinstance(config[key], ml_collections.ConfigDict):
+        _with_defaults(config[key], value)
+    elif key not in config or (config[key] is None and value is None):
+      config[key] = copy.deepcopy(base.get_ref(key)) if value is None else value
+
+
+def load_config(run_dir: str) -> ml_collections.ConfigDict:
+  """The config a run was trained with (RUN/config.json), with any field added since then at its
+  default."""
+  path = os.path.join(run_dir, 'config.json')
+  if not os.path.exists(path):
+    raise FileNotFoundError(
+      f'{path} not found: {run_dir!r} is not a run directory. Give the workdir of a run that '
+      'python -m ssljax.main wrote (it holds config.json and checkpoints/).'
+    )
+  with open(path) as f:
+    config = ml_collections.ConfigDict(_tuples(json.load(f)))
+  _with_defaults(config, defaults.base_config())
+  return config
+
+
+def _latest_step(run_dir: str) -> int:
+  step = checkpoint.latest_saved_step(run_dir)
+  if step is None:
+    raise FileNotFoundError(
+      f'no checkpoint under {os.path.join(os.path.abspath(run_dir), "checkpoints")}: train the '
+      'run first (python -m ssljax.main --workdir=...), or give a run that has one.'
+    )
+  return step
+
+
+def latest_state(
+  config: ml_collections.ConfigDict, run_dir: str, init: Callable, mesh: jax.sharding.Mesh
+) -> TrainState:
+  """The run's latest TrainState, replicated over `mesh`; `init` (rng -> TrainState) gives the
+  structure (from `train.build_method` with the run's config)."""
+  step = _latest_step(run_dir)
+  like = jax.eval_shape(init, jax.random.PRNGKey(0))
+  like = jax.tree.map(
+    lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sharding.replicated(mesh)), like
+  )
+  ckpt = checkpoint.Checkpointer(run_dir, max_to_keep=config.keep_checkpoints)
+  state = TrainState(**ckpt.restore(step, like._asdict()))
+  ckpt.close()
+  return state
+
+
+def restore_latest(config: ml_collections.ConfigDict, run_dir: str) -> tuple[Method, TrainState]:
+  """The method and its latest saved state, on this process's devices."""
+  from ssljax import train  # train imports this module
+
+  mesh = sharding.make_mesh()
+  method, _, _, init, _ = train.build_method(config, mesh, data.dataset_info(config))
+  return method, latest_state(config, run_dir, init, mesh)
+
+
+# ----------------------------------------------------------------------------- the encoder
+
+
+def encoder_variables(
+  run_dir: str, mesh: jax.sharding.Mesh | None = None
+) -> tuple[Method, dict, int]:
+  """(method, variables, step): the variables (NumPy) of the encoder the run evaluates
+  (`method.encoder_variables`: BYOL's or DINO's teacher when config.eval_encoder says so) at its
+  latest checkpoint. Reads neither the run's data nor its optimizer state."""
+  config = load_config(run_dir)
+  step = _latest_step(run_dir)
+  method = methods.build(config, mesh or sharding.make_mesh())
+  saved = checkpoint.restore_arrays(run_dir, step, ('params', 'model_state'))
+  return method, method.encoder_variables(saved['params'], saved['model_state']), step
+
+
+def load_encoder(run_dir: str) -> tuple[Callable[[Any, jax.Array], jax.Array], dict]:
+  """(apply_fn, params) of a run's trained encoder, for use outside ssljax:
+
+    apply_fn, params = ssljax.load_encoder('runs/simclr_digits')
+    h = apply_fn(params, images)  # images (N, H, W, C) float in [0, 1] -> h (N, d)
+
+  apply_fn is jitted, in inference mode (BatchNorm with its running statistics, no stochastic
+  depth) and is a pure function of params, so it can be differentiated or fine-tuned as well.
+  Images should have the size and channels the run was trained on (config.data.image_size).
+  """
+  method, variables, _ = encoder_variables(run_dir)
+  encoder = method.encoder
+
+  @jax.jit
+  def apply_fn(params, images):
+    return encoder.apply(params, images, train=False)
+
+  return apply_fn, jax.device_put(variables)
+
+
+# ----------------------------------------------------------------------------- warm starts
+
+
+def _flat(tree: Any) -> dict[str, Any]:
+  """{'params/stem_conv/kernel': leaf, ...}: variable names as paths."""
+  leaves = jax.tree_util.tree_leaves_with_path(tree)
+  return {'/'.join(str(getattr(k, 'key', k)) for k in path): leaf for path, leaf in leaves}
+
+
+def _unflat(flat: dict[str, Any]) -> dict:
+  tree: dict = {}
+  for name, leaf in flat.items():
+    *parents, last = name.split('/')
+    node = tree
+    for p in parents:
+      node = node.setdefault(p, {})
+    node[last] = leaf
+  return tree
+
+
+@dataclasses.dataclass(frozen=True)
+class WarmStart:
+  """Another run's encoder, checked against this run's: what `warm_start` copies in."""
+
+  source: str  # the run directory (config.init_from)
+  step: int  # its checkpoint's step
+  variables: dict  # NumPy, only the names this run's encoder has, in its dtypes
+  loaded: tuple[str, ...]  # variable names (by collection) present in both encoders
+  not_loaded: tuple[str, ...]  # present in one only, each marked with where it is
+
+
+def prepare_warm_start(
+  config: ml_collections.ConfigDict, method: Method, abstract_state: TrainState, workdir: str
+) -> WarmStart | None:
+  """Reads config.init_from's encoder and matches it, by name and shape, with this run's
+  (`abstract_state` from jax.eval_shape is enough, so a bad source fails before anything
+  compiles). None when config.init_from is empty or when WORKDIR has a checkpoint: a run
+  resumes its own state, not the source's."""
+  source = config.get('init_from', '')
+  if not source or checkpoint.latest_saved_step(workdir) is not None:
+    return None
+  # ValueErrors, not FileNotFoundErrors: a bad config value, which ssljax.main reports as such.
+  fix = (
+    'config.init_from must be the workdir of an ssljax run with a checkpoint (config.json and '
+    "checkpoints/), or '' to start from a random initialisation."
+  )
+  if not os.path.exists(os.path.join(source, 'config.json')):
+    raise ValueError(
+      f'config.init_from={source!r}: {os.path.join(source, "config.json")} not found. {fix}'
+    )
+  if checkpoint.latest_saved_step(source) is None:
+    raise ValueError(
+      f'config.init_from={source!r}: no checkpoint under '
+      f'{os.path.join(source, "checkpoints")}. {fix}'
+    )
+  _, theirs, step = encoder_variables(source, method.mesh)
+  ours = _flat(method.encoder_variables(abstract_state.params, abstract_state.model_state))
+  theirs = _flat(theirs)
+  loaded = sorted(ours.keys() & theirs.keys())
+  for name in loaded:
+    if np.shape(theirs[name]) != tuple(ours[name].shape):
+      raise ValueError(
+        f'config.init_from={source!r}: encoder variable {name} has shape '
+        f'{np.shape(theirs[name])} there and {tuple(ours[name].shape)} in this run. Make '
+        f'config.model build the same encoder as {os.path.join(source, "config.json")} '
+        '(encoder, width, patch_size, vit_*, ...), or leave config.init_from empty.'
+      )
+  if not loaded:
+    raise ValueError(
+      f"config.init_from={source!r}: none of its encoder variables is in this run's encoder "
+      f'(there: {sorted(theirs)[:4]}..., here: {sorted(ours)[:4]}...); config.model must name '
+      'the same encoder as the source run.'
+    )
+  not_loaded = [f'{n} (only in this run)' for n in sorted(ours.keys() - theirs.keys())]
+  not_loaded += [f'{n} (only in {source})' for n in sorted(theirs.keys() - ours.keys())]
+  variables = {n: np.asarray(theirs[n], ours[n].dtype) for n in loaded}
+  return WarmStart(source, step, _unflat(variables), tuple(loaded), tuple(not_loaded))
+
+
+def warm_start(method: Method, state: TrainState, warm: WarmStart) -> TrainState:
+  """`state` with `warm`'s encoder variables in the online encoder and in every teacher copy
+  of it (`Method.warm_start`); heads, optimizer state, step and rng stay as initialised. Logs
+  what was loaded and what was not."""
+  online = method.encoder_variables(state.params, state.model_state)
+  shardings = {n: leaf.sharding for n, leaf in _flat(online).items()}
+
+  def place(name: str, value: np.ndarray) -> jax.Array:
+    # Every process holds the same value: build the global, replicated array from it.
+    return jax.make_array_from_callback(value.shape, shardings[name], lambda i: value[i])
+
+  variables = _unflat({n: place(n, v) for n, v in _flat(warm.variables).items()})
+  params, model_state = method.warm_start(state.params, state.model_state, variables)
+  message = (
+    f'init_from {warm.source} (step {warm.step}): loaded {len(warm.loaded)} encoder variables '
+    f'into the encoder and its EMA copies:\n  {", ".join(warm.loaded)}\n'
+    f'not loaded ({len(warm.not_loaded)}): {", ".join(warm.not_loaded) or "none"}'
+  )
+  logging.info('%s', message)
+  if jax.process_index() == 0:
+    print(message, flush=True)
+  return state._replace(params=params, model_state=model_state)
