@@ -88,6 +88,8 @@ def _plot(rows, budgets, counts, path):
   fig = Figure(figsize=(4.2 * len(protocols), 3.6))
   FigureCanvasAgg(fig)
   xs = [counts[b.key] for b in budgets]
+  encoders = list(dict.fromkeys(r['encoder'] for r in rows))
+  colors = {e: f'C{i}' for i, e in enumerate(encoders)}  # one colour per encoder in every panel
   for i, p in enumerate(protocols):
     ax = fig.add_subplot(1, len(protocols), i + 1)
     for encoder in dict.fromkeys(r['encoder'] for r in rows if r['protocol'] == p):
@@ -96,7 +98,7 @@ def _plot(rows, budgets, counts, path):
       }
       ys = [100 * acc[b.key] for b in budgets]
       style = '--' if encoder in ('raw pixels', 'random encoder', 'supervised') else '-'
-      ax.plot(xs, ys, style, marker='o', label=encoder)
+      ax.plot(xs, ys, style, marker='o', color=colors[encoder], label=encoder)
     ax.set_xscale('log')
     ax.set_xticks(xs, [f'{b.key}\n({n})' for b, n in zip(budgets, xs, strict=True)], fontsize=7)
     ax.set_title(LABELS[p])
