@@ -127,17 +127,7 @@ def check_eval_config(config: ml_collections.ConfigDict) -> None:
 
     shifts.check(ood.data.get('shift', ''), ood.data.get('shift_severity', 3))
   if any(name in TRAINING_PROTOCOLS for name in config.eval):
-    ft = ec.finetune
-    name = ft.optimizer
-    if name != 'auto' and name not in finetune_lib.RECIPES:
-      raise ValueError(
-        "config.eval_config.finetune.optimizer must be 'auto', 'sgd', 'lars' or 'adamw', "
-        f'got {name!r}'
-      )
-    if not 0.0 < ft.layer_decay <= 1.0:
-      raise ValueError(
-        f'config.eval_config.finetune.layer_decay must be in (0, 1], got {ft.layer_decay!r}'
-      )
+    finetune_lib.check_settings(ec.finetune)
 
 
 def finetune_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:

@@ -53,6 +53,19 @@ def decay_mask(params):
   return jax.tree.map(lambda p: p.ndim > 1, params)
 
 
+def lars(learning_rate, weight_decay: float, mask, momentum: float) -> optax.GradientTransformation:
+  """SimCLR's LARS (trust coefficient 1e-3): weight decay and the trust ratio only where `mask`
+  (weights, not biases or norms); pretraining and fine-tuning use the same one."""
+  return optax.lars(
+    learning_rate,
+    weight_decay=weight_decay,
+    weight_decay_mask=mask,
+    trust_coefficient=1e-3,
+    trust_ratio_mask=mask,
+    momentum=momentum,
+  )
+
+
 def build_optimizer(
   config: ml_collections.ConfigDict, total_steps: int, warmup_steps: int
 ) -> tuple[optax.GradientTransformation, optax.Schedule]:
@@ -64,14 +77,7 @@ def build_optimizer(
   if config.optimizer == 'lars':
     if config.get('weight_decay_end') is not None:
       raise ValueError('config.weight_decay_end (a weight-decay schedule) needs optimizer adamw')
-    tx = optax.lars(
-      schedule,
-      weight_decay=config.weight_decay,
-      weight_decay_mask=decay_mask,
-      trust_coefficient=1e-3,
-      trust_ratio_mask=decay_mask,
-      momentum=config.momentum,
-    )
+    tx = lars(schedule, config.weight_decay, decay_mask, config.momentum)
   elif config.optimizer == 'adamw':
     tx = optax.adamw(
       schedule,

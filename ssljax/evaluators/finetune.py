@@ -27,7 +27,7 @@ import numpy as np
 import optax
 from absl import logging
 
-from ssljax import data, sharding
+from ssljax import data, optim, sharding
 from ssljax.defaults import augment_defaults
 from ssljax.evaluators.batched import apply_in_batches
 from ssljax.models import vit as vit_lib
@@ -37,6 +37,22 @@ PyTree = Any
 # (base lr at batch 256, weight decay) when eval_config.finetune leaves them None. AdamW's lr is
 # for small data and batches (MAE fine-tunes ImageNet with 5e-4-1e-3 at batch 1024).
 RECIPES = {'sgd': (0.1, 1e-4), 'lars': (0.1, 1e-6), 'adamw': (4e-3, 0.05)}
+
+
+def check_settings(ft: ml_collections.ConfigDict) -> None:
+  """The checks of eval_config.finetune that need no model (before pretraining, and again
+  when a recipe is resolved)."""
+  if ft.optimizer != 'auto' and ft.optimizer not in RECIPES:
+    raise ValueError(
+      "config.eval_config.finetune.optimizer must be 'auto', 'sgd', 'lars' or 'adamw', "
+      f'got {ft.optimizer!r}'
+    )
+  if not 0.0 < ft.layer_decay <= 1.0:
+    raise ValueError(
+      f'config.eval_config.finetune.layer_decay must be in (0, 1], got {ft.layer_decay!r}'
+    )
+
+
 _EMBEDDING = ('patch_embed', 'cls_token', 'pos_embed')  # ViT layer 0; no weight decay on tokens
 _BLOCK = re.compile(r'blocks_(\d+)')
 _head_init = nn.initializers.truncated_normal(2e-5)  # MAE's head init: starts near zero logits
@@ -117,22 +133,10 @@ class Recipe:
         optax.sgd(learning_rate, momentum=self.momentum, nesterov=True),
       )
     elif self.optimizer == 'lars':
-      tx = optax.lars(
-        learning_rate,
-        weight_decay=self.weight_decay,
-        weight_decay_mask=mask,
-        trust_coefficient=1e-3,
-        trust_ratio_mask=mask,
-        momentum=self.momentum,
-      )
-    elif self.optimizer == 'adamw':
+      tx = optim.lars(learning_rate, self.weight_decay, mask, self.momentum)
+    else:  # adamw; resolve_recipe checked the name
       tx = optax.adamw(
         learning_rate, b1=self.momentum, b2=0.999, weight_decay=self.weight_decay, mask=mask
-      )
-    else:
-      raise ValueError(
-        f"config.eval_config.finetune.optimizer must be 'auto', 'sgd', 'lars' or 'adamw', "
-        f'got {self.optimizer!r}'
       )
     if self.layer_decay != 1.0:
       tx = optax.chain(tx, scale_by_tree(layer_decay_scales(params, self.depth, self.layer_decay)))
@@ -228,21 +232,13 @@ def random_encoder_variables(
 
 def resolve_recipe(encoder: nn.Module, num_classes: int, ft: ml_collections.ConfigDict) -> Recipe:
   """The Recipe for `encoder` (already through `finetune_encoder`) from eval_config.finetune."""
+  check_settings(ft)
   is_vit = isinstance(encoder, vit_lib.ViT)
   name = ft.optimizer
   if name == 'auto':
     name = 'adamw' if is_vit else 'sgd'
-  if name not in RECIPES:
-    raise ValueError(
-      "config.eval_config.finetune.optimizer must be 'auto', 'sgd', 'lars' or 'adamw', "
-      f'got {ft.optimizer!r}'
-    )
   weight_decay = RECIPES[name][1] if ft.weight_decay is None else float(ft.weight_decay)
   layer_decay = float(ft.layer_decay) if is_vit else 1.0
-  if not 0.0 < layer_decay <= 1.0:
-    raise ValueError(
-      f'config.eval_config.finetune.layer_decay must be in (0, 1], got {layer_decay}'
-    )
   return Recipe(
     model=Classifier(encoder, int(num_classes)),
     optimizer=name,

@@ -17,14 +17,19 @@ _MAX_FOLDS = 5
 _ROW_BUCKET = 256
 
 
+def train_stats(train_x: np.ndarray, floor: float = _STD_FLOOR) -> tuple[np.ndarray, np.ndarray]:
+  """float32 (mean, std) per feature of the train set, std floored, computed in float64."""
+  train_x = np.asarray(train_x)
+  mean = np.mean(train_x, axis=0, dtype=np.float64)
+  std = np.maximum(np.std(train_x, axis=0, dtype=np.float64), floor)
+  return mean.astype(np.float32), std.astype(np.float32)
+
+
 def standardize(
   train_x: np.ndarray, *others: np.ndarray, floor: float = _STD_FLOOR
 ) -> tuple[np.ndarray, ...]:
   """Standardize with the train mean/std (std floored) so one L2 grid fits any feature scale."""
-  train_x = np.asarray(train_x)
-  mean = np.mean(train_x, axis=0, dtype=np.float64)
-  std = np.maximum(np.std(train_x, axis=0, dtype=np.float64), floor)
-  mean, std = mean.astype(np.float32), std.astype(np.float32)
+  mean, std = train_stats(train_x, floor)
   return tuple(((np.asarray(x, np.float32) - mean) / std) for x in (train_x, *others))
 
 
@@ -236,10 +241,8 @@ def fit_linear_probe(
     raise ValueError(f'val_fraction must be in (0, 1), got {val_fraction}')
   if not l2_grid:
     raise ValueError('l2_grid is empty')
-  train_x = np.asarray(train_x)
-  mean = np.mean(train_x, axis=0, dtype=np.float64).astype(np.float32)
-  std = np.maximum(np.std(train_x, axis=0, dtype=np.float64), _STD_FLOOR).astype(np.float32)
-  train_x = (np.asarray(train_x, np.float32) - mean) / std  # as `standardize`
+  mean, std = train_stats(train_x)
+  train_x = (np.asarray(train_x, np.float32) - mean) / std
   pad = -train_y.shape[0] % _ROW_BUCKET  # Padded once here, so no fit has to copy x.
   x = jnp.asarray(np.pad(train_x, ((0, pad), (0, 0))))
   y = jnp.asarray(np.pad(train_y, (0, pad)))
