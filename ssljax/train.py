@@ -161,7 +161,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   try:
     for step in range(start_step, total_steps):
       state, metrics = train_step(state, next(batches))
-      pending.append(metrics)  # device arrays: fetched only when logging, so no host sync
+      pending.append(metrics)  # device arrays: fetched only when logging
+      if len(pending) > 1:
+        # At most one step queued behind the running one. Unbounded async dispatch let Python run
+        # up to log_every steps ahead, blocked in C++ where a SIGTERM handler cannot run: a
+        # preempted run went on for 23 more 4-second steps before it saw the signal.
+        jax.block_until_ready(pending[-2])
       done = step + 1
       if done % config.log_every == 0 or done == total_steps:
         means = {k: float(np.mean([m[k] for m in jax.device_get(pending)])) for k in pending[0]}
