@@ -23,7 +23,7 @@ import jax  # noqa: E402
 from absl import app, flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
-from ssljax import data, methods, optim, sharding, train  # noqa: E402
+from ssljax import data, methods, models, optim, sharding, train  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file.', lock_config=True)
 _STEPS = flags.DEFINE_integer('steps', 20, 'Timed steps (after 2 warm-up steps).')
@@ -84,7 +84,7 @@ def main(argv) -> None:
 
   device = jax.devices()[0]
   header = (
-    f'{config.method} {config.model.encoder} width {config.model.width}, '
+    f'{config.method} {config.model.encoder} (h: {models.encoder_dim(config)}-d), '
     f'{shapes[0][0]} px, batch {config.batch_size}, {config.model.compute_dtype}, '
     f'{jax.device_count()} x {device.device_kind} ({platform.processor() or platform.machine()})'
   )

@@ -224,10 +224,15 @@ def check_multi_block(
     raise ValueError(f'config.ijepa.num_targets must be at least 1, got {num_targets}')
   contexts = [h * w for h, w in block_sizes(grid, context_scale, context_aspect)]
   nc = min(max_context, max(contexts)) if max_context else max(contexts)
-  if min(min(contexts), nc) < min_keep:
+  if max_context and max_context < min_keep:
+    raise ValueError(
+      f'config.ijepa.max_context={max_context} caps the context below '
+      f'config.ijepa.min_keep={min_keep}: raise max_context (0: no cap) or lower min_keep'
+    )
+  if min(contexts) < min_keep:
     raise ValueError(
       f'config.ijepa.min_keep={min_keep} context patches do not fit in a context block of '
-      f'{min(contexts)} patches on a {grid[0]}x{grid[1]} grid (max_context={max_context}): '
-      'lower min_keep or raise context_scale'
+      f'{min(contexts)} patches on a {grid[0]}x{grid[1]} grid: lower min_keep or raise '
+      'context_scale'
     )
   return max_block_area(grid, target_scale, target_aspect), nc

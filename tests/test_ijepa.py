@@ -125,6 +125,8 @@ def test_multi_block_properties_over_many_seeds(grid, kw):
 def test_a_grid_too_small_for_min_keep_is_refused():
   with pytest.raises(ValueError, match='min_keep'):
     masking.check_multi_block((4, 4), 4, TARGET, ASPECT, CONTEXT, (1.0, 1.0), 17, 0)
+  with pytest.raises(ValueError, match='raise max_context'):
+    masking.check_multi_block((4, 4), 4, TARGET, ASPECT, CONTEXT, (1.0, 1.0), 4, 3)
   with pytest.raises(ValueError, match='target_scale'):
     masking.check_multi_block((8, 8), 4, (0.3, 0.2), ASPECT, CONTEXT, (1.0, 1.0), 10, 0)
 
