@@ -3,14 +3,14 @@
 python -m ssljax.main --config=configs/byol_digits.py
 """
 
-from ssljax.defaults import byol_config
+from ssljax import config_blocks
+from ssljax.methods import BYOL
 
 
 def get_config(arg=None):
   del arg
-  c = byol_config(image_size=16)
-  c.data.source = 'digits'
-  c.data.image_size = 16
+  c = BYOL.default_config(image_size=16)
+  config_blocks.digits(c)
   c.augment.crop_scale = (0.3, 1.0)
   c.augment.flip = False
   c.views.view1.blur_prob = 0.0  # nothing to blur in an upsampled 8x8 digit

@@ -2,15 +2,14 @@
 a ~30 CPU-minute budget.
 """
 
-from ssljax.defaults import byol_config
+from ssljax import config_blocks
+from ssljax.methods import BYOL
 
 
 def get_config(arg=None):
   del arg
-  c = byol_config(image_size=28)
-  c.data.source = 'idx'
-  c.data.path = '/usr/share/datasets/fashion-mnist'
-  c.data.image_size = 28
+  c = BYOL.default_config(image_size=28)
+  config_blocks.fashion_mnist(c)
   c.augment.crop_scale = (0.2, 1.0)
   c.views.view1.blur_prob = 0.0  # 28 px: blur only removes the texture
   c.views.view2.blur_prob = 0.0
@@ -27,6 +26,4 @@ def get_config(arg=None):
   c.warmup_epochs = 0.5
   c.base_lr = 1.0
   c.weight_decay = 1e-4
-  c.log_every = 50
-  c.eval_config.batch_size = 512
   return c

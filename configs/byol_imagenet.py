@@ -6,7 +6,8 @@
 300: (0.3, 1e-6, 0.99), 1000: (0.2, 1.5e-6, 0.996). Default 300.
 """
 
-from ssljax.defaults import byol_config
+from ssljax import config_blocks
+from ssljax.methods import BYOL
 
 PRESETS = {
   40: (0.45, 1e-6, 0.97),
@@ -17,15 +18,12 @@ PRESETS = {
 
 
 def get_config(arg=None):
-  epochs = int(arg or 300)
+  epochs = config_blocks.parse_arg(arg, epochs=300).epochs
   if epochs not in PRESETS:
     raise ValueError(f'byol_imagenet.py:EPOCHS must be one of {sorted(PRESETS)}, got {epochs}')
   lr, wd, tau = PRESETS[epochs]
-  c = byol_config(image_size=224)
-  c.data.source = 'tfds'
-  c.data.name = 'imagenet2012'
-  c.data.test_split = 'validation'
-  c.data.image_size = 224
+  c = BYOL.default_config(image_size=224)
+  config_blocks.imagenet(c)
   c.model.encoder = 'resnet50'
   c.model.stem = 'imagenet'
   c.model.compute_dtype = 'bfloat16'
@@ -36,8 +34,4 @@ def get_config(arg=None):
   c.lr_scaling = 'linear'
   c.weight_decay = wd
   c.ema.base = tau
-  c.log_every = 100
-  c.checkpoint_every = 2500
-  c.eval_config.batch_size = 1024
-  c.eval_config.max_examples = 20_000  # see configs/simclr_imagenet.py
   return c

@@ -6,15 +6,14 @@ A small ViT with patch 4: 2 global 28-px crops (a 7x7 patch grid) and 2 local 12
 patches); attention maps and the embedding frames land under WORKDIR/pictures at every eval.
 """
 
-from ssljax.defaults import dino_config
+from ssljax import config_blocks
+from ssljax.methods import DINO
 
 
 def get_config(arg=None):
   del arg
-  c = dino_config(image_size=28, local_size=12, num_local=2)
-  c.data.source = 'idx'
-  c.data.path = '/usr/share/datasets/fashion-mnist'
-  c.data.image_size = 28
+  c = DINO.default_config(image_size=28, local_size=12, num_local=2)
+  config_blocks.fashion_mnist(c)
   c.augment.crop_scale = (0.4, 1.0)
   c.views.global1.blur_prob = 0.0  # 28 px: a blur only smears the texture away
   c.views.global2.blur_prob = 0.0
@@ -36,8 +35,6 @@ def get_config(arg=None):
   c.epochs = 3
   c.warmup_epochs = 0.5
   c.base_lr = 1e-3
-  c.log_every = 50
   c.checkpoint_every = 200
   c.eval_every = 400
-  c.eval_config.batch_size = 512
   return c

@@ -6,16 +6,14 @@
 recipe: the teacher temperature warms from 0.04 to 0.07 over the first 30 epochs.
 """
 
-from ssljax.defaults import dino_config
+from ssljax import config_blocks
+from ssljax.methods import DINO
 
 
 def get_config(arg=None):
-  epochs = int(arg or 100)
-  c = dino_config(image_size=224, local_size=96, num_local=8)
-  c.data.source = 'tfds'
-  c.data.name = 'imagenet2012'
-  c.data.test_split = 'validation'
-  c.data.image_size = 224
+  epochs = config_blocks.parse_arg(arg, epochs=100).epochs
+  c = DINO.default_config(image_size=224, local_size=96, num_local=8)
+  config_blocks.imagenet(c)
   c.model.encoder = 'vit_small'
   c.model.patch_size = 16
   c.model.drop_path = 0.1
@@ -27,8 +25,4 @@ def get_config(arg=None):
   c.batch_size = 1024
   c.epochs = epochs
   c.warmup_epochs = 10.0
-  c.log_every = 100
-  c.checkpoint_every = 2500
-  c.eval_config.batch_size = 1024
-  c.eval_config.max_examples = 20_000  # see configs/simclr_imagenet.py
   return c

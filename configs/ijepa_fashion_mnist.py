@@ -11,15 +11,14 @@ patches and a context block of 36 or 49 patches with the targets cut out; h is t
 target encoder's patch tokens.
 """
 
-from ssljax.defaults import ijepa_config
+from ssljax import config_blocks
+from ssljax.methods import IJEPA
 
 
 def get_config(arg=None):
   del arg
-  c = ijepa_config(image_size=28)
-  c.data.source = 'idx'
-  c.data.path = '/usr/share/datasets/fashion-mnist'
-  c.data.image_size = 28
+  c = IJEPA.default_config(image_size=28)
+  config_blocks.fashion_mnist(c)
   c.model.encoder = 'vit_tiny'
   c.model.patch_size = 4
   c.model.vit_width, c.model.vit_depth, c.model.vit_heads = 96, 4, 4
@@ -28,7 +27,5 @@ def get_config(arg=None):
   c.total_steps = 350  # 1.5 epochs: 25 minutes of training, 5 of evaluation
   c.warmup_epochs = 0.15
   c.base_lr = 1e-3
-  c.log_every = 50
   c.checkpoint_every = 500
-  c.eval_config.batch_size = 512
   return c

@@ -9,34 +9,23 @@ resized crop (0.3-1) as the only augmentation, bfloat16 compute.
 1e-6; here they are 0 and 0 (the shared schedule of every method).
 """
 
-from ssljax.defaults import ijepa_config
+from ssljax import config_blocks
+from ssljax.methods import IJEPA
 
 VARIANTS = {'H/14': ('vit_huge', 14), 'L/16': ('vit_large', 16), 'B/16': ('vit_base', 16)}
 
 
 def get_config(arg=None):
-  options = dict(variant='H/14', epochs='300')
-  for item in filter(None, (arg or '').split(',')):
-    key, _, value = item.partition('=')
-    if key not in options:
-      raise ValueError(f'ijepa_imagenet.py takes variant=... and epochs=..., got {item!r}')
-    options[key] = value
-  if options['variant'] not in VARIANTS:
-    raise ValueError(f'variant must be one of {sorted(VARIANTS)}, got {options["variant"]!r}')
-  encoder, patch = VARIANTS[options['variant']]
-  c = ijepa_config(image_size=224)
-  c.data.source = 'tfds'
-  c.data.name = 'imagenet2012'
-  c.data.test_split = 'validation'
-  c.data.image_size = 224
+  options = config_blocks.parse_arg(arg, variant='H/14', epochs=300)
+  if options.variant not in VARIANTS:
+    raise ValueError(f'variant must be one of {sorted(VARIANTS)}, got {options.variant!r}')
+  encoder, patch = VARIANTS[options.variant]
+  c = IJEPA.default_config(image_size=224)
+  config_blocks.imagenet(c)
   c.model.encoder = encoder
   c.model.patch_size = patch
   c.model.compute_dtype = 'bfloat16'
   c.batch_size = 2048
-  c.epochs = int(options['epochs'])
+  c.epochs = options.epochs
   c.warmup_epochs = 40.0
-  c.log_every = 100
-  c.checkpoint_every = 2500
-  c.eval_config.batch_size = 1024
-  c.eval_config.max_examples = 20_000  # see configs/simclr_imagenet.py
   return c

@@ -6,15 +6,14 @@ A small ViT with patch 4 (a 7x7 grid): the encoder sees 12 of the 49 patches; th
 reconstruction grid lands under WORKDIR/pictures/reconstructions at every eval.
 """
 
-from ssljax.defaults import mae_config
+from ssljax import config_blocks
+from ssljax.methods import MAE
 
 
 def get_config(arg=None):
   del arg
-  c = mae_config(image_size=28)
-  c.data.source = 'idx'
-  c.data.path = '/usr/share/datasets/fashion-mnist'
-  c.data.image_size = 28
+  c = MAE.default_config(image_size=28)
+  config_blocks.fashion_mnist(c)
   c.model.encoder = 'vit_tiny'
   c.model.patch_size = 4
   c.model.vit_width, c.model.vit_depth, c.model.vit_heads = 96, 4, 4
@@ -23,8 +22,6 @@ def get_config(arg=None):
   c.epochs = 5
   c.warmup_epochs = 0.5
   c.base_lr = 1.5e-3
-  c.log_every = 50
   c.checkpoint_every = 500
   c.eval_every = 390
-  c.eval_config.batch_size = 512
   return c

@@ -3,12 +3,12 @@ max-pool, batch 512, temperature 0.5, LARS lr 1.0 x B/256, weight decay 1e-4, co
 no blur. Needs the tfds dataset prepared once: `tfds build cifar10` (with network).
 """
 
-from ssljax.defaults import base_config
+from ssljax.methods import SimCLR
 
 
 def get_config(arg=None):
   del arg
-  c = base_config()
+  c = SimCLR.default_config()
   c.data.source = 'tfds'
   c.data.name = 'cifar10'
   c.data.image_size = 32

@@ -6,16 +6,14 @@ Elsewhere: --config.data.path=DIR with the four *-ubyte[.gz] files, or
 --config.data.source=tfds --config.data.name=fashion_mnist.
 """
 
-from ssljax.defaults import base_config
+from ssljax import config_blocks
+from ssljax.methods import SimCLR
 
 
 def get_config(arg=None):
   del arg
-  c = base_config()
-  c.data.source = 'idx'
-  c.data.path = '/usr/share/datasets/fashion-mnist'
-  c.data.image_size = 28
-  c.augment.image_size = 28
+  c = SimCLR.default_config()
+  config_blocks.fashion_mnist(c)
   c.augment.crop_scale = (0.2, 1.0)
   c.augment.blur_prob = 0.0  # 28 px: the 10% kernel is 3 px, it only smears the texture away
   c.model.encoder = 'resnet18'
@@ -27,7 +25,5 @@ def get_config(arg=None):
   c.warmup_epochs = 0.5
   c.base_lr = 1.0
   c.weight_decay = 1e-4
-  c.log_every = 50
   c.checkpoint_every = 500
-  c.eval_config.batch_size = 512
   return c

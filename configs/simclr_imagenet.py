@@ -5,17 +5,14 @@ full augmentation at 224 px, bfloat16 compute.
 ImageNet must be prepared for tfds first (manual download): see README.md.
 """
 
-from ssljax.defaults import base_config
+from ssljax import config_blocks
+from ssljax.methods import SimCLR
 
 
 def get_config(arg=None):
   del arg
-  c = base_config()
-  c.data.source = 'tfds'
-  c.data.name = 'imagenet2012'
-  c.data.test_split = 'validation'
-  c.data.image_size = 224
-  c.augment.image_size = 224
+  c = SimCLR.default_config()
+  config_blocks.imagenet(c)
   c.model.encoder = 'resnet50'
   c.model.stem = 'imagenet'
   c.model.width = 64
@@ -30,11 +27,5 @@ def get_config(arg=None):
   c.base_lr = 0.3
   c.lr_scaling = 'linear'
   c.weight_decay = 1e-6
-  c.log_every = 100
-  c.checkpoint_every = 2500
   c.eval_every = 0
-  c.eval_config.batch_size = 1024
-  # Eval images are held in host memory before encoding (float32: 0.6 MB each at 224 px), so
-  # the probes use the first 20k images of each split per run (divided over the hosts).
-  c.eval_config.max_examples = 20_000
   return c

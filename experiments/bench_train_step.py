@@ -23,7 +23,7 @@ import jax  # noqa: E402
 from absl import app, flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
-from ssljax import data, methods, models, optim, sharding, train  # noqa: E402
+from ssljax import build, data, methods, models, optim, sharding  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file.', lock_config=True)
 _STEPS = flags.DEFINE_integer('steps', 20, 'Timed steps (after 2 warm-up steps).')
@@ -62,13 +62,13 @@ def main(argv) -> None:
       synthetic.data.channels = 3 if config.data.source == 'tfds' else 1
   info = data.dataset_info(synthetic)
   shapes = [(s.image_size, s.image_size, info.image_shape[-1]) for s in data.view_specs(synthetic)]
-  init = train.init_state(method, tx, config, shapes)
+  init = build.init_state(method, tx, shapes)
   state_sharding = jax.tree.map(
     lambda _: sharding.replicated(mesh), jax.eval_shape(init, jax.random.PRNGKey(0))
   )
   state = jax.jit(init, out_shardings=state_sharding)(jax.random.PRNGKey(0))
   step = jax.jit(
-    train.make_train_step(method, tx, schedule),
+    build.make_train_step(method, tx, schedule),
     in_shardings=(state_sharding, sharding.data_sharding(mesh)),
     out_shardings=(state_sharding, sharding.replicated(mesh)),
     donate_argnums=0,

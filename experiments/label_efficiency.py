@@ -30,7 +30,8 @@ import ml_collections  # noqa: E402
 from absl import app, flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
-from ssljax import data, evaluation, restore, sharding, train  # noqa: E402
+from ssljax import build, data, restore, sharding  # noqa: E402
+from ssljax.evaluators import protocols  # noqa: E402
 from ssljax.evaluators.label_subset import parse_label_budgets  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Data, baseline model, eval_config.')
@@ -46,12 +47,12 @@ FEATURE_PROTOCOLS = ('linear', 'knn')
 LABELS = {'linear': 'linear probe', 'knn': 'k-NN', 'finetune': 'fine-tune / supervised'}
 
 
-def _with_eval(config, eval_config, protocols, budgets, epochs=None):
+def _with_eval(config, eval_config, names, budgets, epochs=None):
   """config with the shared eval_config, these protocols and budgets (and fine-tune epochs)."""
   c = ml_collections.ConfigDict(config.to_dict())
   with c.unlocked():
     c.eval_config = ml_collections.ConfigDict(eval_config.to_dict())
-    c.eval = tuple(protocols)
+    c.eval = tuple(names)
     c.eval_config.label_budgets = tuple(budgets)
     c.eval_config.random_init = False
     if epochs is not None:
@@ -59,21 +60,21 @@ def _with_eval(config, eval_config, protocols, budgets, epochs=None):
   return c
 
 
-def _evaluate(config, method, params, model_state, splits, mesh, budgets, protocols, counts):
+def _evaluate(config, method, params, model_state, splits, mesh, budgets, names, counts):
   """{(protocol, budget key): accuracy}: feature protocols in one pass, training ones per budget
   with their capped epoch count."""
   out = {}
-  features = [p for p in protocols if p in FEATURE_PROTOCOLS]
+  features = [p for p in names if p in FEATURE_PROTOCOLS]
   if features:
     c = _with_eval(config, config.eval_config, features, [b.key for b in budgets])
-    res = evaluation.evaluate(c, method, params, model_state, splits, mesh)
+    res = protocols.evaluate(c, method, params, model_state, splits, mesh)
     out.update({(p, b.key): res[f'{p}@{b.key}'] for p in features for b in budgets})
-  for p in (p for p in protocols if p not in FEATURE_PROTOCOLS):
+  for p in (p for p in names if p not in FEATURE_PROTOCOLS):
     for b in budgets:
       epochs = min(config.eval_config.finetune.epochs, _MAX_FT.value / counts[b.key])
       c = _with_eval(config, config.eval_config, [p], [b.key], epochs)
       t0 = time.perf_counter()
-      out[(p, b.key)] = evaluation.evaluate(c, method, params, model_state, splits, mesh)[
+      out[(p, b.key)] = protocols.evaluate(c, method, params, model_state, splits, mesh)[
         f'{p}@{b.key}'
       ]
       print(f'  {p}@{b.key}: {epochs:.1f} epochs, {time.perf_counter() - t0:.0f} s', flush=True)
@@ -84,14 +85,14 @@ def _plot(rows, budgets, counts, path):
   from matplotlib.backends.backend_agg import FigureCanvasAgg
   from matplotlib.figure import Figure
 
-  protocols = [p for p in LABELS if any(r['protocol'] == p for r in rows)]
-  fig = Figure(figsize=(4.2 * len(protocols), 3.6))
+  shown = [p for p in LABELS if any(r['protocol'] == p for r in rows)]
+  fig = Figure(figsize=(4.2 * len(shown), 3.6))
   FigureCanvasAgg(fig)
   xs = [counts[b.key] for b in budgets]
   encoders = list(dict.fromkeys(r['encoder'] for r in rows))
   colors = {e: f'C{i}' for i, e in enumerate(encoders)}  # one colour per encoder in every panel
-  for i, p in enumerate(protocols):
-    ax = fig.add_subplot(1, len(protocols), i + 1)
+  for i, p in enumerate(shown):
+    ax = fig.add_subplot(1, len(shown), i + 1)
     for encoder in dict.fromkeys(r['encoder'] for r in rows if r['protocol'] == p):
       acc = {
         r['budget']: r['accuracy'] for r in rows if (r['protocol'], r['encoder']) == (p, encoder)
@@ -144,7 +145,7 @@ def main(argv) -> None:
   pixels = {s: (x.reshape(len(x), -1), y) for s, (x, y) in splits.items()}
   res = {}
   for p in FEATURE_PROTOCOLS:
-    key, fn = evaluation.PROTOCOLS[p]
+    key, fn = protocols.PROTOCOLS[p]
     for b in budgets:
       idx = b.subset(pixels['train'][1], seed=seed)
       train_xy = (pixels['train'][0][idx], pixels['train'][1][idx])
@@ -153,7 +154,7 @@ def main(argv) -> None:
   add('raw pixels', res)
 
   # The random encoder (probes) and the same architecture trained from scratch.
-  method, _, _, init, _ = train.build_method(config, mesh, data.dataset_info(config))
+  method, _, _, init, _ = build.build_run(config, mesh, data.dataset_info(config))
   fresh = jax.jit(init)(jax.random.PRNGKey(config.seed))
   add(
     'random encoder',

@@ -15,7 +15,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from absl import app, flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
-from ssljax import data, evaluation  # noqa: E402
+from ssljax import data  # noqa: E402
+from ssljax.evaluators import protocols  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file.', lock_config=True)
 _OUT = flags.DEFINE_string(
@@ -36,7 +37,7 @@ def main(argv) -> None:
   num_classes = int(max(splits['train'][1].max(), splits['test'][1].max())) + 1
   results = {}
   for protocol in config.eval:
-    key, fn = evaluation.PROTOCOLS[protocol]
+    key, fn = protocols.PROTOCOLS[protocol]
     results[key(config.eval_config)] = float(
       fn(splits['train'], splits['test'], num_classes, config.eval_config)
     )

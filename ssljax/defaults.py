@@ -1,4 +1,5 @@
-"""Defaults shared by every config (configs/*.py start from `base_config()` and override)."""
+"""Defaults every method shares. A method's own sections and settings live in its file
+(`Method.default_config` in ssljax/methods/<name>.py), which starts from `base_config()`."""
 
 import ml_collections
 from ml_collections.config_dict import placeholder
@@ -26,9 +27,11 @@ def augment_defaults(image_size: int) -> ml_collections.ConfigDict:
 
 
 def base_config() -> ml_collections.ConfigDict:
+  """Data, views, encoder, optimizer, schedule, logging, evaluation and pictures: the sections
+  every method reads. No method is chosen (config.method is empty)."""
   c = ml_collections.ConfigDict()
   c.name = ''  # the run's name: default workdir is runs/<name>
-  c.method = 'simclr'
+  c.method = ''  # set by the method's default_config: simclr | byol | dino | mae | ijepa
   c.seed = 0
   # Warm start: another run's workdir. A new run starts its encoder (online and every EMA copy)
   # from that run's latest encoder, by name and shape; heads start fresh (REMEDIS's pipeline).
@@ -82,10 +85,7 @@ def base_config() -> ml_collections.ConfigDict:
       vit_heads=0,
     )
   )
-  c.loss = ml_collections.ConfigDict(dict(temperature=0.5))
-  # EMA teacher (BYOL's target network): tau goes from `base` to 1 with a cosine over the run.
-  c.ema = ml_collections.ConfigDict(dict(base=0.996))
-  c.eval_encoder = 'online'  # methods with a teacher: evaluate 'online' or 'target'
+  c.eval_encoder = 'online'  # which network is evaluated; methods with a teacher offer more
 
   c.batch_size = 256  # global, over all devices and hosts
   c.epochs = 10
@@ -160,149 +160,4 @@ def base_config() -> ml_collections.ConfigDict:
   # WORKDIR/report.md (ssljax.report): summary, results, curves, pictures; rewritten at every
   # evaluation so a run can be read, or copied, without TensorBoard.
   c.report = True
-  return c
-
-
-def byol_config(image_size: int) -> ml_collections.ConfigDict:
-  """BYOL's defaults: 4096 -> 256 heads, LARS, asymmetric views (Grill et al. 2020, table 6)."""
-  c = base_config()
-  c.method = 'byol'
-  c.augment = augment_defaults(image_size)
-  c.augment.color_jitter = (0.4, 0.4, 0.2, 0.1)  # brightness, contrast, saturation, hue
-  c.views = ml_collections.ConfigDict(
-    dict(
-      view1=dict(blur_prob=1.0, solarize_prob=0.0),
-      view2=dict(blur_prob=0.1, solarize_prob=0.2),
-    )
-  )
-  c.model.proj_hidden = 4096
-  c.model.proj_dim = 256
-  c.weight_decay = 1.5e-6
-  return c
-
-
-def dino_config(image_size: int, local_size: int, num_local: int = 8) -> ml_collections.ConfigDict:
-  """DINO's defaults (Caron et al. 2021, official code): multi-crop, AdamW, EMA teacher."""
-  c = base_config()
-  c.method = 'dino'
-  c.augment = augment_defaults(image_size)
-  c.augment.color_jitter = (0.4, 0.4, 0.2, 0.1)
-  c.augment.crop_scale = (0.4, 1.0)
-  # Sorted names: global1, global2, then the local crops; the teacher sees the first two.
-  c.views = ml_collections.ConfigDict(
-    dict(
-      global1=dict(blur_prob=1.0),
-      global2=dict(blur_prob=0.1, solarize_prob=0.2),
-      local=dict(image_size=local_size, crop_scale=(0.05, 0.4), blur_prob=0.5, count=num_local),
-    )
-  )
-  c.model.encoder = 'vit_small'
-  c.model.patch_size = 16
-  c.model.drop_path = 0.1
-  c.dino = ml_collections.ConfigDict(
-    dict(
-      out_dim=65536,  # K prototypes
-      hidden_dim=2048,
-      bottleneck_dim=256,
-      num_layers=3,
-      norm_last_layer=True,  # the last layer's weight norm fixed at 1
-      use_bn=False,  # BatchNorm in the head's MLP (the official use_bn_in_head)
-      freeze_last_layer_epochs=1.0,  # no gradient into the last layer at first
-      global_views=2,  # the first views (sorted names) are the teacher's
-      student_temp=0.1,
-      teacher_temp=0.04,  # the final teacher temperature
-      warmup_teacher_temp=0.04,  # linear from this to teacher_temp over the epochs below
-      warmup_teacher_temp_epochs=0.0,
-      center_momentum=0.9,
-    )
-  )
-  c.ema.base = 0.996
-  c.eval_encoder = 'target'  # the teacher (DINO evaluates it)
-  c.optimizer = 'adamw'
-  c.base_lr = 5e-4
-  c.momentum = 0.9
-  c.b2 = 0.999
-  c.weight_decay = 0.04
-  c.weight_decay_end = 0.4
-  c.grad_clip = 3.0
-  c.warmup_epochs = 10.0
-  return c
-
-
-def mae_config(image_size: int) -> ml_collections.ConfigDict:
-  """MAE's defaults (He et al. 2022, official code): 75% masking, AdamW (0.9, 0.95), wd 0.05,
-  lr 1.5e-4 x B/256; random resized crop (0.2-1) and flip only."""
-  c = base_config()
-  c.method = 'mae'
-  c.augment = augment_defaults(image_size)
-  c.augment.crop_scale = (0.2, 1.0)
-  c.augment.color_strength = 0.0  # no colour jitter, grayscale, blur or solarize
-  c.augment.grayscale_prob = 0.0
-  c.augment.blur_prob = 0.0
-  c.views = ml_collections.ConfigDict(dict(view1={}))
-  c.model.encoder = 'vit_base'
-  c.model.patch_size = 16
-  c.model.pos_embed = 'sincos'  # MAE's encoder uses fixed 2-D sin-cos positions
-  c.mae = ml_collections.ConfigDict(
-    dict(
-      mask_ratio=0.75,
-      decoder_width=512,
-      decoder_depth=8,
-      decoder_heads=16,
-      norm_pix=True,  # targets: each patch normalized by its own mean and variance
-    )
-  )
-  c.optimizer = 'adamw'
-  c.base_lr = 1.5e-4
-  c.momentum = 0.9
-  c.b2 = 0.95
-  c.weight_decay = 0.05
-  return c
-
-
-def ijepa_config(image_size: int) -> ml_collections.ConfigDict:
-  """I-JEPA's defaults (Assran et al. 2023, official code): ViT-H/14 without CLS, 4 target blocks
-  (scale 0.15-0.2, aspect 0.75-1.5) and a context block (0.85-1.0) per image, a 384-wide
-  12-block predictor, target encoder momentum 0.996 -> 1 (linear), AdamW with weight decay
-  0.04 -> 0.4, random resized crop (0.3-1) as the only augmentation."""
-  c = base_config()
-  c.method = 'ijepa'
-  c.augment = augment_defaults(image_size)
-  c.augment.crop_scale = (0.3, 1.0)
-  c.augment.flip = False
-  c.augment.color_strength = 0.0  # no colour jitter, grayscale, blur or solarize
-  c.augment.grayscale_prob = 0.0
-  c.augment.blur_prob = 0.0
-  c.views = ml_collections.ConfigDict(dict(view1={}))
-  c.model.encoder = 'vit_huge'
-  c.model.patch_size = 14
-  c.model.pos_embed = 'sincos'
-  c.model.cls_token = False  # patch tokens only; h = their mean
-  c.model.pool = 'mean'
-  c.ijepa = ml_collections.ConfigDict(
-    dict(
-      num_targets=4,
-      target_scale=(0.15, 0.2),  # fraction of the patch grid per target block
-      target_aspect=(0.75, 1.5),  # height / width
-      context_scale=(0.85, 1.0),
-      context_aspect=(1.0, 1.0),
-      min_keep=10,  # context patches every image keeps
-      max_context=0,  # > 0: at most this many context patches (a random subset); 0: no cap
-      tries=8,  # redraws for an image whose context would keep fewer than min_keep
-      pred_width=384,
-      pred_depth=12,
-      pred_heads=0,  # 0: the encoder's number of heads (as the official code)
-      ema_end=1.0,  # the target momentum goes linearly from ema.base to this
-    )
-  )
-  c.loss = ml_collections.ConfigDict(dict(kind='l2'))  # l2 (the lecture) | smooth_l1 (official)
-  c.ema.base = 0.996
-  c.eval_encoder = 'target'  # or 'context'
-  c.optimizer = 'adamw'
-  c.base_lr = 1.25e-4  # x B/256: 1e-3 at the official batch of 2048
-  c.momentum = 0.9
-  c.b2 = 0.999
-  c.weight_decay = 0.04
-  c.weight_decay_end = 0.4
-  c.warmup_epochs = 40.0
   return c

@@ -19,8 +19,10 @@ os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 import jax  # noqa: E402
 import ml_collections  # noqa: E402
 from absl import app, flags, logging  # noqa: E402
+from ml_collections import config_flags  # noqa: E402
 
-from ssljax import data, evaluation, restore, sharding  # noqa: E402
+from ssljax import build, data, restore, sharding  # noqa: E402
+from ssljax.evaluators import protocols  # noqa: E402
 
 USAGE = 'python -m ssljax.evaluate --workdir=RUN [--config=configs/X.py] [--config.field=value]'
 
@@ -34,13 +36,11 @@ def get_config(run_dir: str) -> ml_collections.ConfigDict:
 def evaluate_run(config: ml_collections.ConfigDict, run_dir: str) -> dict:
   """Evaluates RUN's latest checkpoint with `config` (config.eval, config.eval_config, and for
   the baseline config.eval_config.random_init), writes RUN/eval.json on process 0; returns it."""
-  from ssljax import train  # the same model and evaluation as training
-
   mesh = sharding.make_mesh()
-  evaluation.check_eval_config(config)
+  protocols.check_eval_config(config)
   sharding.check_batch_size(config.eval_config.batch_size, mesh, 'eval_config.batch_size')
   data.check_available(config)
-  method, _, _, init, _ = train.build_method(config, mesh, data.dataset_info(config))
+  method, _, _, init, _ = build.build_run(config, mesh, data.dataset_info(config))
   state = restore.latest_state(config, run_dir, init, mesh)
   # The random-init baseline, initialised exactly as in training.
   replicated = jax.tree.map(
@@ -48,8 +48,8 @@ def evaluate_run(config: ml_collections.ConfigDict, run_dir: str) -> dict:
   )
   init = jax.jit(init, out_shardings=replicated)
   logging.info('Evaluating %s at step %d', run_dir, int(state.step))
-  results = train._evaluate(
-    config, method, state, init, mesh, random_init=config.eval_config.random_init
+  results = protocols.evaluate_state(
+    config, method, state, init if config.eval_config.random_init else None, mesh
   )
   results['step'] = int(state.step)
   results['config'] = config.name
@@ -77,8 +77,6 @@ def _run_dir_in(argv: list[str]) -> str | None:
 
 def define_flags(argv: list[str], flag_values: flags.FlagValues = flags.FLAGS) -> None:
   """--workdir, and --config whose default is the run's own config (so it needs argv)."""
-  from ml_collections import config_flags
-
   flags.DEFINE_string(
     'workdir', None, 'Run directory written by ssljax.main.', flag_values=flag_values
   )

@@ -17,6 +17,7 @@ from matplotlib import colormaps
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from PIL import Image
+from sklearn.manifold import TSNE
 
 PROJECTIONS = ('pca', 'tsne', 'umap')
 _CELL_IN = 2.0  # inches per image cell in the attention / reconstruction grids
@@ -38,8 +39,6 @@ def project_2d(features: np.ndarray, method: str = 'pca', seed: int = 0) -> np.n
   if method == 'pca':
     return _pca_2d(features)
   if method == 'tsne':
-    from sklearn.manifold import TSNE
-
     n = features.shape[0]
     if n < 3:
       return _pca_2d(features)  # t-SNE needs perplexity < N; nothing to cluster anyway

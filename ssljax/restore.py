@@ -20,7 +20,7 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from ssljax import checkpoint, data, defaults, methods, sharding
+from ssljax import build, checkpoint, data, defaults, methods, sharding
 from ssljax.methods import Method, TrainState
 
 __all__ = [
@@ -72,7 +72,12 @@ def load_config(run_dir: str) -> ml_collections.ConfigDict:
     )
   with open(path) as f:
     config = ml_collections.ConfigDict(_tuples(json.load(f)))
-  _with_defaults(config, defaults.base_config())
+  # The method's own defaults (its sections too); the shared ones for an unknown method, which
+  # ssljax.methods then refuses with the list of choices.
+  known = config.get('method') in methods.METHODS
+  _with_defaults(
+    config, methods.method_class(config).default_config() if known else defaults.base_config()
+  )
   return config
 
 
@@ -90,7 +95,7 @@ def latest_state(
   config: ml_collections.ConfigDict, run_dir: str, init: Callable, mesh: jax.sharding.Mesh
 ) -> TrainState:
   """The run's latest TrainState, replicated over `mesh`; `init` (rng -> TrainState) gives the
-  structure (from `train.build_method` with the run's config)."""
+  structure (from `build.build_run` with the run's config)."""
   step = _latest_step(run_dir)
   like = jax.eval_shape(init, jax.random.PRNGKey(0))
   like = jax.tree.map(
@@ -104,11 +109,9 @@ def latest_state(
 
 def restore_latest(config: ml_collections.ConfigDict, run_dir: str) -> tuple[Method, TrainState]:
   """The method and its latest saved state, on this process's devices."""
-  from ssljax import train  # train imports this module
-
   mesh = sharding.make_mesh()
-  method, _, _, init, _ = train.build_method(config, mesh, data.dataset_info(config))
-  return method, latest_state(config, run_dir, init, mesh)
+  run = build.build_run(config, mesh, data.dataset_info(config))
+  return run.method, latest_state(config, run_dir, run.init, mesh)
 
 
 # ----------------------------------------------------------------------------- the encoder

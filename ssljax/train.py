@@ -9,82 +9,25 @@ import signal
 import time
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
-import optax
 from absl import logging
 
-from ssljax import data, evaluation, methods, optim, report, restore, sharding, visualize
+from ssljax import build, data, methods, report, restore, sharding, visualize
 from ssljax.checkpoint import Checkpointer
+from ssljax.evaluators import protocols
 from ssljax.methods import TrainState
-from ssljax.metrics import MetricWriter, ProgressBar
+from ssljax.metrics import MetricWriter, progress_bar
 
 
 def validate(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> None:
-  """Every check that can fail on the config, before any data is read or anything compiles."""
+  """Every check that can fail on the config, before any data is read or anything compiles:
+  the batch layout, the method's own checks (views, eval_encoder, its sections), evaluation,
+  and whether the data is on this machine."""
   sharding.check_batch_size(config.batch_size, mesh)
-  if config.method not in methods.METHODS:
-    raise ValueError(
-      f'config.method {config.method!r} is unknown; choose one of {sorted(methods.METHODS)}'
-    )
-  evaluation.check_eval_config(config)
+  methods.check_config(config)
+  protocols.check_eval_config(config)
   data.check_available(config)
-
-
-def steps_per_epoch(config: ml_collections.ConfigDict, num_train: int) -> int:
-  return max(num_train // config.batch_size, 1)
-
-
-def schedule_lengths(config: ml_collections.ConfigDict, num_train: int) -> tuple[int, int]:
-  """(total steps, warm-up steps) from epochs, or config.total_steps when set."""
-  per_epoch = steps_per_epoch(config, num_train)
-  total = config.total_steps or int(config.epochs * per_epoch)
-  return total, int(config.warmup_epochs * per_epoch)
-
-
-def build_method(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh, info) -> tuple:
-  """(method, tx, schedule, init, total_steps) for `config` on `mesh`: what a run trains and what
-  `ssljax.visualize` restores into. `init` is rng -> TrainState, not yet jitted."""
-  total_steps, warmup_steps = schedule_lengths(config, info.num_train)
-  method = methods.build(config, mesh, total_steps, steps_per_epoch(config, info.num_train))
-  tx, schedule = optim.build_optimizer(config, total_steps, warmup_steps)
-  views_shape = [
-    (s.image_size, s.image_size, info.image_shape[-1]) for s in data.view_specs(config)
-  ]
-  return method, tx, schedule, init_state(method, tx, config, views_shape), total_steps
-
-
-def init_state(method, tx, config, views_shape) -> callable:
-  """A function rng -> TrainState; jitted or eval_shape'd by the caller (big_vision style)."""
-
-  def init(rng):
-    init_rng, train_rng = jax.random.split(rng)
-    # Two examples are enough: parameter shapes do not depend on the batch size.
-    batch = {'views': [jnp.zeros((2,) + s, jnp.float32) for s in views_shape]}
-    # Parameters are replicated, so the partitionable threefry buys nothing here, and XLA:CPU
-    # compiles the classic one about 8x faster (40 s -> 5 s for a ResNet-18).
-    with jax.threefry_partitionable(False):
-      params, model_state = method.init(init_rng, batch)
-    return TrainState(jnp.zeros((), jnp.int32), params, model_state, tx.init(params), train_rng)
-
-  return init
-
-
-def make_train_step(method, tx, schedule):
-  def train_step(state: TrainState, batch):
-    rng, step_rng = jax.random.split(state.rng)
-    grad_fn = jax.value_and_grad(method.loss, has_aux=True)
-    (_, (model_state, metrics)), grads = grad_fn(
-      state.params, state.model_state, batch, step_rng, state.step
-    )
-    updates, opt_state = tx.update(grads, state.opt_state, state.params)
-    params = optax.apply_updates(state.params, updates)
-    model_state = method.after_step(params, model_state, state.step)
-    metrics = {**metrics, 'lr': schedule(state.step), 'grad_norm': optax.tree.norm(grads)}
-    return TrainState(state.step + 1, params, model_state, opt_state, rng), metrics
-
-  return train_step
 
 
 class _Preemption:
@@ -111,7 +54,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   logging.info('Mesh %s over %d processes; data %s', mesh.shape, jax.process_count(), info)
 
   # ---------------------------------------------------------------- Model and optimizer
-  method, tx, schedule, init, total_steps = build_method(config, mesh, info)
+  method, tx, schedule, init, total_steps = build.build_run(config, mesh, info)
 
   # ---------------------------------------------------------------- Sharding and init
   abstract_state = jax.eval_shape(init, jax.random.PRNGKey(0))
@@ -145,16 +88,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
   # ---------------------------------------------------------------- Train loop
   train_step = jax.jit(
-    make_train_step(method, tx, schedule),
+    build.make_train_step(method, tx, schedule),
     in_shardings=(state_sharding, sharding.data_sharding(mesh)),
     out_shardings=(state_sharding, sharding.replicated(mesh)),
     donate_argnums=0,
   )
   writer = MetricWriter(workdir)
-  bar = ProgressBar(total_steps)
+  bar = progress_bar(total_steps, start_step)
   batches = sharding.prefetch_to_mesh(
     data.build_train_iterator(config, start_step=start_step), mesh
   )
+  supervised_cache = protocols.SupervisedCache()  # the baseline ignores the weights: once a run
   preemption = _Preemption()
   last_saved = latest
   pending, t_log, step_log = [], time.perf_counter(), start_step
@@ -173,9 +117,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         elapsed = time.perf_counter() - t_log
         means['images_per_sec'] = (done - step_log) * config.batch_size / elapsed
         writer.write(done, means)
-        eta = (total_steps - done) * elapsed / (done - step_log)
-        bar.update(done, loss=means['loss'], images_per_sec=means['images_per_sec'], eta_s=eta)
-        if not bar.enabled:
+        bar.set_postfix(loss=f'{means["loss"]:.4f}', img_s=f'{means["images_per_sec"]:,.0f}')
+        bar.update(done - bar.n)
+        if bar.disable:
           logging.info(
             'step %d/%d loss %.4f %.0f img/s',
             done,
@@ -194,7 +138,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         logging.warning('Saved step %d after SIGTERM; exiting.', done)
         raise SystemExit(143)
       if config.eval_every and done % config.eval_every == 0 and done < total_steps:
-        results = _evaluate(config, method, state, init, mesh, random_init=False)
+        results = protocols.evaluate_state(config, method, state, None, mesh, supervised_cache)
         writer.write(done, {f'eval/{k}': v for k, v in results['pretrained'].items()})
         drawer.draw(state, done)
         _write_report(config, workdir, total_steps)
@@ -208,7 +152,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   # ---------------------------------------------------------------- Evaluation
   drawer.draw(state, total_steps)
   drawer.finish()
-  results = _evaluate(config, method, state, init, mesh, random_init=config.eval_config.random_init)
+  baseline = init if config.eval_config.random_init else None
+  results = protocols.evaluate_state(config, method, state, baseline, mesh, supervised_cache)
   results['step'] = int(state.step)
   results['config'] = config.name
   if results['pretrained']:
@@ -230,20 +175,3 @@ def _write_report(config: ml_collections.ConfigDict, workdir: str, total_steps: 
     report.write_report(workdir, config, total_steps=total_steps)
   except Exception:
     logging.warning('Could not write the report in %s', workdir, exc_info=True)
-
-
-def _evaluate(config, method, state, init, mesh, *, random_init: bool) -> dict:
-  """Evaluates the trained encoder and, for the baseline SSL must beat, the same one at init."""
-  splits = {s: data.load_eval_split(config, s) for s in ('train', 'test')}
-  if not config.eval or len(splits['test'][1]) == 0 or np.min(splits['test'][1]) < 0:
-    logging.warning('No labelled test split: skipping evaluation.')
-    return {'pretrained': {}, 'random_init': {}}
-  results = {
-    'pretrained': evaluation.evaluate(config, method, state.params, state.model_state, splits, mesh)
-  }
-  if random_init:
-    fresh = init(jax.random.PRNGKey(config.seed))
-    results['random_init'] = evaluation.evaluate(
-      config, method, fresh.params, fresh.model_state, splits, mesh
-    )
-  return results

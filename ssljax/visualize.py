@@ -64,7 +64,7 @@ class Pictures:
       self._reconstruct = jax.jit(method.reconstruct)
 
   def _reconstructs(self) -> bool:
-    return self.config.visualize.reconstructions and hasattr(self.method, 'reconstruct')
+    return self.config.visualize.reconstructions and self.method.reconstructs
 
   def draw(self, state: TrainState, step: int) -> None:
     if not self.enabled:

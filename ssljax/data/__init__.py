@@ -2,18 +2,20 @@
 
 This module imports no TensorFlow: the synthetic source (benchmarks, tests) runs without it, and
 the TF pipeline (`pipeline`, `augment`, the tfds part of `sources`) is imported on first use.
+The example order lives in `order`, the shared types in `types`; this module is the public API.
 """
 
 from __future__ import annotations
 
 import copy
-import dataclasses
-import functools
 from collections.abc import Iterator
 
 import jax
 import ml_collections
 import numpy as np
+
+from ssljax.data import shifts, sources, synthetic
+from ssljax.data.types import DatasetInfo, DatasetNotFoundError, source_name
 
 __all__ = [
   'DatasetInfo',
@@ -21,31 +23,10 @@ __all__ = [
   'build_train_iterator',
   'check_available',
   'dataset_info',
-  'global_indices',
   'labelled_train_iterator',
   'load_eval_split',
   'view_specs',
 ]
-
-SOURCES = ('digits', 'tfds', 'idx', 'folder', 'synthetic')
-
-
-class DatasetNotFoundError(Exception):
-  """The configured data is not on this machine; the message says how to get it."""
-
-
-@dataclasses.dataclass(frozen=True)
-class DatasetInfo:
-  num_train: int  # examples in the train split (global, all hosts)
-  num_classes: int
-  image_shape: tuple[int, int, int]  # (H, W, C) of the model input
-
-
-def _source(config: ml_collections.ConfigDict) -> str:
-  source = config.data.source
-  if source not in SOURCES:
-    raise ValueError(f'config.data.source={source!r}: expected one of {SOURCES}')
-  return source
 
 
 def view_specs(config: ml_collections.ConfigDict) -> list[ml_collections.ConfigDict]:
@@ -67,80 +48,25 @@ def view_specs(config: ml_collections.ConfigDict) -> list[ml_collections.ConfigD
   return specs
 
 
-# ----------------------------------------------------------------------------- example order
-
-
-def local_elements(
-  step: int, *, batch_size: int, process_index: int, process_count: int
-) -> np.ndarray:
-  """Global element numbers e of this process's share of `step` (a contiguous slice)."""
-  if batch_size % process_count:
-    raise ValueError(f'batch_size {batch_size} is not divisible by {process_count} processes')
-  local = batch_size // process_count
-  start = step * batch_size + process_index * local
-  return np.arange(start, start + local, dtype=np.int64)
-
-
-@functools.lru_cache(maxsize=4)
-def _permutation(seed: int, epoch: int, num_examples: int) -> np.ndarray:
-  perm = np.random.default_rng((int(seed) % 2**63, int(epoch))).permutation(num_examples)
-  perm.flags.writeable = False
-  return perm
-
-
-def global_indices(
-  step: int,
-  *,
-  batch_size: int,
-  num_examples: int,
-  seed: int,
-  process_index: int,
-  process_count: int,
-) -> np.ndarray:
-  """Example indices of this process's share of `step`.
-
-  Global element e is example perm_epoch[e % n] with epoch = e // n, a seeded permutation per
-  epoch; step s is elements [s B, (s + 1) B) and process p takes the p-th contiguous slice. So a
-  step's global batch depends neither on where the run started nor on the process count.
-  """
-  if num_examples <= 0:
-    raise ValueError(f'num_examples must be positive, got {num_examples}')
-  elements = local_elements(
-    step, batch_size=batch_size, process_index=process_index, process_count=process_count
-  )
-  epochs = elements // num_examples
-  out = np.empty_like(elements)
-  for epoch in np.unique(epochs):
-    mask = epochs == epoch
-    out[mask] = _permutation(seed, int(epoch), num_examples)[elements[mask] % num_examples]
-  return out
-
-
 # ----------------------------------------------------------------------------- public API
 
 
 def check_available(config: ml_collections.ConfigDict) -> None:
   """Fails fast, before any compilation, when the configured data is not on this machine."""
-  source = _source(config)
-  from ssljax.data import shifts
-
+  source = source_name(config)
   shifts.check(config.data.get('shift', ''), config.data.get('shift_severity', 3))
   if source in ('digits', 'synthetic'):
     return
-  from ssljax.data import sources
-
   sources.check(config.data)
 
 
 def dataset_info(config: ml_collections.ConfigDict) -> DatasetInfo:
   """Sizes the model and the schedule need; cheap (metadata, or the cached in-memory arrays)."""
-  source = _source(config)
+  source = source_name(config)
   size = int(config.data.image_size)
   if source == 'synthetic':
     d = config.data
     return DatasetInfo(int(d.num_examples), int(d.num_classes), (size, size, int(d.channels)))
-  from ssljax.data import sources
-
   num_train, num_classes, channels = sources.metadata(config.data)
   return DatasetInfo(num_train, num_classes, (size, size, channels))
 
@@ -154,9 +80,7 @@ def build_train_iterator(
   in-memory sources; see `pipeline` for streamed ones).
   """
   specs = view_specs(config)
-  if _source(config) == 'synthetic':
-    from ssljax.data import synthetic
-
+  if source_name(config) == 'synthetic':
     return synthetic.train_iterator(config, specs, start_step=start_step)
   from ssljax.data import pipeline
 
@@ -172,9 +96,7 @@ def load_eval_split(config: ml_collections.ConfigDict, split: str) -> tuple[np.n
   """
   if split not in ('train', 'test'):
     raise ValueError(f"split must be 'train' or 'test', got {split!r}")
-  if _source(config) == 'synthetic':
-    from ssljax.data import synthetic
-
+  if source_name(config) == 'synthetic':
     images, labels = synthetic.eval_split(config, split)
   else:
     from ssljax.data import pipeline
@@ -182,8 +104,6 @@ def load_eval_split(config: ml_collections.ConfigDict, split: str) -> tuple[np.n
     images, labels = pipeline.eval_split(config, split)
   shift = config.data.get('shift', '')
   if shift:
-    from ssljax.data import shifts
-
     positions = jax.process_index() + jax.process_count() * np.arange(len(labels))
     images = shifts.apply(
       images,
@@ -221,13 +141,4 @@ def labelled_train_iterator(
     from ssljax.data import pipeline
 
     return pipeline.labelled_batches(images, labels, spec, batch_size=batch_size, seed=seed)
-  from ssljax.data import synthetic
-
   return synthetic.labelled_batches(images, labels, spec, batch_size=batch_size, seed=seed)
-
-
-def process_share(n: int, max_examples: int = 0) -> np.ndarray:
-  """Indices of this process's evaluation examples among the first max_examples (0: all) of n."""
-  if max_examples > 0:
-    n = min(n, max_examples)
-  return np.arange(jax.process_index(), n, jax.process_count())

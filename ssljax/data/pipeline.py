@@ -1,7 +1,7 @@
 """tf.data pipelines: augmented training views and un-augmented evaluation splits.
 
-In-memory sources follow the global index order of `ssljax.data.global_indices` exactly, and each
-example's augmentation is seeded by (config.seed, global element e, view), so a resumed run
+In-memory sources follow the global index order of `ssljax.data.order.global_indices` exactly,
+and each example's augmentation is seeded by (config.seed, global element e, view), so a resumed run
 re-creates the same batches bit for bit, whatever the number of processes.
 
 Streamed tfds datasets (ImageNet-sized) read this process's share of the files
@@ -21,8 +21,7 @@ import ml_collections
 import numpy as np
 import tensorflow as tf
 
-from ssljax import data
-from ssljax.data import augment, sources
+from ssljax.data import augment, order, sources
 
 AUTOTUNE = tf.data.AUTOTUNE
 SHUFFLE_BUFFER = 10_000  # streamed sources: examples in the shuffle buffer of each process
@@ -134,9 +133,9 @@ def _in_memory_batches(config, view_fns, start_step: int, local: int):
 
   def chunk(first: int) -> tf.data.Dataset:
     steps = range(first, first + steps_per_chunk)
-    elements = np.concatenate([data.local_elements(s, **shard) for s in steps])
+    elements = np.concatenate([order.local_elements(s, **shard) for s in steps])
     indices = np.concatenate(
-      [data.global_indices(s, num_examples=num, seed=seed, **shard) for s in steps]
+      [order.global_indices(s, num_examples=num, seed=seed, **shard) for s in steps]
     )
     ds = tf.data.Dataset.from_tensor_slices((elements, indices))
     return ds.map(
@@ -211,12 +210,12 @@ def labelled_batches(
     return view(tf.gather(images_t, index), view_seed), tf.gather(labels_t, index)
 
   steps_per_chunk = max(1, CHUNK_EXAMPLES // batch_size)
-  order = dict(batch_size=batch_size, num_examples=num, seed=seed, process_index=0, process_count=1)
+  walk = dict(batch_size=batch_size, num_examples=num, seed=seed, process_index=0, process_count=1)
 
   def chunk(first: int) -> tf.data.Dataset:
     steps = range(first, first + steps_per_chunk)
     elements = np.arange(first * batch_size, (first + steps_per_chunk) * batch_size)
-    indices = np.concatenate([data.global_indices(s, **order) for s in steps])
+    indices = np.concatenate([order.global_indices(s, **walk) for s in steps])
     ds = tf.data.Dataset.from_tensor_slices((indices, elements))
     return ds.map(example, num_parallel_calls=AUTOTUNE, deterministic=True)
 
@@ -246,7 +245,7 @@ def eval_split(config: ml_collections.ConfigDict, split: str) -> tuple[np.ndarra
   else:
     arrays = sources.load(config.data, split)
     channels = arrays.images.shape[-1]
-    share = data.process_share(len(arrays.labels), max_examples)
+    share = order.process_share(len(arrays.labels), max_examples)
     ds = tf.data.Dataset.from_tensor_slices((arrays.images[share], arrays.labels[share]))
   ds = ds.map(
     lambda image, label: (eval_resize(to_float(image), size), tf.cast(label, tf.int32)),

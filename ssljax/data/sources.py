@@ -13,8 +13,11 @@ import pathlib
 
 import ml_collections
 import numpy as np
+from PIL import Image
+from sklearn.datasets import load_digits
+from sklearn.model_selection import train_test_split
 
-from ssljax.data import DatasetNotFoundError
+from ssljax.data.types import DatasetNotFoundError
 
 IMAGE_SUFFIXES = ('.png', '.jpg', '.jpeg', '.bmp', '.tif', '.tiff')
 # tfds datasets at most this big (examples, pixels per side) are held in memory; larger stream.
@@ -82,8 +85,6 @@ def load(data: ml_collections.ConfigDict, split: str) -> Split:
 
 @functools.lru_cache(maxsize=2)
 def _load_digits(split: str) -> Split:
-  from sklearn.datasets import load_digits
-  from sklearn.model_selection import train_test_split
 
   digits = load_digits()
   images = (digits.images / 16.0).astype(np.float32)[..., None]  # (N, 8, 8, 1) in [0, 1]
@@ -190,7 +191,6 @@ def _labelled_files(directory: pathlib.Path) -> tuple[list[pathlib.Path], list[s
 
 def _read_image(path: pathlib.Path, mode: str, side: int) -> np.ndarray:
   """Decodes, converts to `mode`, resizes the shorter side to `side` and center crops a square."""
-  from PIL import Image
 
   try:
     with Image.open(path) as im:
@@ -209,7 +209,6 @@ def _read_image(path: pathlib.Path, mode: str, side: int) -> np.ndarray:
 
 @functools.lru_cache(maxsize=2)
 def _load_folder(path: str, side: int) -> dict[str, Split]:
-  from PIL import Image
 
   layout = _folder_layout(path)
   files, class_names = _labelled_files(layout['train'])

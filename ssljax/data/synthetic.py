@@ -16,7 +16,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from ssljax import data
+from ssljax.data import order
 
 POOL = 4  # distinct training batches; each costs local_batch x views in memory
 
@@ -57,7 +57,7 @@ def _batch(config, specs, step: int, images: np.ndarray) -> list[np.ndarray]:
   batch_size, processes, process = int(config.batch_size), jax.process_count(), jax.process_index()
   local = batch_size // processes
   mine = slice(process * local, (process + 1) * local)
-  index = data.global_indices(
+  index = order.global_indices(
     step,
     batch_size=batch_size,
     num_examples=len(images),
@@ -108,7 +108,7 @@ def train_iterator(
 def eval_split(config: ml_collections.ConfigDict, split: str) -> tuple[np.ndarray, np.ndarray]:
   """This process's share of the split as float32 in [0, 1] (already at data.image_size)."""
   images, labels = arrays(config, split)
-  share = data.process_share(len(labels), int(config.eval_config.get('max_examples', 0)))
+  share = order.process_share(len(labels), int(config.eval_config.get('max_examples', 0)))
   return images[share].astype(np.float32) / 255.0, labels[share]
 
 
@@ -123,9 +123,9 @@ def labelled_batches(
   """NumPy stand-in for `pipeline.labelled_batches` (no TensorFlow): square random crops of at
   least sqrt(spec.crop_scale[0]) of the side, nearest-resized to spec.image_size, random flips."""
   num, side, out = len(labels), images.shape[1], int(spec.image_size)
-  order = dict(batch_size=batch_size, num_examples=num, seed=seed, process_index=0, process_count=1)
+  walk = dict(batch_size=batch_size, num_examples=num, seed=seed, process_index=0, process_count=1)
   for step in itertools.count():
-    index = data.global_indices(step, **order)
+    index = order.global_indices(step, **walk)
     rng = np.random.default_rng((int(seed) % 2**63, jax.process_index(), step))
     crop = np.round(side * rng.uniform(np.sqrt(spec.crop_scale[0]), 1.0, batch_size)).astype(int)
     crop = np.maximum(crop, 1)

@@ -1,5 +1,7 @@
-"""Evaluation of an encoder: DINO k-NN and linear probing on frozen features, class-balanced label
-subsets and budgets (host-side functions); fine-tuning on the mesh is `evaluators.finetune`."""
+"""Evaluation of an encoder. The protocols of a run (what config.eval names, per label budget
+and test set) are run by `evaluators.protocols`; the pieces it runs are k-NN and linear probing
+on frozen features and class-balanced label subsets (host-side, exported here), and fine-tuning
+on the mesh (`evaluators.finetune`). `python -m ssljax.evaluate` is the command line."""
 
 from ssljax.evaluators.knn import knn_accuracy, knn_classify
 from ssljax.evaluators.label_subset import (

@@ -25,14 +25,6 @@ def train_stats(train_x: np.ndarray, floor: float = _STD_FLOOR) -> tuple[np.ndar
   return mean.astype(np.float32), std.astype(np.float32)
 
 
-def standardize(
-  train_x: np.ndarray, *others: np.ndarray, floor: float = _STD_FLOOR
-) -> tuple[np.ndarray, ...]:
-  """Standardize with the train mean/std (std floored) so one L2 grid fits any feature scale."""
-  mean, std = train_stats(train_x, floor)
-  return tuple(((np.asarray(x, np.float32) - mean) / std) for x in (train_x, *others))
-
-
 @jax.custom_vjp
 def _features_times(x: jax.Array, x_t: jax.Array, w: jax.Array) -> jax.Array:
   """x @ w whose gradient uses a row-major copy of x.T: XLA's CPU x.T @ g is ~3x slower."""

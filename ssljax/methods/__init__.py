@@ -1,4 +1,5 @@
-"""Methods by name: `config.method` picks one."""
+"""Methods by name: `config.method` picks one. A method is one file in this folder (its default
+config, the checks of its sections, its networks and loss) plus one line in METHODS."""
 
 from __future__ import annotations
 
@@ -20,7 +21,34 @@ METHODS: dict[str, type[Method]] = {
   'ijepa': IJEPA,
 }
 
-__all__ = ['METHODS', 'Method', 'TrainState', 'build']
+__all__ = [
+  'BYOL',
+  'DINO',
+  'IJEPA',
+  'MAE',
+  'METHODS',
+  'Method',
+  'SimCLR',
+  'TrainState',
+  'build',
+  'check_config',
+  'method_class',
+]
+
+
+def method_class(config: ml_collections.ConfigDict) -> type[Method]:
+  """The class config.method names; a ValueError naming the choices otherwise."""
+  if config.method not in METHODS:
+    raise ValueError(
+      f'config.method={config.method!r} is unknown; choose one of {sorted(METHODS)}, e.g. '
+      "--config.method=simclr (better: start from that method's configs/<method>_*.py)."
+    )
+  return METHODS[config.method]
+
+
+def check_config(config: ml_collections.ConfigDict) -> None:
+  """The method's checks of the config (views, eval_encoder, its own sections)."""
+  method_class(config).check_config(config)
 
 
 def build(
@@ -29,6 +57,6 @@ def build(
   total_steps: int = 1,
   steps_per_epoch: int = 1,
 ) -> Method:
-  if config.method not in METHODS:
-    raise ValueError(f'config.method {config.method!r} is unknown; choose one of {sorted(METHODS)}')
-  return METHODS[config.method](config, mesh, total_steps, steps_per_epoch)
+  cls = method_class(config)
+  cls.check_config(config)
+  return cls(config, mesh, total_steps, steps_per_epoch)

@@ -11,6 +11,8 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
+from ssljax import data
+
 PyTree = Any
 
 
@@ -31,12 +33,47 @@ class TrainState(NamedTuple):
 class Method:
   """A self-supervised method: how a batch of views becomes a loss.
 
-  Subclasses implement `init`, `loss` and `encoder_variables` (and `after_step` when they keep
-  a teacher). All are pure functions of their arguments, so the train loop can jit them over the
-  mesh. `total_steps` and `steps_per_epoch` size schedules such as the teacher's momentum.
+  Subclasses implement `default_config`, `init`, `loss` and `encoder_variables` (and
+  `after_step` when they keep a teacher), and declare what they take and offer in the class
+  attributes below. `init`, `loss` and `after_step` are pure functions of their arguments, so
+  the train loop can jit them over the mesh. `total_steps` and `steps_per_epoch` size schedules
+  such as the teacher's momentum.
   """
 
   encoder: nn.Module  # f; subclasses set it in __init__ (and use it inside their network)
+  num_views: int | None = None  # views per example (config.views); None: `check_config` decides
+  eval_encoders: tuple[str, ...] = ('online',)  # the config.eval_encoder values it can evaluate
+  reconstructs: bool = False  # has `reconstruct` (pictures of what it reconstructs)
+
+  @classmethod
+  def default_config(cls, image_size: int = 224) -> ml_collections.ConfigDict:
+    """The shared defaults (`ssljax.defaults.base_config`) with this method's own sections and
+    settings: what configs/<method>_*.py start from."""
+    raise NotImplementedError
+
+  @classmethod
+  def check_config(cls, config: ml_collections.ConfigDict) -> None:
+    """Raises ValueError, naming the field, for a config this method cannot train; called
+    before any data is read or anything compiles. Subclasses extend it for their sections."""
+    name = config.method
+    missing = sorted(k for k in cls.default_config().keys() if k not in config)
+    if missing:
+      raise ValueError(
+        f'config.method={name!r} needs config.{", config.".join(missing)}, which this config '
+        f'lacks: start from a {name} config (configs/{name}_digits.py) instead of switching '
+        'config.method on the command line.'
+      )
+    views = len(data.view_specs(config))
+    if cls.num_views is not None and views != cls.num_views:
+      raise ValueError(
+        f'{name} takes {cls.num_views} view(s) per example, but config.views makes {views} '
+        f'({", ".join(sorted(config.views.keys()))}); see configs/{name}_digits.py.'
+      )
+    if config.eval_encoder not in cls.eval_encoders:
+      raise ValueError(
+        f'config.eval_encoder={config.eval_encoder!r}: {name} can evaluate '
+        f'{" or ".join(map(repr, cls.eval_encoders))}.'
+      )
 
   def __init__(
     self,
@@ -87,6 +124,13 @@ class Method:
       for k, v in model_state.items()
     }
     return online['params'], model_state
+
+  def reconstruct(
+    self, params: PyTree, model_state: PyTree, images: jax.Array, rng: jax.Array
+  ) -> dict[str, jax.Array]:
+    """Methods with `reconstructs = True`: {'original', 'masked', 'reconstruction', 'pasted'},
+    each (N, H, W, C), for the reconstruction pictures."""
+    raise NotImplementedError(f'{type(self).__name__} does not reconstruct its input')
 
   def features(self, params: PyTree, model_state: PyTree, images: jax.Array) -> jax.Array:
     """h: the representation kept for downstream tasks, in inference mode."""

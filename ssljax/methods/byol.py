@@ -7,8 +7,9 @@ from __future__ import annotations
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import ml_collections
 
-from ssljax import ema, losses, models
+from ssljax import defaults, ema, losses, models
 from ssljax.methods.base import Method, dropout_rngs, stack_views, submodule_variables
 
 TARGET_PARTS = ('encoder', 'projector')  # the predictor exists only online
@@ -35,6 +36,31 @@ def _target_parts(tree: dict) -> dict:
 
 
 class BYOL(Method):
+  num_views = 2
+  eval_encoders = ('online', 'target')
+
+  @classmethod
+  def default_config(cls, image_size: int = 224) -> ml_collections.ConfigDict:
+    """BYOL's defaults: 4096 -> 256 heads, LARS, asymmetric views, target momentum 0.996 -> 1
+    (Grill et al. 2020, table 6)."""
+    c = defaults.base_config()
+    c.method = 'byol'
+    c.data.image_size = image_size
+    c.augment = defaults.augment_defaults(image_size)
+    c.augment.color_jitter = (0.4, 0.4, 0.2, 0.1)  # brightness, contrast, saturation, hue
+    c.views = ml_collections.ConfigDict(
+      dict(
+        view1=dict(blur_prob=1.0, solarize_prob=0.0),
+        view2=dict(blur_prob=0.1, solarize_prob=0.2),
+      )
+    )
+    c.model.proj_hidden = 4096
+    c.model.proj_dim = 256
+    # The target network: tau goes from `base` to 1 with a cosine over the run.
+    c.ema = ml_collections.ConfigDict(dict(base=0.996))
+    c.weight_decay = 1.5e-6
+    return c
+
   def __init__(self, config, mesh, total_steps=1, steps_per_epoch=1):
     super().__init__(config, mesh, total_steps, steps_per_epoch)
     m = config.model
@@ -52,10 +78,6 @@ class BYOL(Method):
       projector=models.MLPHead(**head),
       predictor=models.MLPHead(**{**head, 'hidden_dim': m.pred_hidden or head['hidden_dim']}),
     )
-    if config.eval_encoder not in ('online', 'target'):
-      raise ValueError(
-        f"config.eval_encoder must be 'online' or 'target', got {config.eval_encoder!r}"
-      )
 
   def init(self, rng, batch):
     variables = self.net.init(rng, stack_views(batch['views'][:2]), train=True)
@@ -66,10 +88,7 @@ class BYOL(Method):
 
   def loss(self, params, model_state, batch, rng, step):
     del step
-    views = batch['views']
-    if len(views) != 2:
-      raise ValueError(f'BYOL takes 2 views per example, config.views makes {len(views)}')
-    x = stack_views(views)
+    x = stack_views(batch['views'])
     (h, _, p), online_stats = self.net.apply(
       {'params': params, 'batch_stats': model_state['batch_stats']},
       x,

@@ -8,8 +8,9 @@ import itertools
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 
-from ssljax import ema, losses, models
+from ssljax import data, defaults, ema, losses, models
 from ssljax.methods.base import (
   EncoderWithHead,
   Method,
@@ -31,30 +32,92 @@ def _by_resolution(views: list[jax.Array]) -> list[list[jax.Array]]:
 
 
 class DINO(Method):
+  eval_encoders = ('online', 'target')  # the student, the teacher
+
+  @classmethod
+  def default_config(
+    cls, image_size: int = 224, local_size: int = 96, num_local: int = 8
+  ) -> ml_collections.ConfigDict:
+    """DINO's defaults (Caron et al. 2021, official code): multi-crop, AdamW, EMA teacher."""
+    c = defaults.base_config()
+    c.method = 'dino'
+    c.data.image_size = image_size
+    c.augment = defaults.augment_defaults(image_size)
+    c.augment.color_jitter = (0.4, 0.4, 0.2, 0.1)
+    c.augment.crop_scale = (0.4, 1.0)
+    # Sorted names: global1, global2, then the local crops; the teacher sees the first two.
+    c.views = ml_collections.ConfigDict(
+      dict(
+        global1=dict(blur_prob=1.0),
+        global2=dict(blur_prob=0.1, solarize_prob=0.2),
+        local=dict(image_size=local_size, crop_scale=(0.05, 0.4), blur_prob=0.5, count=num_local),
+      )
+    )
+    c.model.encoder = 'vit_small'
+    c.model.patch_size = 16
+    c.model.drop_path = 0.1
+    c.dino = ml_collections.ConfigDict(
+      dict(
+        out_dim=65536,  # K prototypes
+        hidden_dim=2048,
+        bottleneck_dim=256,
+        num_layers=3,
+        norm_last_layer=True,  # the last layer's weight norm fixed at 1
+        use_bn=False,  # BatchNorm in the head's MLP (the official use_bn_in_head)
+        freeze_last_layer_epochs=1.0,  # no gradient into the last layer at first
+        global_views=2,  # the first views (sorted names) are the teacher's
+        student_temp=0.1,
+        teacher_temp=0.04,  # the final teacher temperature
+        warmup_teacher_temp=0.04,  # linear from this to teacher_temp over the epochs below
+        warmup_teacher_temp_epochs=0.0,
+        center_momentum=0.9,
+      )
+    )
+    # The teacher: momentum from `base` to 1 with a cosine over the run (BYOL's schedule).
+    c.ema = ml_collections.ConfigDict(dict(base=0.996))
+    c.eval_encoder = 'target'  # the teacher (DINO evaluates it)
+    c.optimizer = 'adamw'
+    c.base_lr = 5e-4
+    c.momentum = 0.9
+    c.b2 = 0.999
+    c.weight_decay = 0.04
+    c.weight_decay_end = 0.4
+    c.grad_clip = 3.0
+    c.warmup_epochs = 10.0
+    return c
+
+  @classmethod
+  def check_config(cls, config):
+    super().check_config(config)
+    d = config.dino
+    if d.global_views < 1:
+      raise ValueError(f'config.dino.global_views must be >= 1, got {d.global_views}')
+    views = len(data.view_specs(config))
+    if views < max(d.global_views, 2):
+      raise ValueError(
+        f'DINO needs at least 2 views and config.dino.global_views={d.global_views}; '
+        f'config.views makes {views}'
+      )
+
   def __init__(self, config, mesh, total_steps=1, steps_per_epoch=1):
     super().__init__(config, mesh, total_steps, steps_per_epoch)
     d = config.dino
     self.encoder = models.build_encoder(config)
-    # The student and the teacher share this module (f -> h -> K logits).
-    self.net = EncoderWithHead(
-      encoder=self.encoder,
-      head=models.DINOHead(
-        out_dim=d.out_dim,
-        hidden_dim=d.hidden_dim,
-        bottleneck_dim=d.bottleneck_dim,
-        num_layers=d.num_layers,
-        norm_last_layer=d.norm_last_layer,
-        use_bn=d.use_bn,
-        dtype=models.compute_dtype(config),
-      ),
+    head = models.DINOHead(
+      out_dim=d.out_dim,
+      hidden_dim=d.hidden_dim,
+      bottleneck_dim=d.bottleneck_dim,
+      num_layers=d.num_layers,
+      norm_last_layer=d.norm_last_layer,
+      use_bn=d.use_bn,
+      dtype=models.compute_dtype(config),
     )
-    if config.eval_encoder not in ('online', 'target'):
-      raise ValueError(
-        f"config.eval_encoder must be 'online' (student) or 'target' (teacher), "
-        f'got {config.eval_encoder!r}'
-      )
-    if d.global_views < 1:
-      raise ValueError(f'config.dino.global_views must be >= 1, got {d.global_views}')
+    # Student and teacher: the same variables (f -> h -> K logits), but the teacher never drops
+    # paths (the official code builds it without stochastic depth), even when a BatchNorm head
+    # makes it run in training mode.
+    self.net = EncoderWithHead(encoder=self.encoder, head=head)
+    teacher_encoder = self.encoder.clone(drop_path=0.0) if models.is_vit(config) else self.encoder
+    self.teacher_net = EncoderWithHead(encoder=teacher_encoder, head=head)
     self.freeze_last_layer_steps = int(d.freeze_last_layer_epochs * steps_per_epoch)
 
   # ------------------------------------------------------------------ schedules
@@ -83,15 +146,15 @@ class DINO(Method):
     teacher = {'params': params, **variables}
     return params, {**variables, 'teacher': teacher, 'center': jnp.zeros(self.config.dino.out_dim)}
 
-  def _logits(self, variables, groups, *, train, rng=None):
-    """(V, B, K) logits of every view, one forward pass per resolution; BatchNorm statistics
-    (ResNet encoders) are threaded through the passes. Returns (logits, h of the first group,
-    updated non-param collections)."""
+  def _logits(self, net, variables, groups, *, train, rng=None):
+    """(V, B, K) logits of every view through `net`, one forward pass per resolution; BatchNorm
+    statistics (ResNet encoders, BatchNorm heads) are threaded through the passes. Returns
+    (logits, h of the first group, updated non-param collections)."""
     stats = {k: v for k, v in variables.items() if k != 'params'}
     logits, first_h = [], None
     for i, group in enumerate(groups):
       rngs = dropout_rngs(None if rng is None else jax.random.fold_in(rng, i))
-      outputs = self.net.apply(
+      outputs = net.apply(
         {'params': variables['params'], **stats},
         stack_views(group),
         train=train,
@@ -109,11 +172,6 @@ class DINO(Method):
   def loss(self, params, model_state, batch, rng, step):
     d = self.config.dino
     views = batch['views']
-    if len(views) < max(d.global_views, 2):
-      raise ValueError(
-        f'DINO needs at least 2 views and config.dino.global_views={d.global_views}; '
-        f'config.views makes {len(views)}'
-      )
     # No gradient into the last layer while it is frozen (the first epoch by default).
     frozen = step < self.freeze_last_layer_steps
     last = params['head']['last_layer']
@@ -121,12 +179,16 @@ class DINO(Method):
     params = {**params, 'head': {**params['head'], 'last_layer': last}}
 
     student, h, new_student_stats = self._logits(
-      {'params': params, **_student_stats(model_state)}, _by_resolution(views), train=True, rng=rng
+      self.net,
+      {'params': params, **_student_stats(model_state)},
+      _by_resolution(views),
+      train=True,
+      rng=rng,
     )
-    # The teacher never drops paths (the official code builds it without stochastic depth); a
-    # BatchNorm teacher normalizes with its own batch statistics, as BYOL's target does.
+    # A BatchNorm teacher normalizes with its own batch statistics, as BYOL's target does.
     teacher_vars = model_state['teacher']
     teacher, _, new_teacher_stats = self._logits(
+      self.teacher_net,
       teacher_vars,
       _by_resolution(views[: d.global_views]),
       train=len(teacher_vars) > 1,

@@ -10,8 +10,9 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import ml_collections
 
-from ssljax import ema, losses, masking, models
+from ssljax import defaults, ema, losses, masking, models
 from ssljax.methods.base import Method, dropout_rngs
 from ssljax.models import vit
 
@@ -75,32 +76,89 @@ class IJEPANet(nn.Module):
     return self.predictor(context, masks, grid, train=train)
 
 
+def _mask_options(config: ml_collections.ConfigDict) -> dict:
+  c = config.ijepa
+  return dict(
+    num_targets=c.num_targets,
+    target_scale=tuple(c.target_scale),
+    target_aspect=tuple(c.target_aspect),
+    context_scale=tuple(c.context_scale),
+    context_aspect=tuple(c.context_aspect),
+    min_keep=c.min_keep,
+    max_context=c.max_context,
+    tries=c.tries,
+  )
+
+
 class IJEPA(Method):
-  def __init__(self, config, mesh, total_steps=1, steps_per_epoch=1):
-    super().__init__(config, mesh, total_steps, steps_per_epoch)
+  num_views = 1
+  eval_encoders = ('target', 'context', 'online')  # online: the context encoder
+
+  @classmethod
+  def default_config(cls, image_size: int = 224) -> ml_collections.ConfigDict:
+    """I-JEPA's defaults (Assran et al. 2023, official code): ViT-H/14 without CLS, 4 target
+    blocks (scale 0.15-0.2, aspect 0.75-1.5) and a context block (0.85-1.0) per image, a
+    384-wide 12-block predictor, target encoder momentum 0.996 -> 1 (linear), AdamW with weight
+    decay 0.04 -> 0.4, random resized crop (0.3-1) as the only augmentation."""
+    c = defaults.base_config()
+    c.method = 'ijepa'
+    c.data.image_size = image_size
+    c.augment = defaults.augment_defaults(image_size)
+    c.augment.crop_scale = (0.3, 1.0)
+    c.augment.flip = False
+    c.augment.color_strength = 0.0  # no colour jitter, grayscale, blur or solarize
+    c.augment.grayscale_prob = 0.0
+    c.augment.blur_prob = 0.0
+    c.views = ml_collections.ConfigDict(dict(view1={}))
+    c.model.encoder = 'vit_huge'
+    c.model.patch_size = 14
+    c.model.pos_embed = 'sincos'
+    c.model.cls_token = False  # patch tokens only; h = their mean
+    c.model.pool = 'mean'
+    c.ijepa = ml_collections.ConfigDict(
+      dict(
+        num_targets=4,
+        target_scale=(0.15, 0.2),  # fraction of the patch grid per target block
+        target_aspect=(0.75, 1.5),  # height / width
+        context_scale=(0.85, 1.0),
+        context_aspect=(1.0, 1.0),
+        min_keep=10,  # context patches every image keeps
+        max_context=0,  # > 0: at most this many context patches (a random subset); 0: no cap
+        tries=8,  # redraws for an image whose context would keep fewer than min_keep
+        pred_width=384,
+        pred_depth=12,
+        pred_heads=0,  # 0: the encoder's number of heads (as the official code)
+        ema_end=1.0,  # the target momentum goes linearly from ema.base to this
+      )
+    )
+    c.loss = ml_collections.ConfigDict(dict(kind='l2'))  # l2 (the lecture) | smooth_l1 (official)
+    c.ema = ml_collections.ConfigDict(dict(base=0.996))
+    c.eval_encoder = 'target'  # or 'context'
+    c.optimizer = 'adamw'
+    c.base_lr = 1.25e-4  # x B/256: 1e-3 at the official batch of 2048
+    c.momentum = 0.9
+    c.b2 = 0.999
+    c.weight_decay = 0.04
+    c.weight_decay_end = 0.4
+    c.warmup_epochs = 40.0
+    return c
+
+  @classmethod
+  def check_config(cls, config):
+    super().check_config(config)
     if not models.is_vit(config):
       raise ValueError(f'I-JEPA needs a ViT: config.model.encoder is {config.model.encoder!r}')
-    if config.eval_encoder not in ('target', 'context', 'online'):
-      raise ValueError(
-        f"config.eval_encoder must be 'target' or 'context', got {config.eval_encoder!r}"
-      )
     if config.loss.kind not in ('l2', 'smooth_l1'):
       raise ValueError(f"config.loss.kind must be 'l2' or 'smooth_l1', got {config.loss.kind!r}")
-    c = config.ijepa
-    self.mask_options = dict(
-      num_targets=c.num_targets,
-      target_scale=tuple(c.target_scale),
-      target_aspect=tuple(c.target_aspect),
-      context_scale=tuple(c.context_scale),
-      context_aspect=tuple(c.context_aspect),
-      min_keep=c.min_keep,
-      max_context=c.max_context,
-      tries=c.tries,
-    )
-    # Checked now, so a grid too small for the blocks fails before anything compiles.
+    # A grid too small for the blocks fails here, before anything compiles.
     size, patch = config.augment.image_size, config.model.patch_size
-    checked = {k: v for k, v in self.mask_options.items() if k != 'tries'}
+    checked = {k: v for k, v in _mask_options(config).items() if k != 'tries'}
     masking.check_multi_block(vit.grid_shape(size, size, patch), **checked)
+
+  def __init__(self, config, mesh, total_steps=1, steps_per_epoch=1):
+    super().__init__(config, mesh, total_steps, steps_per_epoch)
+    c = config.ijepa
+    self.mask_options = _mask_options(config)
     self.encoder = models.build_encoder(config)
     self.net = IJEPANet(
       encoder=self.encoder,
@@ -131,10 +189,7 @@ class IJEPA(Method):
 
   def loss(self, params, model_state, batch, rng, step):
     del step
-    views = batch['views']
-    if len(views) != 1:
-      raise ValueError(f'I-JEPA takes 1 view per example, config.views makes {len(views)}')
-    images = views[0]
+    images = batch['views'][0]
     mask_rng, drop_rng = jax.random.split(rng)
     masks = self.masks(mask_rng, images)
     tokens = self.target_tokens(model_state, images)

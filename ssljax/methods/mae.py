@@ -8,8 +8,9 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import ml_collections
 
-from ssljax import losses, masking, models
+from ssljax import defaults, losses, masking, models
 from ssljax.methods.base import Method, dropout_rngs, submodule_variables
 from ssljax.models import vit
 
@@ -66,12 +67,51 @@ class MAENet(nn.Module):
 
 
 class MAE(Method):
-  def __init__(self, config, mesh, total_steps=1, steps_per_epoch=1):
-    super().__init__(config, mesh, total_steps, steps_per_epoch)
+  num_views = 1
+  reconstructs = True
+
+  @classmethod
+  def default_config(cls, image_size: int = 224) -> ml_collections.ConfigDict:
+    """MAE's defaults (He et al. 2022, official code): 75% masking, AdamW (0.9, 0.95), wd 0.05,
+    lr 1.5e-4 x B/256; random resized crop (0.2-1) and flip only."""
+    c = defaults.base_config()
+    c.method = 'mae'
+    c.data.image_size = image_size
+    c.augment = defaults.augment_defaults(image_size)
+    c.augment.crop_scale = (0.2, 1.0)
+    c.augment.color_strength = 0.0  # no colour jitter, grayscale, blur or solarize
+    c.augment.grayscale_prob = 0.0
+    c.augment.blur_prob = 0.0
+    c.views = ml_collections.ConfigDict(dict(view1={}))
+    c.model.encoder = 'vit_base'
+    c.model.patch_size = 16
+    c.model.pos_embed = 'sincos'  # MAE's encoder uses fixed 2-D sin-cos positions
+    c.mae = ml_collections.ConfigDict(
+      dict(
+        mask_ratio=0.75,
+        decoder_width=512,
+        decoder_depth=8,
+        decoder_heads=16,
+        norm_pix=True,  # targets: each patch normalized by its own mean and variance
+      )
+    )
+    c.optimizer = 'adamw'
+    c.base_lr = 1.5e-4
+    c.momentum = 0.9
+    c.b2 = 0.95
+    c.weight_decay = 0.05
+    return c
+
+  @classmethod
+  def check_config(cls, config):
+    super().check_config(config)
     if not models.is_vit(config):
       raise ValueError(f'MAE needs a ViT: config.model.encoder is {config.model.encoder!r}')
     if not config.model.cls_token:
       raise ValueError('MAE keeps a CLS token: set config.model.cls_token=True')
+
+  def __init__(self, config, mesh, total_steps=1, steps_per_epoch=1):
+    super().__init__(config, mesh, total_steps, steps_per_epoch)
     c = config.mae
     self.encoder = models.build_encoder(config)
     self.net = MAENet(
@@ -96,10 +136,7 @@ class MAE(Method):
 
   def loss(self, params, model_state, batch, rng, step):
     del step
-    views = batch['views']
-    if len(views) != 1:
-      raise ValueError(f'MAE takes 1 view per example, config.views makes {len(views)}')
-    images = views[0]
+    images = batch['views'][0]
     mask_rng, drop_rng = jax.random.split(rng)
     pred, mask = self.net.apply(
       {'params': params},

@@ -6,9 +6,10 @@ import functools
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 from jax.sharding import PartitionSpec as P
 
-from ssljax import losses, models
+from ssljax import defaults, losses, models
 from ssljax.methods.base import (
   EncoderWithHead,
   Method,
@@ -19,6 +20,25 @@ from ssljax.methods.base import (
 
 
 class SimCLR(Method):
+  num_views = 2
+
+  @classmethod
+  def default_config(cls, image_size: int = 32) -> ml_collections.ConfigDict:
+    """SimCLR's defaults (Chen et al. 2020): the full augmentation, LARS, NT-Xent at
+    temperature 0.5, a 2-layer projector to 128 dimensions."""
+    c = defaults.base_config()
+    c.method = 'simclr'
+    c.data.image_size = image_size
+    c.augment = defaults.augment_defaults(image_size)
+    c.loss = ml_collections.ConfigDict(dict(temperature=0.5))
+    return c
+
+  @classmethod
+  def check_config(cls, config):
+    super().check_config(config)
+    if not config.loss.temperature > 0:
+      raise ValueError(f'config.loss.temperature must be > 0, got {config.loss.temperature}')
+
   def __init__(self, config, mesh, total_steps=1, steps_per_epoch=1):
     super().__init__(config, mesh, total_steps, steps_per_epoch)
     m = config.model
@@ -49,8 +69,6 @@ class SimCLR(Method):
   def loss(self, params, model_state, batch, rng, step):
     del step
     views = batch['views']
-    if len(views) != 2:
-      raise ValueError(f'SimCLR takes 2 views per example, config.views makes {len(views)}')
     (h, z), new_state = self.model.apply(
       {'params': params, **model_state},
       stack_views(views),

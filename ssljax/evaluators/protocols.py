@@ -1,4 +1,4 @@
-"""Runs the evaluation protocols named in `config.eval`: on the frozen encoder's features h
+"""The evaluation of a run: the protocols named in `config.eval`, on the frozen encoder's features h
 (linear, linear_few, knn) or by training it with labels (finetune, and supervised: the same from
 a random init), once per label budget, on the test split and an optional out-of-distribution one.
 
@@ -19,11 +19,14 @@ import numpy as np
 from absl import logging
 from jax.experimental import multihost_utils
 
-from ssljax import data, evaluators, sharding
+from ssljax import data, sharding
+from ssljax.data import shifts
 from ssljax.evaluators import finetune as finetune_lib
 from ssljax.evaluators.batched import apply_in_batches
-from ssljax.evaluators.label_subset import LabelBudget, parse_label_budgets
-from ssljax.methods import Method
+from ssljax.evaluators.knn import knn_accuracy
+from ssljax.evaluators.label_subset import LabelBudget, parse_label_budgets, per_class_subset
+from ssljax.evaluators.linear_probe import fit_linear_probe
+from ssljax.methods import Method, TrainState
 
 Features = tuple[np.ndarray, np.ndarray]  # (features (N, d), labels (N,))
 Tests = dict[str, Features]  # results-key suffix ('' or '/ood') -> test set
@@ -34,18 +37,18 @@ OOD = '/ood'
 
 
 def _linear(train: Features, tests: Tests, num_classes: int, ec) -> dict[str, float]:
-  probe = evaluators.fit_linear_probe(*train, num_classes=num_classes)
+  probe = fit_linear_probe(*train, num_classes=num_classes)
   return {name: probe.accuracy(*test) for name, test in tests.items()}
 
 
 def _linear_few(train: Features, tests: Tests, num_classes: int, ec) -> dict[str, float]:
-  idx = evaluators.per_class_subset(train[1], ec.few_per_class, seed=ec.subset_seed)
+  idx = per_class_subset(train[1], ec.few_per_class, seed=ec.subset_seed)
   return _linear((train[0][idx], train[1][idx]), tests, num_classes, ec)
 
 
 def _knn(train: Features, tests: Tests, num_classes: int, ec) -> dict[str, float]:
   return {
-    name: evaluators.knn_accuracy(
+    name: knn_accuracy(
       *train, *test, num_classes=num_classes, k=ec.knn_k, temperature=ec.knn_temperature
     )
     for name, test in tests.items()
@@ -123,8 +126,6 @@ def check_eval_config(config: ml_collections.ConfigDict) -> None:
   label_budgets(ec)
   ood = ood_config(config)
   if ood is not None:
-    from ssljax.data import shifts
-
     shifts.check(ood.data.get('shift', ''), ood.data.get('shift_severity', 3))
   if any(name in TRAINING_PROTOCOLS for name in config.eval):
     finetune_lib.check_settings(ec.finetune)
@@ -174,11 +175,6 @@ def _global_labels(local: np.ndarray) -> np.ndarray:
   return out
 
 
-# Supervised-from-scratch accuracies by everything they depend on: the baseline ignores the
-# encoder's weights, so the random-init pass and later evaluations of a run reuse it.
-_SUPERVISED: dict[tuple, dict[str, float]] = {}
-
-
 def _fingerprint(*arrays: np.ndarray) -> str:
   digest = hashlib.sha1()
   for a in arrays:
@@ -189,12 +185,32 @@ def _fingerprint(*arrays: np.ndarray) -> str:
   return digest.hexdigest()
 
 
+class SupervisedCache:
+  """Supervised-from-scratch accuracies by everything they depend on. The baseline ignores the
+  encoder's weights, so within one run the random-init pass and every later evaluation reuse it;
+  a run owns one (`train_and_evaluate`, `ssljax.evaluate`), so nothing outlives it."""
+
+  def __init__(self):
+    self._results: dict[tuple, dict[str, float]] = {}
+
+  def get(self, key: tuple) -> dict[str, float] | None:
+    found = self._results.get(key)
+    return None if found is None else dict(found)
+
+  def put(self, key: tuple, accuracy: dict[str, float]) -> None:
+    self._results[key] = dict(accuracy)
+
+  def __len__(self) -> int:
+    return len(self._results)
+
+
 class _Run:
   """One call of `evaluate`: features, label subsets and test sets, each computed once."""
 
-  def __init__(self, config, method, params, model_state, splits, mesh):
+  def __init__(self, config, method, params, model_state, splits, mesh, supervised_cache):
     self.config, self.ec = config, config.eval_config
     self.method, self.params, self.model_state, self.mesh = method, params, model_state, mesh
+    self.supervised_cache = supervised_cache
     self.train = splits['train']
     self.tests = {'': splits['test']}
     if OOD[1:] in splits:
@@ -250,8 +266,9 @@ class _Run:
         tuple(self.tests),
         self.mesh.devices.size,
       )
-      if key in _SUPERVISED:
-        return dict(_SUPERVISED[key])
+      cached = self.supervised_cache.get(key)
+      if cached is not None:
+        return cached
     if pretrained:
       variables = self.method.encoder_variables(self.params, self.model_state)
     else:
@@ -274,24 +291,33 @@ class _Run:
       tf_augment=self.config.data.source != 'synthetic',
     )
     if not pretrained:
-      _SUPERVISED[key] = dict(result.accuracy)
+      self.supervised_cache.put(key, result.accuracy)
     return result.accuracy
 
 
 def evaluate(
-  config: ml_collections.ConfigDict, method: Method, params, model_state, splits, mesh
+  config: ml_collections.ConfigDict,
+  method: Method,
+  params,
+  model_state,
+  splits,
+  mesh,
+  supervised_cache: SupervisedCache | None = None,
 ) -> dict[str, float]:
   """Accuracy (a fraction) of every protocol in config.eval, per label budget and test set.
 
   splits = {'train': .., 'test': .., ['ood': ..]}, each this process's (images, labels) from
   `data.load_eval_split`; without 'ood', eval_config.ood_data (when set) is loaded here.
+  `supervised_cache` lets evaluations of one run share the supervised baseline (a fresh one:
+  nothing shared).
   """
   check_eval_config(config)
   ec = config.eval_config
   sharding.check_batch_size(ec.batch_size, mesh, 'eval_config.batch_size')
   if OOD[1:] not in splits and (ood := ood_config(config)) is not None:
     splits = {**splits, OOD[1:]: data.load_eval_split(ood, 'test')}
-  run = _Run(config, method, params, model_state, splits, mesh)
+  cache = SupervisedCache() if supervised_cache is None else supervised_cache
+  run = _Run(config, method, params, model_state, splits, mesh, cache)
   budgets = label_budgets(ec)
   results = {}
   for name in config.eval:
@@ -308,4 +334,33 @@ def evaluate(
       for suffix, accuracy in protocol().items():
         results[name_key + suffix] = float(accuracy)
         logging.info('eval %s: %.4f', name_key + suffix, accuracy)
+  return results
+
+
+def evaluate_state(
+  config: ml_collections.ConfigDict,
+  method: Method,
+  state: TrainState,
+  init: Callable[[jax.Array], TrainState] | None,
+  mesh: jax.sharding.Mesh,
+  supervised_cache: SupervisedCache | None = None,
+) -> dict:
+  """{'pretrained': {key: accuracy}, 'random_init': {..}}: the trained encoder of `state` and,
+  when `init` (jitted, rng -> TrainState) is given, the same encoder as initialised with
+  config.seed: the baseline self-supervision must beat. Empty without a labelled test split."""
+  splits = {s: data.load_eval_split(config, s) for s in ('train', 'test')}
+  if not config.eval or len(splits['test'][1]) == 0 or np.min(splits['test'][1]) < 0:
+    logging.warning('No labelled test split: skipping evaluation.')
+    return {'pretrained': {}, 'random_init': {}}
+  cache = SupervisedCache() if supervised_cache is None else supervised_cache
+  results = {
+    'pretrained': evaluate(
+      config, method, state.params, state.model_state, splits, mesh, supervised_cache=cache
+    )
+  }
+  if init is not None:
+    fresh = init(jax.random.PRNGKey(config.seed))
+    results['random_init'] = evaluate(
+      config, method, fresh.params, fresh.model_state, splits, mesh, supervised_cache=cache
+    )
   return results

@@ -1,0 +1,59 @@
+"""Blocks that the files in configs/ share (big_vision style): the `:arg` suffix of
+`--config=configs/X.py:arg`, and the data settings of the datasets more than one config uses."""
+
+from __future__ import annotations
+
+import ml_collections
+
+FASHION_MNIST_DIR = '/usr/share/datasets/fashion-mnist'  # Debian's dataset-fashion-mnist
+
+
+def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
+  """`key=value,key=value` (or a bare value for the first key) -> every key of `defaults`, each
+  value converted to its default's type: parse_arg('100', epochs=300).epochs == 100."""
+  out = ml_collections.ConfigDict(defaults)
+  first = next(iter(defaults))
+  for item in filter(None, (arg or '').split(',')):
+    key, sep, value = item.partition('=')
+    key, value = (key, value) if sep else (first, key)
+    if key not in defaults:
+      raise ValueError(
+        f'the config takes :{",".join(f"{k}=..." for k in defaults)}, got {item!r} in {arg!r}'
+      )
+    try:
+      out[key] = type(defaults[key])(value)
+    except ValueError:
+      raise ValueError(
+        f"the config's :{key}= takes a {type(defaults[key]).__name__}, got {value!r}"
+      ) from None
+  return out
+
+
+def imagenet(c: ml_collections.ConfigDict) -> None:
+  """ILSVRC-2012 from tfds (prepared once with `tfds build imagenet2012`, see README.md), 224 px,
+  pod-sized logging and checkpoints. Evaluation images are held in host memory before encoding
+  (float32: 0.6 MB each at 224 px), so the probes use the first 20k images of each split."""
+  c.data.source = 'tfds'
+  c.data.name = 'imagenet2012'
+  c.data.test_split = 'validation'
+  c.data.image_size = c.augment.image_size = 224
+  c.log_every = 100
+  c.checkpoint_every = 2500
+  c.eval_config.batch_size = 1024
+  c.eval_config.max_examples = 20_000
+
+
+def fashion_mnist(c: ml_collections.ConfigDict) -> None:
+  """Fashion-MNIST's idx files from Debian's dataset-fashion-mnist (elsewhere
+  --config.data.path=DIR), 28 px, sized for runs of about 30 CPU-minutes."""
+  c.data.source = 'idx'
+  c.data.path = FASHION_MNIST_DIR
+  c.data.image_size = c.augment.image_size = 28
+  c.log_every = 50
+  c.eval_config.batch_size = 512
+
+
+def digits(c: ml_collections.ConfigDict, image_size: int = 16) -> None:
+  """scikit-learn's bundled 8x8 digits, upsampled to `image_size`: runs of a few CPU-minutes."""
+  c.data.source = 'digits'
+  c.data.image_size = c.augment.image_size = image_size
