@@ -1,9 +1,170 @@
-"""Test setup: 8 virtual CPU devices so sharded code runs as on a pod slice."""
+"""Test setup and the fixtures several test files share.
 
+- 8 virtual CPU devices, so sharded code runs as on a pod slice.
+- Tiny models spend their time compiling, not running: XLA:CPU generates unoptimised code
+  (about half the compile time), and compiled programs go to a persistent cache beside pytest's
+  temporary directories, which later runs (the slow tier after the fast one, a developer's next
+  run, the subprocesses the tests start) read back instead of compiling again.
+- `config_file`, `shrink` and the session-scoped tiny runs (`simclr_digits_run`, a ResNet;
+  `mae_digits_run`, a ViT) that the end-to-end, restore and picture tests all read.
+
+Tiers: `python -m pytest -q tests` runs the fast tier; `python -m pytest -q -m slow tests` the
+heavy end-to-end tests (setup.cfg deselects them by default). Either runs on one pytest-xdist
+worker per core (at most 4), since compiling is single-threaded; a file's tests stay on one
+worker (its cached models compile once), and the workers share each tiny run: the first to
+need it trains it, the others wait for it and read it from disk.
+"""
+
+import fcntl
+import glob
+import importlib.util
+import json
 import os
 
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
+os.environ['XLA_FLAGS'] = ' '.join(
+  [os.environ.get('XLA_FLAGS', ''), '--xla_backend_optimization_level=0']
+).strip()
 
 import jax  # noqa: E402
+import pytest  # noqa: E402
 
 jax.config.update('jax_num_cpu_devices', 8)
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CONFIGS = sorted(glob.glob(os.path.join(ROOT, 'configs', '*.py')))
+# Programs that compile faster than this are not worth a file.
+MIN_CACHED_COMPILE_SECS = 0.2
+MAX_WORKERS = 4  # each worker holds 8 virtual devices and compiles its own programs
+
+
+# The files that take longest (measured on 2 cores), started first so that no worker is left
+# with a long file at the end; files not named here follow in their usual order.
+LONGEST_FIRST = (
+  'test_restore.py',  # trains the shared SimCLR run
+  'test_train.py',  # trains the shared MAE run
+  'test_dino.py',
+  'test_byol.py',
+  'test_methods.py',
+  'test_ijepa.py',
+  'test_finetune.py',
+  'test_vit.py',
+  'test_data.py',
+  'test_mae.py',
+)
+
+
+def pytest_xdist_auto_num_workers(config):
+  return max(1, min(os.cpu_count() or 1, MAX_WORKERS))
+
+
+def pytest_collection_modifyitems(config, items):
+  rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+  items.sort(key=lambda item: rank.get(os.path.basename(str(item.fspath)), len(rank)))
+
+
+@pytest.fixture(scope='session', autouse=True)
+def compilation_cache(tmp_path_factory):
+  """A persistent compilation cache shared by every pytest run of this user (and by the
+  subprocesses the tests start, through the environment)."""
+  directory = str(tmp_path_factory.getbasetemp().parent / 'ssljax-jax-cache')
+  settings = {
+    'jax_compilation_cache_dir': directory,
+    'jax_persistent_cache_min_compile_time_secs': MIN_CACHED_COMPILE_SECS,
+    'jax_persistent_cache_min_entry_size_bytes': 0,
+  }
+  for name, value in settings.items():
+    jax.config.update(name, value)
+    os.environ[name.upper()] = str(value)
+  return directory
+
+
+def load_config_file(name: str, arg: str | None = None):
+  """configs/NAME (a file name or path) as its get_config(arg) builds it."""
+  path = name if os.path.isabs(name) else os.path.join(ROOT, 'configs', name)
+  spec = importlib.util.spec_from_file_location('cfg', path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config(arg)
+
+
+def shrink_config(config, *, source: str = 'synthetic'):
+  """Any config shrunk to seconds on a CPU: a tiny ResNet or ViT, 16 px (8-px local crops),
+  batch 16, 3 steps, every picture, the three frozen-feature protocols on 512 images a split."""
+  config.data.source = source
+  config.data.image_size = config.augment.image_size = 16
+  config.data.num_examples = 64
+  config.data.channels = 3
+  for view in config.views.values():
+    if 'image_size' in view:
+      view.image_size = 8
+  if config.model.encoder.startswith('vit'):
+    config.model.patch_size = 4
+    config.model.vit_width, config.model.vit_depth, config.model.vit_heads = 16, 1, 2
+  else:
+    config.model.encoder = 'resnet18'
+  if 'dino' in config:
+    config.dino.out_dim, config.dino.hidden_dim, config.dino.bottleneck_dim = 16, 16, 8
+  if 'mae' in config:
+    config.mae.decoder_width, config.mae.decoder_depth, config.mae.decoder_heads = 16, 1, 2
+  if 'ijepa' in config:
+    config.ijepa.pred_width, config.ijepa.pred_depth, config.ijepa.pred_heads = 8, 1, 2
+  config.model.width = 4
+  config.model.proj_dim = 8
+  config.model.proj_hidden = 16
+  config.model.compute_dtype = 'float32'
+  config.batch_size = 16
+  config.total_steps = 3
+  config.log_every = 1
+  config.eval = ('linear', 'linear_few', 'knn')
+  config.eval_config.batch_size = 128
+  config.eval_config.max_examples = 512  # of each split
+  config.eval_config.few_per_class = 2
+  config.eval_config.random_init = True
+  config.visualize.num_points = 32
+  config.visualize.num_images = 2
+  return config
+
+
+@pytest.fixture(scope='session')
+def config_file():
+  return load_config_file
+
+
+@pytest.fixture(scope='session')
+def shrink():
+  return shrink_config
+
+
+def _tiny_run(tmp_path_factory, name: str):
+  """Trains configs/NAME.py shrunk once per pytest run, whatever the number of xdist workers:
+  under xdist the run lives beside the workers' directories, behind a file lock."""
+  from ssljax import train
+
+  config = shrink_config(load_config_file(f'{name}.py'), source='digits')
+  config.name = name
+  base = tmp_path_factory.getbasetemp()
+  root = base.parent if os.environ.get('PYTEST_XDIST_WORKER') else base
+  workdir = root / f'tiny_run_{name}'
+  with open(root / f'tiny_run_{name}.lock', 'w') as lock:
+    fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+    done = workdir / 'results.json'
+    trained = None if done.exists() else train.train_and_evaluate(config, str(workdir))
+    with open(done) as f:
+      results = json.load(f)
+  assert trained in (None, results)  # results.json holds what the run returned
+  return str(workdir), results, config
+
+
+@pytest.fixture(scope='session')
+def simclr_digits_run(tmp_path_factory):
+  """(workdir, results, config) of configs/simclr_digits.py shrunk: a ResNet, 3 steps on digits,
+  a checkpoint, results.json, metrics, pictures and the report."""
+  return _tiny_run(tmp_path_factory, 'simclr_digits')
+
+
+@pytest.fixture(scope='session')
+def mae_digits_run(tmp_path_factory):
+  """(workdir, results, config) of configs/mae_digits.py shrunk: a ViT, so the run also draws
+  attention maps and reconstructions."""
+  return _tiny_run(tmp_path_factory, 'mae_digits')

@@ -25,7 +25,7 @@ import numpy as np  # noqa: E402
 from jax.experimental.multihost_utils import process_allgather  # noqa: E402
 from jax.sharding import PartitionSpec as P  # noqa: E402
 
-from ssljax import defaults, losses, methods, optim, sharding, train  # noqa: E402
+from ssljax import build, losses, methods, optim, sharding  # noqa: E402
 
 
 def local_rows(x):
@@ -49,15 +49,15 @@ nt_xent = jax.jit(
 )
 loss, grad = nt_xent(*sharding.to_global((local_rows(z1), local_rows(z2)), mesh))
 
-config = defaults.base_config()
+config = methods.SimCLR.default_config()
 config.model.width = 4
 config.model.proj_dim = 8
 config.batch_size = 16
 method = methods.build(config, mesh)
 tx, schedule = optim.build_optimizer(config, total_steps=10, warmup_steps=0)
-init = train.init_state(method, tx, config, [(8, 8, 1), (8, 8, 1)])
+init = build.init_state(method, tx, [(8, 8, 1), (8, 8, 1)])
 state = jax.jit(init, out_shardings=sharding.replicated(mesh))(jax.random.PRNGKey(0))
-step = jax.jit(train.make_train_step(method, tx, schedule))
+step = jax.jit(build.make_train_step(method, tx, schedule))
 views = rng.uniform(size=(2, 16, 8, 8, 1)).astype(np.float32)
 step_losses = []
 for _ in range(2):

@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from ssljax import data
-from ssljax.data import synthetic
+from ssljax.data import order, synthetic
 from ssljax.defaults import base_config
 
 tf = pytest.importorskip('tensorflow')
@@ -208,24 +208,24 @@ def test_view_specs_overrides_counts_and_order():
 
 def test_global_indices_epochs_are_permutations():
   kw = dict(batch_size=10, num_examples=25, seed=3, process_index=0, process_count=1)
-  stream = np.concatenate([data.global_indices(s, **kw) for s in range(10)])  # 4 epochs
+  stream = np.concatenate([order.global_indices(s, **kw) for s in range(10)])  # 4 epochs
   for epoch in range(4):
     np.testing.assert_array_equal(np.sort(stream[25 * epoch : 25 * (epoch + 1)]), np.arange(25))
   assert not np.array_equal(stream[:25], stream[25:50])  # reshuffled every epoch
   assert not np.array_equal(stream[:25], np.arange(25))
-  other_seed = data.global_indices(0, **{**kw, 'seed': 4})
+  other_seed = order.global_indices(0, **{**kw, 'seed': 4})
   assert not np.array_equal(other_seed, stream[:10])
 
 
 def test_global_indices_process_slices_make_the_global_batch():
   kw = dict(batch_size=12, num_examples=50, seed=0)
   for step in (0, 4, 9):
-    whole = data.global_indices(step, process_index=0, process_count=1, **kw)
-    parts = [data.global_indices(step, process_index=p, process_count=4, **kw) for p in range(4)]
+    whole = order.global_indices(step, process_index=0, process_count=1, **kw)
+    parts = [order.global_indices(step, process_index=p, process_count=4, **kw) for p in range(4)]
     assert all(len(p) == 3 for p in parts)
     np.testing.assert_array_equal(np.concatenate(parts), whole)
   with pytest.raises(ValueError):
-    data.global_indices(0, process_index=0, process_count=5, **kw)
+    order.global_indices(0, process_index=0, process_count=5, **kw)
 
 
 # ----------------------------------------------------------------------------- digits pipeline
@@ -269,7 +269,7 @@ def test_digits_pipeline_follows_global_indices(monkeypatch):
   it = data.build_train_iterator(c, start_step=41)  # crosses the epoch boundary at 1347
   for step in (41, 42, 43):
     (view,) = next(it)['views']
-    index = data.global_indices(
+    index = order.global_indices(
       step, batch_size=32, num_examples=1347, seed=0, process_index=0, process_count=1
     )
     np.testing.assert_allclose(view, train_images[index], atol=1e-5)

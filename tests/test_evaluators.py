@@ -226,9 +226,9 @@ def test_linear_probe_singleton_class_falls_back_to_fixed_l2(digits):
 
 
 def _shift_config(**data_fields):
-  from ssljax.defaults import base_config
+  from ssljax.methods import SimCLR
 
-  config = base_config()
+  config = SimCLR.default_config()
   config.data.image_size = 8
   config.data.update(data_fields)
   return config

@@ -9,15 +9,16 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from ssljax import data, evaluation, sharding, train
-from ssljax.defaults import base_config
+from ssljax import build, data, sharding
 from ssljax.evaluators import finetune as finetune_lib
+from ssljax.evaluators import protocols
+from ssljax.methods import SimCLR
 from ssljax.models import vit as vit_lib
 
 
 def _tiny_vit_config():
   """SimCLR with a 2-block ViT on 8-px digits; every fine-tune below shares one compilation."""
-  c = base_config()
+  c = SimCLR.default_config()
   c.data.image_size = c.augment.image_size = 8
   c.augment.crop_scale = (0.5, 1.0)  # the fine-tune crops (finetune.crop_scale is None)
   c.augment.flip = False
@@ -37,7 +38,7 @@ def _tiny_vit_config():
 def setup():
   config = _tiny_vit_config()
   mesh = sharding.make_mesh()
-  method, _, _, init, _ = train.build_method(config, mesh, data.dataset_info(config))
+  method, _, _, init, _ = build.build_run(config, mesh, data.dataset_info(config))
   state = jax.jit(init, out_shardings=sharding.replicated(mesh))(jax.random.PRNGKey(1))
   splits = {s: data.load_eval_split(config, s) for s in ('train', 'test')}
   return config, mesh, method, state, splits
@@ -125,16 +126,16 @@ def test_weight_decay_skips_biases_norms_and_tokens():
 
 
 def test_auto_optimizer_and_bad_settings():
-  ft = base_config().eval_config.finetune
+  ft = SimCLR.default_config().eval_config.finetune
   assert finetune_lib.resolve_recipe(_tiny_vit(), 10, ft).optimizer == 'adamw'
   assert finetune_lib.resolve_recipe(_tiny_vit(), 10, ft).layer_decay == 0.75
   assert finetune_lib.resolve_recipe(_BNEncoder(), 10, ft).optimizer == 'sgd'
   assert finetune_lib.resolve_recipe(_BNEncoder(), 10, ft).layer_decay == 1.0  # ViTs only
-  config = base_config()
+  config = SimCLR.default_config()
   config.eval = ('finetune',)
   config.eval_config.finetune.optimizer = 'adam'
   with pytest.raises(ValueError, match=r'config\.eval_config\.finetune\.optimizer must be'):
-    evaluation.check_eval_config(config)
+    protocols.check_eval_config(config)
 
 
 # ----------------------------------------------------------------------------- training
@@ -145,9 +146,10 @@ def _leaves_differ(a, b) -> list[bool]:
   return [not np.array_equal(x, y) for x, y in pairs]
 
 
+@pytest.mark.slow
 def test_supervised_from_scratch_learns_digits_and_moves_every_weight(setup):
   config, mesh, method, state, splits = setup
-  ft = evaluation.finetune_config(config)
+  ft = protocols.finetune_config(config)
   # The method's untrained encoder: a random init (random_encoder_variables is tested below).
   start = method.encoder_variables(state.params, state.model_state)
   before = jax.device_get(start)
@@ -176,7 +178,11 @@ def test_evaluate_finetune_keys_and_the_frozen_protocols_keep_weights(setup, mon
   config.eval_config.label_budgets = ('10_per_class',)
   config.eval_config.ood_data = dict(shift='contrast')
   params_before = jax.device_get((state.params, state.model_state))
-  results = evaluation.evaluate(config, method, state.params, state.model_state, splits, mesh)
+  cache = protocols.SupervisedCache()  # owned by the run
+  results = protocols.evaluate(
+    config, method, state.params, state.model_state, splits, mesh, supervised_cache=cache
+  )
+  assert len(cache) == 1
   keys = ['linear@10_per_class', 'finetune@10_per_class', 'supervised@10_per_class']
   assert sorted(results) == sorted(keys + [k + '/ood' for k in keys])
   assert all(0.0 <= v <= 1.0 for v in results.values())
@@ -189,7 +195,12 @@ def test_evaluate_finetune_keys_and_the_frozen_protocols_keep_weights(setup, mon
   config.eval = ('supervised',)
   monkeypatch.setattr(finetune_lib, 'finetune', None)  # calling it would fail
   other = jax.tree.map(lambda x: x + 1.0, state.params)
-  again = evaluation.evaluate(config, method, other, state.model_state, splits, mesh)
+  again = protocols.evaluate(
+    config, method, other, state.model_state, splits, mesh, supervised_cache=cache
+  )
+  # Another run (its own cache) trains its own baseline: nothing is shared across runs.
+  with pytest.raises(TypeError, match='not callable'):
+    protocols.evaluate(config, method, other, state.model_state, splits, mesh)
   assert again == {
     k: results[k] for k in ('supervised@10_per_class', 'supervised@10_per_class/ood')
   }
@@ -208,7 +219,7 @@ class _BNEncoder(nn.Module):
 
 def test_batchnorm_statistics_update_in_train_mode(setup):
   config, mesh, _, _, splits = setup
-  ft = evaluation.finetune_config(config)
+  ft = protocols.finetune_config(config)
   ft.epochs, ft.min_steps = 0.0, 5
   encoder = _BNEncoder()
   start = finetune_lib.random_encoder_variables(encoder, (8, 8, 1), 0, mesh)

@@ -7,9 +7,15 @@ import pytest
 from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
 
-from ssljax import data, evaluation, evaluators, sharding
-from ssljax.defaults import base_config
-from ssljax.evaluators import LabelBudget, fraction_subset, parse_label_budget, parse_label_budgets
+from ssljax import data, evaluators, sharding
+from ssljax.evaluators import (
+  LabelBudget,
+  fraction_subset,
+  parse_label_budget,
+  parse_label_budgets,
+  protocols,
+)
+from ssljax.methods import SimCLR
 
 
 @pytest.fixture(scope='module')
@@ -56,10 +62,10 @@ def test_label_budgets_refuse_duplicates_and_a_bare_string():
     parse_label_budgets(('10%', 0.1))
   with pytest.raises(ValueError, match='must be a tuple of budgets'):
     parse_label_budgets('10_per_class')
-  config = base_config()
+  config = SimCLR.default_config()
   config.eval_config.label_budgets = ('5_per_class', '5 per class')
   with pytest.raises(ValueError, match=r"label_budgets: '5 per class' is not a label budget"):
-    evaluation.check_eval_config(config)
+    protocols.check_eval_config(config)
 
 
 # ----------------------------------------------------------------------------- subsets
@@ -132,7 +138,7 @@ class _PixelMethod:
 
 @pytest.fixture(scope='module')
 def digits_config():
-  config = base_config()
+  config = SimCLR.default_config()
   config.data.image_size = 8
   config.eval_config.batch_size = 64
   return config
@@ -163,9 +169,9 @@ def test_every_method_is_probed_on_the_same_images(digits_config, splits, monkey
     seen.append(('knn', np.asarray(train_x), np.asarray(train_y)))
     return 0.5
 
-  monkeypatch.setattr(evaluators, 'fit_linear_probe', fake_fit)
+  monkeypatch.setattr(protocols, 'fit_linear_probe', fake_fit)
   monkeypatch.setattr(evaluators.LinearProbe, 'accuracy', lambda self, x, y: 0.5)
-  monkeypatch.setattr(evaluators, 'knn_accuracy', fake_knn)
+  monkeypatch.setattr(protocols, 'knn_accuracy', fake_knn)
   mesh = sharding.make_mesh()
   rng = np.random.default_rng(0)
   # Pixels are multiples of 1/16 (digits) resized to 8 px: exact enough to round-trip at 1e-5.
@@ -174,7 +180,7 @@ def test_every_method_is_probed_on_the_same_images(digits_config, splits, monkey
   methods = [_PixelMethod(rng.permutation(64), 1.0), _PixelMethod(rng.permutation(64), 3.0)]
   for m, method in enumerate(methods):
     seen.clear()
-    evaluation.evaluate(config, method, None, None, splits, mesh)
+    protocols.evaluate(config, method, None, None, splits, mesh)
     assert [s[0] for s in seen] == ['linear', 'linear', 'knn', 'knn', 'linear']
     for (name, x, y), budget in zip(seen, ['2', '3', '2', '3', 'few'], strict=True):
       ids = _row_ids(method.unmap(x), train_images)
@@ -195,7 +201,7 @@ def test_results_keys_and_values_with_budgets_and_ood(digits_config, splits):
   config.eval_config.label_budgets = ('5_per_class', '10%')
   config.eval_config.ood_data = dict(shift='rotate', shift_severity=5)
   method = _PixelMethod(np.arange(64), 1.0)
-  results = evaluation.evaluate(config, method, None, None, splits, sharding.make_mesh())
+  results = protocols.evaluate(config, method, None, None, splits, sharding.make_mesh())
   keys = ['linear@5_per_class', 'linear@10%', 'linear_5_per_class', 'knn@5_per_class', 'knn@10%']
   assert sorted(results) == sorted(keys + [k + '/ood' for k in keys])
   # Against values computed here: k-NN on the raw pixels of the 10% subset, on the test split

@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl.testing import parameterized
 
-from ssljax import defaults, losses, masking, methods, optim, sharding, train
+from ssljax import build, losses, masking, methods, optim, sharding
 from ssljax.models import vit
 
 
@@ -84,7 +84,7 @@ class MaskingTest(parameterized.TestCase):
 
 @functools.lru_cache(maxsize=1)
 def tiny_mae():
-  c = defaults.mae_config(image_size=16)
+  c = methods.MAE.default_config(image_size=16)
   c.model.encoder = 'vit_tiny'
   c.model.patch_size = 4
   c.model.vit_width, c.model.vit_depth, c.model.vit_heads = 16, 2, 2
@@ -93,10 +93,10 @@ def tiny_mae():
   mesh = sharding.make_mesh()
   method = methods.build(c, mesh, total_steps=10)
   tx, schedule = optim.build_optimizer(c, total_steps=10, warmup_steps=0)
-  state = jax.jit(train.init_state(method, tx, c, [(16, 16, 3)]))(jax.random.PRNGKey(0))
+  state = jax.jit(build.init_state(method, tx, [(16, 16, 3)]))(jax.random.PRNGKey(0))
   rng = np.random.default_rng(0)
   batch = {'views': [jnp.asarray(rng.uniform(size=(8, 16, 16, 3)), jnp.float32)]}
-  return method, jax.jit(train.make_train_step(method, tx, schedule)), state, batch
+  return method, jax.jit(build.make_train_step(method, tx, schedule)), state, batch
 
 
 class MethodTest(parameterized.TestCase):
@@ -148,9 +148,8 @@ class MethodTest(parameterized.TestCase):
 
   def test_features_are_the_encoders_cls_token(self):
     method, _, state, batch = tiny_mae()
-    h = method.features(state.params, state.model_state, batch['views'][0])
+    h = jax.jit(method.features)(state.params, state.model_state, batch['views'][0])
     chex.assert_shape(h, (8, 16))
-    direct = method.encoder.apply(
-      {'params': state.params['encoder']}, batch['views'][0], train=False
-    )
+    apply = jax.jit(lambda v, x: method.encoder.apply(v, x, train=False))
+    direct = apply({'params': state.params['encoder']}, batch['views'][0])
     np.testing.assert_allclose(h, direct)

@@ -10,7 +10,7 @@ import numpy as np
 from absl.testing import parameterized
 
 from ssljax import sharding
-from ssljax.models import MLPHead, heads, resnet
+from ssljax.models import MLPHead, resnet
 
 
 def n_params(tree):
@@ -55,7 +55,7 @@ class ResNetTest(parameterized.TestCase):
   def test_output_is_h_of_last_stage_width(self, stem, size, _):
     model = resnet.resnet('resnet18', width=8, stem=stem)
     x = jnp.ones((3, size, size, 1))
-    variables = model.init(jax.random.PRNGKey(0), x, train=False)
+    variables = jax.jit(functools.partial(model.init, train=False))(jax.random.PRNGKey(0), x)
     h = self.variant(functools.partial(model.apply, train=False))(variables, x)
     chex.assert_shape(h, (3, resnet.feature_dim('resnet18', 8)))
     chex.assert_tree_all_finite(h)
@@ -91,7 +91,30 @@ class HeadTest(parameterized.TestCase):
     assert len(dense) == layers
     # SimCLR: the last layer has no bias (its BN does not centre either).
     assert 'bias' not in variables['params'][f'Dense_{layers - 1}']
-    assert heads.MLPHead  # the module the method builds
+
+  @parameterized.parameters((1, True), (3, True), (2, False))
+  def test_matches_numpy_reference_in_train_mode(self, layers, last_bn):
+    """Linear -> BN (batch statistics) -> ReLU per hidden layer, a last Linear (a bias only
+    without the last BN, which scales but does not centre), from random parameters."""
+    head = MLPHead(hidden_dim=6, out_dim=3, num_layers=layers, last_bn=last_bn)
+    rng = np.random.default_rng(layers)
+    x = rng.normal(size=(10, 5)).astype(np.float32)
+    variables = head.init(jax.random.PRNGKey(0), x, train=False)
+    params = jax.tree.map(lambda p: rng.normal(size=p.shape).astype(np.float32), variables)
+    z, _ = head.apply(params, x, train=True, mutable=['batch_stats'])
+
+    def bn(y, name, centre=True):
+      p = params['params'][name]
+      y = (y - y.mean(0)) / np.sqrt(y.var(0) + 1e-5) * p['scale']
+      return y + p['bias'] if centre else y
+
+    y = x.astype(np.float64)
+    for i in range(layers - 1):
+      y = np.maximum(bn(y @ params['params'][f'Dense_{i}']['kernel'], f'BatchNorm_{i}'), 0)
+    last = params['params'][f'Dense_{layers - 1}']
+    y = y @ last['kernel']
+    y = bn(y, f'BatchNorm_{layers - 1}', centre=False) if last_bn else y + last['bias']
+    np.testing.assert_allclose(z, y, rtol=2e-4, atol=2e-4)
 
 
 class GlobalBatchNormTest(parameterized.TestCase):

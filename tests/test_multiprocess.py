@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 
 WORKER = os.path.join(os.path.dirname(__file__), 'multiprocess_worker.py')
 
@@ -37,6 +38,7 @@ def _run(num_processes, local_devices, out, timeout=300):
     return json.load(f)
 
 
+@pytest.mark.slow
 def test_two_processes_match_one_process(tmp_path):
   one = _run(1, 4, str(tmp_path / 'one.json'))
   two = _run(2, 2, str(tmp_path / 'two.json'))

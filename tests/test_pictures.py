@@ -81,10 +81,18 @@ def test_pca_small_inputs():
   np.testing.assert_array_equal(one_dim[:, 1], 0.0)
 
 
-def test_tsne_shape_and_finite():
-  out = pictures.project_2d(_structured(n=60), 'tsne', seed=0)
-  assert out.shape == (60, 2)
-  assert np.all(np.isfinite(out))
+def test_tsne_keeps_clusters_apart_and_is_seeded():
+  """Three well-separated clusters in 16-D stay three clusters in 2-D: every point's nearest
+  neighbour in the projection is from its own cluster; the same seed gives the same picture."""
+  rng = np.random.default_rng(0)
+  centres = 10.0 * rng.normal(size=(3, 16))
+  labels = np.repeat(np.arange(3), 20)
+  x = centres[labels] + rng.normal(size=(60, 16))
+  out = pictures.project_2d(x, 'tsne', seed=0)
+  assert out.shape == (60, 2) and np.all(np.isfinite(out))
+  dist = np.linalg.norm(out[:, None] - out[None], axis=-1) + np.diag(np.full(60, np.inf))
+  np.testing.assert_array_equal(labels[np.argmin(dist, axis=1)], labels)
+  np.testing.assert_array_equal(pictures.project_2d(x, 'tsne', seed=0), out)
 
 
 def test_unknown_projection_raises():

@@ -16,7 +16,7 @@ from matplotlib import _pylab_helpers
 from PIL import Image
 
 from ssljax import report
-from ssljax.defaults import base_config
+from ssljax.methods import SimCLR
 
 PRETRAINED = {'linear': 0.8123, 'linear_2_per_class': 0.4517, 'knn': 0.7731}
 RANDOM_INIT = {'linear': 0.6057, 'linear_2_per_class': 0.3342, 'knn': 0.5009}
@@ -24,7 +24,7 @@ EVAL_KEYS = ['eval/linear', 'eval/linear_2_per_class', 'eval/knn']
 
 
 def _config(name: str = 'simclr_test'):
-  config = base_config()
+  config = SimCLR.default_config()
   config.name = name
   config.batch_size = 32
   config.total_steps = 100
@@ -299,4 +299,4 @@ def test_train_hook_logs_a_failure_and_honours_the_switch(tmp_path, monkeypatch)
   config.report = False
   train._write_report(config, str(tmp_path), 100)
   assert calls == [100]
-  assert base_config().report is True
+  assert SimCLR.default_config().report is True

@@ -1,6 +1,6 @@
 """Reading a run back (ssljax.restore, ssljax.evaluate): evaluating a run's checkpoint again,
-`ssljax.load_encoder`, and warm starts from another run's encoder (config.init_from). One tiny
-SimCLR run on digits serves every test."""
+`ssljax.load_encoder`, and warm starts from another run's encoder (config.init_from). The tiny
+SimCLR run on digits of tests/conftest.py serves every test."""
 
 import json
 import os
@@ -11,11 +11,11 @@ import jax
 import numpy as np
 import pytest
 from absl import flags
-from test_train import ROOT, tiny
-from test_train import load_config as config_file
 
 import ssljax
-from ssljax import checkpoint, data, evaluate, models, restore, sharding, train
+from ssljax import build, checkpoint, data, evaluate, models, restore, sharding, train
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _quiet(config):
@@ -23,19 +23,6 @@ def _quiet(config):
   if 'report' in config:
     config.report = False
   return config
-
-
-@pytest.fixture(scope='module')
-def simclr_run(tmp_path_factory):
-  """(workdir, results) of a 2-step SimCLR run with a checkpoint and results.json."""
-  workdir = str(tmp_path_factory.mktemp('simclr_run'))
-  config = tiny(config_file(os.path.join(ROOT, 'configs', 'simclr_digits.py')), source='digits')
-  config.name = 'simclr_digits'
-  config.total_steps = 2
-  config.eval = ('knn',)  # the cheapest protocol: the point is reproducing it
-  config.eval_config.batch_size = 128
-  results = train.train_and_evaluate(_quiet(config), workdir)
-  return workdir, results
 
 
 def _command_line(argv):
@@ -46,19 +33,19 @@ def _command_line(argv):
   return evaluate.run_name(flag_values.config, flag_values.workdir)
 
 
-def test_evaluate_reproduces_the_runs_results(simclr_run):
-  workdir, results = simclr_run
+def test_evaluate_reproduces_the_runs_results(simclr_digits_run):
+  workdir, results, _ = simclr_digits_run
   with open(os.path.join(workdir, 'results.json')) as f:
     results_json = f.read()
   checkpoints = sorted(os.listdir(os.path.join(workdir, 'checkpoints')))
 
   config = _command_line(['evaluate', f'--workdir={workdir}'])
-  assert config.name == 'simclr_digits' and config.eval == ('knn',)
+  assert config.name == 'simclr_digits' and config.eval == ('linear', 'linear_few', 'knn')
   out = evaluate.evaluate_run(config, workdir)
   for part in ('pretrained', 'random_init'):
-    assert set(out[part]) == {'knn'}
+    assert set(out[part]) == {'linear', 'linear_2_per_class', 'knn'}
     assert out[part] == pytest.approx(results[part], abs=1e-6)
-  assert out['step'] == 2
+  assert out['step'] == 3
   with open(os.path.join(workdir, 'eval.json')) as f:
     assert json.load(f)['pretrained'] == out['pretrained']
   with open(os.path.join(workdir, 'results.json')) as f:
@@ -66,8 +53,8 @@ def test_evaluate_reproduces_the_runs_results(simclr_run):
   assert sorted(os.listdir(os.path.join(workdir, 'checkpoints'))) == checkpoints
 
 
-def test_evaluate_takes_config_overrides(simclr_run):
-  workdir, _ = simclr_run
+def test_evaluate_takes_config_overrides(simclr_digits_run):
+  workdir, _, _ = simclr_digits_run
   config = _command_line(
     [
       'evaluate',
@@ -85,8 +72,8 @@ def test_evaluate_takes_config_overrides(simclr_run):
     assert json.load(f)['eval_config']['knn_k'] == 5
 
 
-def test_load_config_fills_in_what_an_old_run_predates(tmp_path):
-  saved = json.loads(_byol('').to_json_best_effort())
+def test_load_config_fills_in_what_an_old_run_predates(tmp_path, byol_config):
+  saved = json.loads(byol_config('').to_json_best_effort())
   del saved['init_from'], saved['eval_config']['knn_k']
   (tmp_path / 'config.json').write_text(json.dumps(saved))
   config = restore.load_config(str(tmp_path))
@@ -129,8 +116,8 @@ def test_import_ssljax_is_light_and_load_encoder_is_lazy():
   assert proc.returncode == 0, proc.stderr[-3000:]
 
 
-def test_load_encoder_gives_the_runs_features(simclr_run):
-  workdir, _ = simclr_run
+def test_load_encoder_gives_the_runs_features(simclr_digits_run):
+  workdir, _, _ = simclr_digits_run
   apply_fn, params = ssljax.load_encoder(workdir)
   config = restore.load_config(workdir)
   images = data.load_eval_split(config, 'test')[0][:16]
@@ -149,22 +136,30 @@ def test_load_encoder_gives_the_runs_features(simclr_run):
     ssljax.load_encoder(os.path.join(workdir, 'checkpoints'))
 
 
-def _byol(init_from: str, **model):
-  config = tiny(config_file(os.path.join(ROOT, 'configs', 'byol_digits.py')), source='digits')
-  config.init_from = init_from
-  config.eval = ()
-  config.model.update(model)
-  return _quiet(config)
+@pytest.fixture
+def byol_config(config_file, shrink):
+  """init_from, **model -> configs/byol_digits.py shrunk, warm-started from init_from."""
+
+  def make(init_from: str, **model):
+    config = shrink(config_file('byol_digits.py'), source='digits')
+    config.init_from = init_from
+    config.eval = ()
+    config.model.update(model)
+    return _quiet(config)
+
+  return make
 
 
-def test_warm_start_loads_the_encoder_into_online_and_target(simclr_run, tmp_path, capsys):
+def test_warm_start_loads_the_encoder_into_online_and_target(
+  simclr_digits_run, tmp_path, capsys, byol_config
+):
   """A BYOL run from a SimCLR run's encoder: every encoder array (parameters and BatchNorm
   statistics) of the online network and of the EMA target is the source's; the heads are new.
   The steps train_and_evaluate takes before its first train step (no train step compiled)."""
-  source_dir, _ = simclr_run
-  config = _byol(source_dir)
+  source_dir, _, _ = simclr_digits_run
+  config = byol_config(source_dir)
   mesh = sharding.make_mesh()
-  method, _, _, init, _ = train.build_method(config, mesh, data.dataset_info(config))
+  method, _, _, init, _ = build.build_run(config, mesh, data.dataset_info(config))
   abstract = jax.eval_shape(init, jax.random.PRNGKey(0))
   warm = restore.prepare_warm_start(config, method, abstract, str(tmp_path))
   replicated = jax.tree.map(lambda _: sharding.replicated(mesh), abstract)
@@ -172,7 +167,7 @@ def test_warm_start_loads_the_encoder_into_online_and_target(simclr_run, tmp_pat
   state = restore.warm_start(method, fresh, warm)
   assert jax.tree.structure(state) == jax.tree.structure(fresh)
 
-  source = checkpoint.restore_arrays(source_dir, 2, ('params', 'model_state'))
+  source = checkpoint.restore_arrays(source_dir, 3, ('params', 'model_state'))
   params, stats = source['params']['encoder'], source['model_state']['batch_stats']['encoder']
   assert not np.array_equal(fresh.params['encoder']['stem_conv']['kernel'], params['stem_conv'])
   equal = lambda a, b: jax.tree.map(np.testing.assert_array_equal, a, b)
@@ -200,21 +195,21 @@ def test_warm_start_loads_the_encoder_into_online_and_target(simclr_run, tmp_pat
   assert restore.prepare_warm_start(config, method, abstract, source_dir) is None
 
 
-def test_warm_start_refuses_bad_sources_before_compiling(simclr_run, tmp_path):
-  workdir, _ = simclr_run
+def test_warm_start_refuses_bad_sources_before_compiling(simclr_digits_run, tmp_path, byol_config):
+  workdir, _, _ = simclr_digits_run
   run = str(tmp_path / 'run')
   with pytest.raises(
     ValueError,
     match=r'encoder variable batch_stats/BasicBlock_0/BatchNorm_0/mean has shape \(4,\) there '
     r'and \(8,\) in this run.*config\.model',
   ):
-    train.train_and_evaluate(_byol(workdir, width=8), run)
+    train.train_and_evaluate(byol_config(workdir, width=8), run)
   with pytest.raises(ValueError, match=r'config\.init_from=.*config\.json not found'):
-    train.train_and_evaluate(_byol(str(tmp_path / 'nowhere')), run)
+    train.train_and_evaluate(byol_config(str(tmp_path / 'nowhere')), run)
   untrained = tmp_path / 'untrained'
   untrained.mkdir()
-  (untrained / 'config.json').write_text(_byol('').to_json_best_effort())
+  (untrained / 'config.json').write_text(byol_config('').to_json_best_effort())
   with pytest.raises(ValueError, match=r'config\.init_from=.*no checkpoint under'):
-    train.train_and_evaluate(_byol(str(untrained)), run)
+    train.train_and_evaluate(byol_config(str(untrained)), run)
   assert not os.path.exists(os.path.join(run, 'checkpoints'))
   assert os.listdir(untrained) == ['config.json']

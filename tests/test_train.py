@@ -1,7 +1,7 @@
-"""End to end: every config trains a few steps with a tiny model; checkpoint, SIGTERM, resume."""
+"""End to end: tiny runs write everything a run writes; every config trains (slow tier);
+checkpoint, SIGTERM and exact resume (slow tier); the visualize command."""
 
 import glob
-import importlib.util
 import json
 import os
 import signal
@@ -12,97 +12,87 @@ import time
 import jax
 import numpy as np
 import pytest
+from PIL import Image
 
-from ssljax import checkpoint, sharding, train
+from ssljax import checkpoint, sharding, train, visualize
+from ssljax.restore import load_config, restore_latest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = sorted(glob.glob(os.path.join(ROOT, 'configs', '*.py')))
+TINY_RUNS = ('mae_digits', 'simclr_digits')  # the fast tier's real runs (tests/conftest.py)
 
 
-def load_config(path):
-  spec = importlib.util.spec_from_file_location('cfg', path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config()
-
-
-def tiny(config, *, source='synthetic'):
-  """Shrinks any config to seconds on a CPU: tiny ResNet or ViT, 16 px (8-px local crops),
-  batch 16, 3 steps."""
-  config.data.source = source
-  config.data.image_size = config.augment.image_size = 16
-  config.data.num_examples = 64
-  config.data.channels = 3
-  for view in config.views.values():
-    if 'image_size' in view:
-      view.image_size = 8
-  if config.model.encoder.startswith('vit'):
-    config.model.patch_size = 4
-    config.model.vit_width, config.model.vit_depth, config.model.vit_heads = 16, 1, 2
-  else:
-    config.model.encoder = 'resnet18'
-  if 'dino' in config:
-    config.dino.out_dim, config.dino.hidden_dim, config.dino.bottleneck_dim = 16, 16, 8
-  if 'mae' in config:
-    config.mae.decoder_width, config.mae.decoder_depth, config.mae.decoder_heads = 16, 1, 2
-  if 'ijepa' in config:
-    config.ijepa.pred_width, config.ijepa.pred_depth, config.ijepa.pred_heads = 8, 1, 2
-  config.model.width = 4
-  config.model.proj_dim = 8
-  config.model.proj_hidden = 16
-  config.model.compute_dtype = 'float32'
-  config.batch_size = 16
-  config.total_steps = 3
-  config.log_every = 1
-  config.eval = ('linear', 'linear_few', 'knn')
-  config.eval_config.batch_size = 16
-  config.eval_config.few_per_class = 2
-  config.eval_config.random_init = True
-  config.visualize.num_points = 32
-  config.visualize.num_images = 2
-  return config
-
-
-def test_configs_exist_for_every_dataset():
-  names = {os.path.basename(p) for p in CONFIGS}
-  assert {
-    'simclr_digits.py',
-    'simclr_fashion_mnist.py',
-    'simclr_cifar10.py',
-    'simclr_imagenet.py',
-  } <= names
-
-
-@pytest.mark.parametrize('path', CONFIGS, ids=os.path.basename)
-def test_each_config_trains_and_writes_results(path, tmp_path):
-  config = load_config(path)
-  config.name = os.path.basename(path)[:-3]
-  source = 'digits' if config.data.source == 'digits' else 'synthetic'
-  results = train.train_and_evaluate(tiny(config, source=source), str(tmp_path))
-  with open(tmp_path / 'results.json') as f:
+def check_run_outputs(workdir, results, config):
+  """What every run writes: results.json (as returned), metrics, TensorBoard events, the
+  embedding frames before and after training, attention maps for ViTs, reconstructions for
+  MAE, the report, and a checkpoint at the last step."""
+  with open(os.path.join(workdir, 'results.json')) as f:
     on_disk = json.load(f)
   assert on_disk == results
   assert on_disk['step'] == 3 and on_disk['config'] == config.name
   keys = {'linear', 'linear_2_per_class', 'knn'}
   assert set(on_disk['pretrained']) == keys == set(on_disk['random_init'])
   assert all(0.0 <= v <= 1.0 for v in on_disk['pretrained'].values())
-  lines = [json.loads(x) for x in open(tmp_path / 'metrics.jsonl')]
-  losses = [x['loss'] for x in lines if 'loss' in x]
-  assert len(losses) == 3 and all(np.isfinite(losses))
-  assert os.path.isdir(tmp_path / 'tensorboard')
-  # pictures: an embedding frame before training and after it, the GIF of the frames
-  pictures = tmp_path / 'pictures'
-  frames = sorted(os.listdir(pictures / 'embeddings'))
+  lines = [json.loads(x) for x in open(os.path.join(workdir, 'metrics.jsonl'))]
+  train_lines = [x for x in lines if 'loss' in x]
+  assert [x['step'] for x in train_lines] == [1, 2, 3]
+  assert all(np.isfinite(x['loss']) and x['images_per_sec'] > 0 for x in train_lines)
+  evals = [x for x in lines if 'eval/knn' in x]
+  assert evals[-1]['step'] == 3 and evals[-1]['eval/knn'] == on_disk['pretrained']['knn']
+  assert glob.glob(os.path.join(workdir, 'tensorboard', 'events.out.tfevents.*'))
+  assert checkpoint.latest_saved_step(workdir) == 3
+  assert open(os.path.join(workdir, 'report.md')).read().startswith(f'# {config.name}')
+  pictures = os.path.join(workdir, 'pictures')
+  frames = sorted(os.listdir(os.path.join(pictures, 'embeddings')))
   assert frames == ['step_0000000.png', 'step_0000003.png']
-  assert (pictures / 'embeddings.gif').exists() and (pictures / 'embeddings_grid.png').exists()
-  if config.model.encoder.startswith('vit'):
-    assert sorted(os.listdir(pictures / 'attention')) == frames
-  if config.method == 'mae':
-    assert sorted(os.listdir(pictures / 'reconstructions')) == frames
+  for name in ('embeddings.gif', 'embeddings_grid.png'):
+    assert os.path.exists(os.path.join(pictures, name))
+  drawn = sorted(d for d in os.listdir(pictures) if os.path.isdir(os.path.join(pictures, d)))
+  expected = ['embeddings']
+  expected += ['attention'] if config.model.encoder.startswith('vit') else []
+  expected += ['reconstructions'] if config.method == 'mae' else []
+  assert drawn == sorted(expected)
+  for kind in expected:
+    assert sorted(os.listdir(os.path.join(pictures, kind))) == frames
 
 
-def test_visualize_command_draws_attention_from_a_run(tmp_path):
-  config = tiny(load_config(os.path.join(ROOT, 'configs', 'dino_digits.py')), source='digits')
+@pytest.mark.parametrize('run', TINY_RUNS)
+def test_tiny_run_writes_results_metrics_checkpoints_and_pictures(run, request):
+  check_run_outputs(*request.getfixturevalue(f'{run}_run'))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+  'path', [p for p in CONFIGS if os.path.basename(p)[:-3] not in TINY_RUNS], ids=os.path.basename
+)
+def test_each_config_trains_and_writes_results(path, tmp_path, config_file, shrink):
+  config = config_file(path)
+  config.name = os.path.basename(path)[:-3]
+  source = 'digits' if config.data.source == 'digits' else 'synthetic'
+  results = train.train_and_evaluate(shrink(config, source=source), str(tmp_path))
+  check_run_outputs(str(tmp_path), results, config)
+
+
+def test_pictures_are_drawn_again_from_a_runs_checkpoint(mae_digits_run, tmp_path):
+  """What `python -m ssljax.visualize` does, in process: the run's config and latest state read
+  back draw the same attention map as the run drew at its last step."""
+  workdir, _, _ = mae_digits_run
+  config = load_config(workdir)
+  with config.unlocked():
+    config.visualize.embeddings = config.visualize.reconstructions = False
+  method, state = restore_latest(config, workdir)
+  assert int(state.step) == 3
+  drawer = visualize.Pictures(config, method, str(tmp_path))
+  drawer.draw(state, int(state.step))
+  assert os.listdir(tmp_path / 'pictures') == ['attention']
+  again = np.asarray(Image.open(tmp_path / 'pictures' / 'attention' / 'step_0000003.png'))
+  drawn = os.path.join(workdir, 'pictures', 'attention', 'step_0000003.png')
+  np.testing.assert_array_equal(again, np.asarray(Image.open(drawn)))
+
+
+@pytest.mark.slow
+def test_visualize_command_draws_attention_from_a_run(tmp_path, config_file, shrink):
+  config = shrink(config_file('dino_digits.py'), source='digits')
   config.visualize.attention = config.visualize.embeddings = False
   config.eval = ()
   train.train_and_evaluate(config, str(tmp_path))
@@ -119,8 +109,8 @@ def test_visualize_command_draws_attention_from_a_run(tmp_path):
   assert os.listdir(tmp_path / 'pictures' / 'attention') == ['step_0000003.png']
 
 
-def test_indivisible_batch_is_refused_before_compiling(tmp_path):
-  config = tiny(load_config(os.path.join(ROOT, 'configs', 'simclr_digits.py')))
+def test_indivisible_batch_is_refused_before_compiling(tmp_path, config_file, shrink):
+  config = shrink(config_file('simclr_digits.py'))
   config.batch_size = 12  # 8 devices
   with pytest.raises(ValueError, match=r'config.batch_size=12 .*8 devices.*--config.batch_size=16'):
     train.train_and_evaluate(config, str(tmp_path))
@@ -163,6 +153,7 @@ def _final_params(workdir):
   return step, restored
 
 
+@pytest.mark.slow
 def test_sigterm_saves_and_rerun_resumes_exactly(tmp_path):
   """checkpoint -> kill -> resume ends with the same weights as an uninterrupted run."""
   straight = _main(tmp_path / 'straight')
@@ -200,6 +191,7 @@ def test_sharding_helpers_refuse_bad_batches():
       sharding.check_batch_size(bad, mesh)
 
 
+@pytest.mark.slow
 def test_main_without_imagenet_exits_with_how_to_prepare(tmp_path):
   env = {**os.environ, 'TFDS_DATA_DIR': str(tmp_path / 'tfds')}
   proc = subprocess.run(
@@ -220,18 +212,3 @@ def test_main_without_imagenet_exits_with_how_to_prepare(tmp_path):
   assert 'Traceback' not in proc.stderr
   assert 'downloads/manual' in proc.stderr and 'tfds build imagenet2012' in proc.stderr
   assert not os.path.exists(tmp_path / 'run')  # nothing written, nothing compiled
-
-
-@pytest.mark.parametrize('name', ['simclr_digits.py', 'byol_digits.py'])
-def test_vit_encoder_with_stochastic_depth_trains_with_every_method(name, tmp_path):
-  config = tiny(load_config(os.path.join(ROOT, 'configs', name)))
-  config.model.encoder = 'vit_tiny'
-  config.model.patch_size = 4
-  config.model.vit_width, config.model.vit_depth, config.model.vit_heads = 16, 2, 2
-  config.model.drop_path = 0.2  # needs the 'dropout' rng in the training forward pass
-  config.eval = ('knn',)
-  config.eval_config.random_init = False
-  config.visualize.embeddings = False
-  results = train.train_and_evaluate(config, str(tmp_path))
-  assert results['step'] == 3 and 0.0 <= results['pretrained']['knn'] <= 1.0
-  assert os.listdir(tmp_path / 'pictures' / 'attention') == ['step_0000000.png', 'step_0000003.png']
