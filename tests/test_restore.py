@@ -83,6 +83,7 @@ def test_load_config_fills_in_what_an_old_run_predates(tmp_path, byol_config):
   assert config.get_type('weight_decay_end') is float  # a null placeholder keeps its type
 
 
+@pytest.mark.slow  # fast stand-in: load_encoder's error on a directory that is not a run
 def test_evaluate_command_refuses_a_directory_that_is_not_a_run(tmp_path):
   proc = subprocess.run(
     [sys.executable, '-m', 'ssljax.evaluate', f'--workdir={tmp_path}'],
