@@ -67,7 +67,10 @@ def pytest_collection_modifyitems(config, items):
 def compilation_cache(tmp_path_factory):
   """A persistent compilation cache shared by every pytest run of this user (and by the
   subprocesses the tests start, through the environment)."""
-  directory = str(tmp_path_factory.getbasetemp().parent / 'ssljax-jax-cache')
+  # pytest-of-USER/pytest-N[/popen-gwK]: the cache sits in pytest-of-USER, beside the runs.
+  base = tmp_path_factory.getbasetemp()
+  root = base.parent.parent if os.environ.get('PYTEST_XDIST_WORKER') else base.parent
+  directory = str(root / 'ssljax-jax-cache')
   settings = {
     'jax_compilation_cache_dir': directory,
     'jax_persistent_cache_min_compile_time_secs': MIN_CACHED_COMPILE_SECS,
