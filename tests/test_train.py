@@ -31,7 +31,8 @@ def check_run_outputs(workdir, results, config):
   assert on_disk == results
   assert on_disk['step'] == 3 and on_disk['config'] == config.name
   keys = {'linear', 'linear_2_per_class', 'knn'}
-  assert set(on_disk['pretrained']) == keys == set(on_disk['random_init'])
+  assert set(on_disk['pretrained']) == keys
+  assert set(on_disk.get('random_init', {})) == (keys if config.eval_config.random_init else set())
   assert all(0.0 <= v <= 1.0 for v in on_disk['pretrained'].values())
   lines = [json.loads(x) for x in open(os.path.join(workdir, 'metrics.jsonl'))]
   train_lines = [x for x in lines if 'loss' in x]
