@@ -174,7 +174,7 @@ def test_supervised_from_scratch_learns_digits_and_moves_every_weight(setup):
 def test_evaluate_finetune_keys_and_the_frozen_protocols_keep_weights(setup, monkeypatch):
   config, mesh, method, state, splits = setup
   config = config.copy_and_resolve_references()
-  config.eval = ('linear', 'finetune', 'supervised')
+  config.eval = ('knn', 'finetune', 'supervised')  # knn: the cheapest frozen protocol
   config.eval_config.label_budgets = ('10_per_class',)
   config.eval_config.ood_data = dict(shift='contrast')
   params_before = jax.device_get((state.params, state.model_state))
@@ -183,7 +183,7 @@ def test_evaluate_finetune_keys_and_the_frozen_protocols_keep_weights(setup, mon
     config, method, state.params, state.model_state, splits, mesh, supervised_cache=cache
   )
   assert len(cache) == 1
-  keys = ['linear@10_per_class', 'finetune@10_per_class', 'supervised@10_per_class']
+  keys = ['knn@10_per_class', 'finetune@10_per_class', 'supervised@10_per_class']
   assert sorted(results) == sorted(keys + [k + '/ood' for k in keys])
   assert all(0.0 <= v <= 1.0 for v in results.values())
   # Neither the probe nor fine-tuning (which donates its own copy) touched the pretrained weights.
