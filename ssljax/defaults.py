@@ -26,12 +26,13 @@ def augment_defaults(image_size: int) -> ml_collections.ConfigDict:
   )
 
 
-def base_config() -> ml_collections.ConfigDict:
+def base_config(method: str = '', image_size: int = 32) -> ml_collections.ConfigDict:
   """Data, views, encoder, optimizer, schedule, logging, evaluation and pictures: the sections
-  every method reads. No method is chosen (config.method is empty)."""
+  every method reads, for images of `image_size` pixels. `method` is set by each method's
+  default_config (empty: none chosen)."""
   c = ml_collections.ConfigDict()
   c.name = ''  # the run's name: default workdir is runs/<name>
-  c.method = ''  # set by the method's default_config: simclr | byol | dino | mae | ijepa
+  c.method = method  # simclr | byol | dino | mae | ijepa
   c.seed = 0
   # Warm start: another run's workdir. A new run starts its encoder (online and every EMA copy)
   # from that run's latest encoder, by name and shape; heads start fresh (REMEDIS's pipeline).
@@ -45,7 +46,7 @@ def base_config() -> ml_collections.ConfigDict:
       path='',  # directory for idx / folder sources
       train_split='train',
       test_split='test',
-      image_size=32,  # eval images are resized to this
+      image_size=image_size,  # eval images are resized to this
       num_classes=10,  # synthetic source only; others read it from the data
       channels=1,  # synthetic source only
       num_examples=1024,  # synthetic source only
@@ -56,7 +57,7 @@ def base_config() -> ml_collections.ConfigDict:
       shift_seed=0,  # keys the noise of each example (with its index in the split)
     )
   )
-  c.augment = augment_defaults(32)
+  c.augment = augment_defaults(image_size)
   # One entry per view spec, taken in sorted order of the names; each overrides c.augment.
   c.views = ml_collections.ConfigDict(dict(view1={}, view2={}))
 

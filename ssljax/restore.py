@@ -74,10 +74,8 @@ def load_config(run_dir: str) -> ml_collections.ConfigDict:
     config = ml_collections.ConfigDict(_tuples(json.load(f)))
   # The method's own defaults (its sections too); the shared ones for an unknown method, which
   # ssljax.methods then refuses with the list of choices.
-  known = config.get('method') in methods.METHODS
-  _with_defaults(
-    config, methods.method_class(config).default_config() if known else defaults.base_config()
-  )
+  method = methods.METHODS.get(config.get('method'))
+  _with_defaults(config, method.default_config() if method else defaults.base_config())
   return config
 
 

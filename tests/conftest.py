@@ -63,14 +63,18 @@ def pytest_collection_modifyitems(config, items):
   items.sort(key=lambda item: rank.get(os.path.basename(str(item.fspath)), len(rank)))
 
 
+def _run_directory(tmp_path_factory):
+  """This pytest run's directory, pytest-of-USER/pytest-N, which all its xdist workers share
+  (each has its own pytest-N/popen-gwK below it)."""
+  base = tmp_path_factory.getbasetemp()
+  return base.parent if os.environ.get('PYTEST_XDIST_WORKER') else base
+
+
 @pytest.fixture(scope='session', autouse=True)
 def compilation_cache(tmp_path_factory):
-  """A persistent compilation cache shared by every pytest run of this user (and by the
-  subprocesses the tests start, through the environment)."""
-  # pytest-of-USER/pytest-N[/popen-gwK]: the cache sits in pytest-of-USER, beside the runs.
-  base = tmp_path_factory.getbasetemp()
-  root = base.parent.parent if os.environ.get('PYTEST_XDIST_WORKER') else base.parent
-  directory = str(root / 'ssljax-jax-cache')
+  """A persistent compilation cache in pytest-of-USER, shared by every pytest run of this user
+  (and by the subprocesses the tests start, through the environment)."""
+  directory = str(_run_directory(tmp_path_factory).parent / 'ssljax-jax-cache')
   settings = {
     'jax_compilation_cache_dir': directory,
     'jax_persistent_cache_min_compile_time_secs': MIN_CACHED_COMPILE_SECS,
@@ -147,8 +151,7 @@ def _tiny_run(tmp_path_factory, name: str, **eval_config):
   config = shrink_config(load_config_file(f'{name}.py'), source='digits')
   config.name = name
   config.eval_config.update(eval_config)
-  base = tmp_path_factory.getbasetemp()
-  root = base.parent if os.environ.get('PYTEST_XDIST_WORKER') else base
+  root = _run_directory(tmp_path_factory)
   workdir = root / f'tiny_run_{name}'
   with open(root / f'tiny_run_{name}.lock', 'w') as lock:
     fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes

@@ -111,10 +111,7 @@ class Brightness(Method):
 
   @classmethod
   def default_config(cls, image_size: int = 16) -> ml_collections.ConfigDict:
-    c = defaults.base_config()
-    c.method = 'brightness'
-    c.data.image_size = image_size
-    c.augment = defaults.augment_defaults(image_size)
+    c = defaults.base_config('brightness', image_size)
     c.views = ml_collections.ConfigDict(dict(view1={}))
     c.brightness = ml_collections.ConfigDict(dict(weight=1.0))
     return c

@@ -43,10 +43,7 @@ class BYOL(Method):
   def default_config(cls, image_size: int = 224) -> ml_collections.ConfigDict:
     """BYOL's defaults: 4096 -> 256 heads, LARS, asymmetric views, target momentum 0.996 -> 1
     (Grill et al. 2020, table 6)."""
-    c = defaults.base_config()
-    c.method = 'byol'
-    c.data.image_size = image_size
-    c.augment = defaults.augment_defaults(image_size)
+    c = defaults.base_config('byol', image_size)
     c.augment.color_jitter = (0.4, 0.4, 0.2, 0.1)  # brightness, contrast, saturation, hue
     c.views = ml_collections.ConfigDict(
       dict(

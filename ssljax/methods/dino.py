@@ -39,10 +39,7 @@ class DINO(Method):
     cls, image_size: int = 224, local_size: int = 96, num_local: int = 8
   ) -> ml_collections.ConfigDict:
     """DINO's defaults (Caron et al. 2021, official code): multi-crop, AdamW, EMA teacher."""
-    c = defaults.base_config()
-    c.method = 'dino'
-    c.data.image_size = image_size
-    c.augment = defaults.augment_defaults(image_size)
+    c = defaults.base_config('dino', image_size)
     c.augment.color_jitter = (0.4, 0.4, 0.2, 0.1)
     c.augment.crop_scale = (0.4, 1.0)
     # Sorted names: global1, global2, then the local crops; the teacher sees the first two.

@@ -100,10 +100,7 @@ class IJEPA(Method):
     blocks (scale 0.15-0.2, aspect 0.75-1.5) and a context block (0.85-1.0) per image, a
     384-wide 12-block predictor, target encoder momentum 0.996 -> 1 (linear), AdamW with weight
     decay 0.04 -> 0.4, random resized crop (0.3-1) as the only augmentation."""
-    c = defaults.base_config()
-    c.method = 'ijepa'
-    c.data.image_size = image_size
-    c.augment = defaults.augment_defaults(image_size)
+    c = defaults.base_config('ijepa', image_size)
     c.augment.crop_scale = (0.3, 1.0)
     c.augment.flip = False
     c.augment.color_strength = 0.0  # no colour jitter, grayscale, blur or solarize

@@ -74,10 +74,7 @@ class MAE(Method):
   def default_config(cls, image_size: int = 224) -> ml_collections.ConfigDict:
     """MAE's defaults (He et al. 2022, official code): 75% masking, AdamW (0.9, 0.95), wd 0.05,
     lr 1.5e-4 x B/256; random resized crop (0.2-1) and flip only."""
-    c = defaults.base_config()
-    c.method = 'mae'
-    c.data.image_size = image_size
-    c.augment = defaults.augment_defaults(image_size)
+    c = defaults.base_config('mae', image_size)
     c.augment.crop_scale = (0.2, 1.0)
     c.augment.color_strength = 0.0  # no colour jitter, grayscale, blur or solarize
     c.augment.grayscale_prob = 0.0

@@ -26,10 +26,7 @@ class SimCLR(Method):
   def default_config(cls, image_size: int = 32) -> ml_collections.ConfigDict:
     """SimCLR's defaults (Chen et al. 2020): the full augmentation, LARS, NT-Xent at
     temperature 0.5, a 2-layer projector to 128 dimensions."""
-    c = defaults.base_config()
-    c.method = 'simclr'
-    c.data.image_size = image_size
-    c.augment = defaults.augment_defaults(image_size)
+    c = defaults.base_config('simclr', image_size)
     c.loss = ml_collections.ConfigDict(dict(temperature=0.5))
     return c
 
