@@ -74,18 +74,28 @@ def init_state(
 def make_train_step(
   method: Method, tx: optax.GradientTransformation, schedule: optax.Schedule
 ) -> Callable[[TrainState, dict], tuple[TrainState, dict]]:
-  """(state, batch) -> (state, metrics): one optimizer step of `method`, to be jitted."""
+  """(state, batch) -> (state, metrics): one optimizer step of `method`, to be jitted.
+
+  metrics['finite'] says whether the loss and the gradient norm were finite (a NaN anywhere in
+  the gradient makes its norm NaN)."""
 
   def train_step(state: TrainState, batch: dict) -> tuple[TrainState, dict]:
     rng, step_rng = jax.random.split(state.rng)
     grad_fn = jax.value_and_grad(method.loss, has_aux=True)
-    (_, (model_state, metrics)), grads = grad_fn(
+    (loss, (model_state, metrics)), grads = grad_fn(
       state.params, state.model_state, batch, step_rng, state.step
     )
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     model_state = method.after_step(params, model_state, state.step)
-    metrics = {**metrics, 'lr': schedule(state.step), 'grad_norm': optax.tree.norm(grads)}
+    grad_norm = optax.tree.norm(grads)
+    metrics = {
+      **metrics,
+      'lr': schedule(state.step),
+      'grad_norm': grad_norm,
+      # Two scalar tests: the loop refuses to save a state after a step where this is False.
+      'finite': jnp.isfinite(loss) & jnp.isfinite(grad_norm),
+    }
     return TrainState(state.step + 1, params, model_state, opt_state, rng), metrics
 
   return train_step

@@ -21,7 +21,7 @@ import ml_collections  # noqa: E402
 from absl import app, flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
-from ssljax import build, data, restore, sharding  # noqa: E402
+from ssljax import build, data, errors, restore, sharding, train  # noqa: E402
 from ssljax.evaluators import protocols  # noqa: E402
 
 USAGE = 'python -m ssljax.evaluate --workdir=RUN [--config=configs/X.py] [--config.field=value]'
@@ -37,9 +37,7 @@ def evaluate_run(config: ml_collections.ConfigDict, run_dir: str) -> dict:
   """Evaluates RUN's latest checkpoint with `config` (config.eval, config.eval_config, and for
   the baseline config.eval_config.random_init), writes RUN/eval.json on process 0; returns it."""
   mesh = sharding.make_mesh()
-  protocols.check_eval_config(config)
-  sharding.check_batch_size(config.eval_config.batch_size, mesh, 'eval_config.batch_size')
-  data.check_available(config)
+  train.validate(config, mesh)  # the run's config with any --config.* override
   method, _, _, init, _ = build.build_run(config, mesh, data.dataset_info(config))
   state = restore.latest_state(config, run_dir, init, mesh)
   # The random-init baseline, initialised exactly as in training.
@@ -105,13 +103,7 @@ def main(argv) -> None:
     print(f'unexpected arguments {argv[1:]}; usage: {USAGE}', file=sys.stderr)
     sys.exit(2)
   run_dir = flags.FLAGS.workdir
-  try:
-    results = evaluate_run(run_name(flags.FLAGS.config, run_dir), run_dir)
-  except (OSError, data.DatasetNotFoundError, ValueError) as e:
-    if isinstance(e, ValueError) and 'config.' not in str(e):
-      raise  # a bug, not a bad input: keep the traceback
-    print(f'error: {e}', file=sys.stderr)
-    sys.exit(2)
+  results = errors.run_command(evaluate_run, run_name(flags.FLAGS.config, run_dir), run_dir)
   if jax.process_index() == 0:
     print(f'results: {results}  ({os.path.join(run_dir, "eval.json")})')
 

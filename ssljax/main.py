@@ -7,7 +7,6 @@ finds the other processes from the environment.
 from __future__ import annotations
 
 import os
-import sys
 
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 
@@ -15,7 +14,7 @@ import jax  # noqa: E402
 from absl import app, flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
-from ssljax import data, train  # noqa: E402
+from ssljax import errors, train  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file.', lock_config=True)
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Run directory (default: runs/<config name>).')
@@ -62,13 +61,9 @@ def main(argv) -> None:
     config.name = name
   workdir = _WORKDIR.value or os.path.join('runs', name)
   logging.info('Process %d/%d, workdir %s', jax.process_index(), jax.process_count(), workdir)
-  try:
-    results = train.train_and_evaluate(config, workdir)
-  except (data.DatasetNotFoundError, ValueError) as e:
-    if isinstance(e, ValueError) and 'config.' not in str(e):
-      raise  # a bug, not a bad input: keep the traceback
-    print(f'error: {e}', file=sys.stderr)
-    sys.exit(2)
+  # A user's mistake (errors.UserError) is one line and exit code 2 (3: the run diverged); a bug
+  # keeps its traceback.
+  results = errors.run_command(train.train_and_evaluate, config, workdir)
   if jax.process_index() == 0:
     print(f'results: {results}  ({os.path.join(workdir, "results.json")})')
 

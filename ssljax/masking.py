@@ -9,11 +9,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ssljax.errors import ConfigError
+
 
 def num_visible(num_patches: int, mask_ratio: float) -> int:
   """int(L (1 - ratio)), MAE's count of kept patches; at least one."""
   if not 0.0 <= mask_ratio < 1.0:
-    raise ValueError(f'config.mae.mask_ratio must be in [0, 1), got {mask_ratio}')
+    raise ConfigError(f'config.mae.mask_ratio must be in [0, 1), got {mask_ratio}')
   return max(int(num_patches * (1.0 - mask_ratio)), 1)
 
 
@@ -216,21 +218,21 @@ def check_multi_block(
   the config can work on this grid; errors name the config.ijepa fields."""
   for name, (lo, hi) in (('target_scale', target_scale), ('context_scale', context_scale)):
     if not 0 < lo <= hi <= 1:
-      raise ValueError(f'config.ijepa.{name} must satisfy 0 < low <= high <= 1, got {(lo, hi)}')
+      raise ConfigError(f'config.ijepa.{name} must satisfy 0 < low <= high <= 1, got {(lo, hi)}')
   for name, (lo, hi) in (('target_aspect', target_aspect), ('context_aspect', context_aspect)):
     if not 0 < lo <= hi:
-      raise ValueError(f'config.ijepa.{name} must satisfy 0 < low <= high, got {(lo, hi)}')
+      raise ConfigError(f'config.ijepa.{name} must satisfy 0 < low <= high, got {(lo, hi)}')
   if num_targets < 1:
-    raise ValueError(f'config.ijepa.num_targets must be at least 1, got {num_targets}')
+    raise ConfigError(f'config.ijepa.num_targets must be at least 1, got {num_targets}')
   contexts = [h * w for h, w in block_sizes(grid, context_scale, context_aspect)]
   nc = min(max_context, max(contexts)) if max_context else max(contexts)
   if max_context and max_context < min_keep:
-    raise ValueError(
+    raise ConfigError(
       f'config.ijepa.max_context={max_context} caps the context below '
       f'config.ijepa.min_keep={min_keep}: raise max_context (0: no cap) or lower min_keep'
     )
   if min(contexts) < min_keep:
-    raise ValueError(
+    raise ConfigError(
       f'config.ijepa.min_keep={min_keep} context patches do not fit in a context block of '
       f'{min(contexts)} patches on a {grid[0]}x{grid[1]} grid: lower min_keep or raise '
       'context_scale'

@@ -9,13 +9,42 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
+from ssljax.config_checks import Checks
+from ssljax.errors import ConfigError
+
+OPTIMIZERS = ('lars', 'adamw')
+LR_SCALINGS = ('linear', 'sqrt', 'none')
+
+
+def check_config(checks: Checks) -> None:
+  """Records every problem of the batch, schedule and optimizer fields."""
+  checks.count('batch_size', 1)
+  checks.nonnegative('epochs')
+  checks.count('total_steps', 0)
+  checks.nonnegative('warmup_epochs')
+  checks.choice('optimizer', OPTIMIZERS)
+  checks.positive('base_lr')
+  checks.choice('lr_scaling', LR_SCALINGS)
+  checks.nonnegative('weight_decay')
+  checks.probability('momentum')
+  checks.number('b2', 0, 1, high_open=True)
+  checks.nonnegative('weight_decay_end', optional=True)
+  if checks.value('optimizer') == 'lars' and checks.value('weight_decay_end') is not None:
+    checks.fail('weight_decay_end', 'None with optimizer lars (a schedule needs adamw)', fix='None')
+  checks.nonnegative('grad_clip')
+  if checks.value('epochs') == 0 and checks.value('total_steps') == 0:
+    checks.fail('epochs', 'a run of at least one step: epochs > 0 or total_steps > 0', fix=1)
+
 
 def peak_learning_rate(config: ml_collections.ConfigDict) -> float:
   """base_lr scaled with the global batch: linear (x B/256, Goyal et al.) or sqrt (x sqrt(B))."""
   b = config.batch_size
   scaling = {'linear': b / 256, 'sqrt': math.sqrt(b), 'none': 1.0}
   if config.lr_scaling not in scaling:
-    raise ValueError(f'lr_scaling must be one of {sorted(scaling)}, got {config.lr_scaling!r}')
+    raise ConfigError(
+      f'config.lr_scaling={config.lr_scaling!r}: one of {", ".join(LR_SCALINGS)}; '
+      'e.g. --config.lr_scaling=linear'
+    )
   return config.base_lr * scaling[config.lr_scaling]
 
 
@@ -76,7 +105,10 @@ def build_optimizer(
   schedule = learning_rate_schedule(config, total_steps, warmup_steps)
   if config.optimizer == 'lars':
     if config.get('weight_decay_end') is not None:
-      raise ValueError('config.weight_decay_end (a weight-decay schedule) needs optimizer adamw')
+      raise ConfigError(
+        'config.weight_decay_end: a weight-decay schedule needs config.optimizer=adamw; '
+        'e.g. --config.weight_decay_end=None'
+      )
     tx = lars(schedule, config.weight_decay, decay_mask, config.momentum)
   elif config.optimizer == 'adamw':
     tx = optax.adamw(
@@ -87,7 +119,10 @@ def build_optimizer(
       mask=decay_mask,
     )
   else:
-    raise ValueError(f"config.optimizer must be 'lars' or 'adamw', got {config.optimizer!r}")
+    raise ConfigError(
+      f'config.optimizer={config.optimizer!r}: one of {", ".join(OPTIMIZERS)}; '
+      'e.g. --config.optimizer=adamw'
+    )
   if config.get('grad_clip', 0.0) > 0:
     tx = optax.chain(optax.clip_by_global_norm(config.grad_clip), tx)
   return tx, schedule

@@ -28,6 +28,8 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from ssljax import errors
+
 REPORT = 'report.md'
 PLOTS = 'report'  # WORKDIR/report/: loss.png, eval.png
 _NOT_PLOTTED = ('images_per_sec',)  # a speed, summarised in the text; it swings at compile time
@@ -425,7 +427,7 @@ def main(argv: list[str]) -> None:
   if not os.path.isdir(workdir):
     print(f'error: {workdir} is not a directory', file=sys.stderr)
     sys.exit(2)
-  print(f'wrote {write_report(workdir)}')
+  print(f'wrote {errors.run_command(write_report, workdir)}')
 
 
 if __name__ == '__main__':

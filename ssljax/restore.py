@@ -21,6 +21,7 @@ import numpy as np
 from absl import logging
 
 from ssljax import build, checkpoint, data, defaults, methods, sharding
+from ssljax.errors import ConfigError, RunNotFoundError
 from ssljax.methods import Method, TrainState
 
 __all__ = [
@@ -66,7 +67,7 @@ def load_config(run_dir: str) -> ml_collections.ConfigDict:
   default."""
   path = os.path.join(run_dir, 'config.json')
   if not os.path.exists(path):
-    raise FileNotFoundError(
+    raise RunNotFoundError(
       f'{path} not found: {run_dir!r} is not a run directory. Give the workdir of a run that '
       'python -m ssljax.main wrote (it holds config.json and checkpoints/).'
     )
@@ -82,7 +83,7 @@ def load_config(run_dir: str) -> ml_collections.ConfigDict:
 def _latest_step(run_dir: str) -> int:
   step = checkpoint.latest_saved_step(run_dir)
   if step is None:
-    raise FileNotFoundError(
+    raise RunNotFoundError(
       f'no checkpoint under {os.path.join(os.path.abspath(run_dir), "checkpoints")}: train the '
       'run first (python -m ssljax.main --workdir=...), or give a run that has one.'
     )
@@ -195,11 +196,11 @@ def prepare_warm_start(
     "checkpoints/), or '' to start from a random initialisation."
   )
   if not os.path.exists(os.path.join(source, 'config.json')):
-    raise ValueError(
+    raise ConfigError(
       f'config.init_from={source!r}: {os.path.join(source, "config.json")} not found. {fix}'
     )
   if checkpoint.latest_saved_step(source) is None:
-    raise ValueError(
+    raise ConfigError(
       f'config.init_from={source!r}: no checkpoint under '
       f'{os.path.join(source, "checkpoints")}. {fix}'
     )
@@ -209,14 +210,14 @@ def prepare_warm_start(
   loaded = sorted(ours.keys() & theirs.keys())
   for name in loaded:
     if np.shape(theirs[name]) != tuple(ours[name].shape):
-      raise ValueError(
+      raise ConfigError(
         f'config.init_from={source!r}: encoder variable {name} has shape '
         f'{np.shape(theirs[name])} there and {tuple(ours[name].shape)} in this run. Make '
         f'config.model build the same encoder as {os.path.join(source, "config.json")} '
         '(encoder, width, patch_size, vit_*, ...), or leave config.init_from empty.'
       )
   if not loaded:
-    raise ValueError(
+    raise ConfigError(
       f"config.init_from={source!r}: none of its encoder variables is in this run's encoder "
       f'(there: {sorted(theirs)[:4]}..., here: {sorted(ours)[:4]}...); config.model must name '
       'the same encoder as the source run.'

@@ -12,6 +12,8 @@ import numpy as np
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from ssljax.errors import ConfigError
+
 
 def make_mesh(devices=None) -> jax.sharding.Mesh:
   """A 1-D mesh over every device of every process, axis 'data'."""
@@ -30,12 +32,12 @@ def replicated(mesh: jax.sharding.Mesh) -> NamedSharding:
 def check_batch_size(batch_size: int, mesh: jax.sharding.Mesh, field: str = 'batch_size') -> None:
   """Refuses a batch the devices and processes cannot split evenly, before anything compiles."""
   n_dev, n_proc = mesh.devices.size, jax.process_count()
-  if batch_size <= 0 or batch_size % n_dev or batch_size % n_proc:
-    step = math.lcm(n_dev, n_proc)
-    nearest = max(step, -(-batch_size // step) * step)
-    raise ValueError(
-      f'config.{field}={batch_size} must be a positive multiple of the device count '
-      f'({n_dev} devices over {n_proc} processes); try --config.{field}={nearest}.'
+  step = math.lcm(n_dev, n_proc)
+  if not isinstance(batch_size, int) or batch_size <= 0 or batch_size % step:
+    nearest = max(step, -(-int(batch_size) // step) * step) if isinstance(batch_size, int) else step
+    raise ConfigError(
+      f'config.{field}={batch_size!r}: a positive multiple of the device count '
+      f'({n_dev} devices over {n_proc} processes); e.g. --config.{field}={nearest}'
     )
 
 
@@ -48,9 +50,14 @@ def to_global(batch: Any, mesh: jax.sharding.Mesh) -> Any:
 def prefetch_to_mesh(it: Iterator[Any], mesh: jax.sharding.Mesh, size: int = 2) -> Iterator[Any]:
   """Keeps `size` batches in flight to the devices so the step never waits for a transfer."""
   queue: deque = deque()
-  for batch in it:
-    queue.append(to_global(batch, mesh))
-    if len(queue) > size:
+  try:
+    for batch in it:
+      queue.append(to_global(batch, mesh))
+      if len(queue) > size:
+        yield queue.popleft()
+    while queue:
       yield queue.popleft()
-  while queue:
-    yield queue.popleft()
+  finally:
+    # close() here closes the source too: a tf.data pipeline's threads stop now, not at exit.
+    if hasattr(it, 'close'):
+      it.close()

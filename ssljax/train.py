@@ -13,36 +13,92 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from ssljax import build, data, methods, report, restore, sharding, visualize
+from ssljax import build, data, methods, models, optim, report, restore, sharding, visualize
 from ssljax.checkpoint import Checkpointer
+from ssljax.config_checks import Checks
+from ssljax.errors import TrainingDiverged
 from ssljax.evaluators import protocols
 from ssljax.methods import TrainState
 from ssljax.metrics import MetricWriter, progress_bar
 
 
+def check_loop_config(checks: Checks) -> None:
+  """Records every problem of the fields this loop owns."""
+  checks.count('seed', 0)
+  for name in ('log_every', 'checkpoint_every', 'keep_checkpoints'):
+    checks.count(name, 1)
+  checks.count('eval_every', 0)
+  checks.boolean('report')
+
+
 def validate(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> None:
-  """Every check that can fail on the config, before any data is read or anything compiles:
-  the batch layout, the method's own checks (views, eval_encoder, its sections), evaluation,
-  and whether the data is on this machine."""
-  sharding.check_batch_size(config.batch_size, mesh)
-  methods.check_config(config)
-  protocols.check_eval_config(config)
+  """Every check that can fail on the config, before any data is read or anything compiles.
+
+  Each module checks the fields it owns; one ConfigError lists every problem. An unknown
+  method or a missing section stops at once; the data's presence is checked last.
+  """
+  checks = methods.start_checks(config)
+  for check in (
+    check_loop_config,
+    optim.check_config,
+    models.check_config,
+    data.check_config,
+    methods.check_config,
+    protocols.check_eval_config,
+    visualize.check_config,
+  ):
+    check(checks)
+  if checks.ok:  # the batch sizes are integers: can the devices split them?
+    checks.absorb(sharding.check_batch_size, config.batch_size, mesh)
+    protocols.check_eval_batch_sizes(checks, mesh)
+  checks.raise_if_any()
   data.check_available(config)
 
 
-class _Preemption:
-  """Turns SIGTERM into a flag the loop checks between steps, so it can save and exit cleanly."""
+class _Interrupts:
+  """SIGTERM (preemption) and Ctrl-C become a flag the loop checks after every step, so it saves
+  and exits within a step; a second signal exits at once."""
+
+  _SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
   def __init__(self):
-    self.requested = False
-    self._previous = signal.signal(signal.SIGTERM, self._handle)
+    self.received: int | None = None
+    self._previous = {s: signal.signal(s, self._handle) for s in self._SIGNALS}
 
   def _handle(self, signum, frame):
-    logging.warning('SIGTERM received: saving a checkpoint before exiting.')
-    self.requested = True
+    if self.received is not None:
+      os._exit(128 + signum)  # asked twice: no more waiting
+    self.received = signum
+    logging.warning(
+      '%s received: saving a checkpoint after this step, then exiting (again: exit now).',
+      signal.Signals(signum).name,
+    )
 
   def restore(self):
-    signal.signal(signal.SIGTERM, self._previous)
+    for s, handler in self._previous.items():
+      signal.signal(s, handler)
+
+
+def _check_finite(
+  fetched: list[dict], first_step: int, last_saved: int | None, ckpt: Checkpointer, config
+) -> None:
+  """Raises TrainingDiverged at the first step whose loss or gradient norm is not finite."""
+  for i, m in enumerate(fetched):
+    if m['finite']:
+      continue
+    where = (
+      f'the last good checkpoint is step {last_saved} in {ckpt.directory}: rerunning with a fix '
+      'resumes from there'
+      if last_saved is not None
+      else 'no checkpoint had been written yet'
+    )
+    raise TrainingDiverged(
+      f'training diverged at step {first_step + i}: loss {float(m["loss"]):.4g}, gradient norm '
+      f'{float(m["grad_norm"]):.4g}. Stopped without saving it; {where}. Try a lower '
+      f'--config.base_lr (now {config.base_lr:g}), gradient clipping --config.grad_clip=1.0 '
+      f'(now {config.grad_clip:g}), or --config.model.compute_dtype=float32 '
+      f'(now {config.model.compute_dtype}).'
+    )
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
@@ -99,21 +155,32 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     data.build_train_iterator(config, start_step=start_step), mesh
   )
   supervised_cache = protocols.SupervisedCache()  # the baseline ignores the weights: once a run
-  preemption = _Preemption()
+  interrupts = _Interrupts()
   last_saved = latest
-  pending, t_log, step_log = [], time.perf_counter(), start_step
+  # Device metrics not yet fetched, and host metrics not yet logged. Every fetch checks that each
+  # step was finite, and nothing is saved or evaluated before its steps are fetched: a
+  # non-finite state never reaches a checkpoint, at no cost beyond the fetches logging makes.
+  pending, window, t_log, step_log = [], [], time.perf_counter(), start_step
   try:
     for step in range(start_step, total_steps):
       state, metrics = train_step(state, next(batches))
-      pending.append(metrics)  # device arrays: fetched only when logging
+      pending.append(metrics)
       if len(pending) > 1:
         # At most one step queued behind the running one. Unbounded async dispatch let Python run
-        # up to log_every steps ahead, blocked in C++ where a SIGTERM handler cannot run: a
+        # up to log_every steps ahead, blocked in C++ where a signal handler cannot run: a
         # preempted run went on for 23 more 4-second steps before it saw the signal.
         jax.block_until_ready(pending[-2])
       done = step + 1
-      if done % config.log_every == 0 or done == total_steps:
-        means = {k: float(np.mean([m[k] for m in jax.device_get(pending)])) for k in pending[0]}
+      log_now = done % config.log_every == 0 or done == total_steps
+      eval_now = bool(config.eval_every) and done % config.eval_every == 0 and done < total_steps
+      save_now = done % config.checkpoint_every == 0 or interrupts.received or eval_now
+      if log_now or save_now:
+        fetched = jax.device_get(pending)
+        _check_finite(fetched, done - len(fetched) + 1, last_saved, ckpt, config)
+        window += fetched
+        pending = []
+      if log_now:
+        means = {k: float(np.mean([m[k] for m in window])) for k in window[0] if k != 'finite'}
         elapsed = time.perf_counter() - t_log
         means['images_per_sec'] = (done - step_log) * config.batch_size / elapsed
         writer.write(done, means)
@@ -127,17 +194,19 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
             means['loss'],
             means['images_per_sec'],
           )
-        pending, t_log, step_log = [], time.perf_counter(), done
+        window, t_log, step_log = [], time.perf_counter(), done
       if done % config.checkpoint_every == 0:
         ckpt.save(done, state._asdict())
         last_saved = done
-      if preemption.requested:
+      if interrupts.received:
         if last_saved != done:
           ckpt.save(done, state._asdict(), force=True)
         ckpt.wait()
-        logging.warning('Saved step %d after SIGTERM; exiting.', done)
-        raise SystemExit(143)
-      if config.eval_every and done % config.eval_every == 0 and done < total_steps:
+        name = signal.Signals(interrupts.received).name
+        logging.warning('Saved step %d after %s; exiting.', done, name)
+        print(f'{name}: saved step {done} in {ckpt.directory}; rerun to resume.', flush=True)
+        raise SystemExit(128 + interrupts.received)
+      if eval_now:
         results = protocols.evaluate_state(config, method, state, None, mesh, supervised_cache)
         writer.write(done, {f'eval/{k}': v for k, v in results['pretrained'].items()})
         drawer.draw(state, done)
@@ -145,8 +214,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     if last_saved != total_steps:
       ckpt.save(total_steps, state._asdict(), force=True)
   finally:
+    batches.close()  # stops the input pipeline's threads now, not at interpreter exit
     bar.close()
-    preemption.restore()
+    interrupts.restore()
     ckpt.wait()
 
   # ---------------------------------------------------------------- Evaluation

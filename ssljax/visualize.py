@@ -28,7 +28,8 @@ import ml_collections
 import numpy as np
 from absl import app, flags, logging
 
-from ssljax import data, models, pictures
+from ssljax import data, errors, models, pictures
+from ssljax.config_checks import Checks
 from ssljax.methods import Method, TrainState
 from ssljax.restore import load_config, restore_latest
 
@@ -36,6 +37,15 @@ from ssljax.restore import load_config, restore_latest
 def _local(tree):
   """A copy of replicated global arrays on this process's first device (no collectives)."""
   return jax.tree.map(lambda a: a.addressable_data(0) if isinstance(a, jax.Array) else a, tree)
+
+
+def check_config(checks: Checks) -> None:
+  """Records every problem of config.visualize."""
+  for name in ('embeddings', 'attention', 'reconstructions'):
+    checks.boolean(f'visualize.{name}')
+  checks.choice('visualize.projection', pictures.PROJECTIONS)
+  checks.count('visualize.num_points', 1)
+  checks.count('visualize.num_images', 1)
 
 
 class Pictures:
@@ -122,7 +132,7 @@ def main(argv) -> None:
   if not workdir:
     print('error: --workdir is required', file=sys.stderr)
     sys.exit(2)
-  config = load_config(workdir)
+  config = errors.run_command(load_config, workdir)
   with config.unlocked():
     config.visualize.attention = argv[1] == 'attention'
     config.visualize.embeddings = argv[1] == 'embeddings'
@@ -130,7 +140,7 @@ def main(argv) -> None:
   if argv[1] == 'attention' and not models.is_vit(config):
     print(f'error: attention maps need a ViT encoder, not {config.model.encoder}', file=sys.stderr)
     sys.exit(2)
-  method, state = restore_latest(config, workdir)
+  method, state = errors.run_command(restore_latest, config, workdir)
   drawer = Pictures(config, method, workdir)
   drawer.draw(state, int(state.step))
   print(f'wrote {os.path.join(drawer.directory, argv[1])}/step_{int(state.step):07d}.png')

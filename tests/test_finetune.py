@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from ssljax import build, data, sharding
+from ssljax import build, config_checks, data, sharding
 from ssljax.evaluators import finetune as finetune_lib
 from ssljax.evaluators import protocols
 from ssljax.methods import SimCLR
@@ -134,8 +134,9 @@ def test_auto_optimizer_and_bad_settings():
   config = SimCLR.default_config()
   config.eval = ('finetune',)
   config.eval_config.finetune.optimizer = 'adam'
-  with pytest.raises(ValueError, match=r'config\.eval_config\.finetune\.optimizer must be'):
-    protocols.check_eval_config(config)
+  match = r"config\.eval_config\.finetune\.optimizer='adam': one of auto, sgd"
+  with pytest.raises(ValueError, match=match):
+    config_checks.check(config, protocols.check_eval_config)
 
 
 # ----------------------------------------------------------------------------- training

@@ -7,7 +7,7 @@ import pytest
 from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
 
-from ssljax import data, evaluators, sharding
+from ssljax import config_checks, data, evaluators, sharding
 from ssljax.evaluators import (
   LabelBudget,
   fraction_subset,
@@ -65,7 +65,7 @@ def test_label_budgets_refuse_duplicates_and_a_bare_string():
   config = SimCLR.default_config()
   config.eval_config.label_budgets = ('5_per_class', '5 per class')
   with pytest.raises(ValueError, match=r"label_budgets: '5 per class' is not a label budget"):
-    protocols.check_eval_config(config)
+    config_checks.check(config, protocols.check_eval_config)
 
 
 # ----------------------------------------------------------------------------- subsets

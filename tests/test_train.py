@@ -15,6 +15,7 @@ import pytest
 from PIL import Image
 
 from ssljax import checkpoint, sharding, train, visualize
+from ssljax.errors import ConfigError
 from ssljax.restore import load_config, restore_latest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -113,7 +114,7 @@ def test_visualize_command_draws_attention_from_a_run(tmp_path, config_file, shr
 def test_indivisible_batch_is_refused_before_compiling(tmp_path, config_file, shrink):
   config = shrink(config_file('simclr_digits.py'))
   config.batch_size = 12  # 8 devices
-  with pytest.raises(ValueError, match=r'config.batch_size=12 .*8 devices.*--config.batch_size=16'):
+  with pytest.raises(ConfigError, match=r'batch_size=12: .*8 devices.*--config.batch_size=16'):
     train.train_and_evaluate(config, str(tmp_path))
   assert not os.path.exists(tmp_path / 'checkpoints')
 

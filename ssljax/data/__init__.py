@@ -15,13 +15,16 @@ import ml_collections
 import numpy as np
 
 from ssljax.data import shifts, sources, synthetic
-from ssljax.data.types import DatasetInfo, DatasetNotFoundError, source_name
+from ssljax.data.checks import check_config
+from ssljax.data.types import DatasetInfo, source_name
+from ssljax.errors import ConfigError, DatasetNotFoundError
 
 __all__ = [
   'DatasetInfo',
   'DatasetNotFoundError',
   'build_train_iterator',
   'check_available',
+  'check_config',
   'dataset_info',
   'labelled_train_iterator',
   'load_eval_split',
@@ -44,7 +47,7 @@ def view_specs(config: ml_collections.ConfigDict) -> list[ml_collections.ConfigD
     spec.update(dict(overrides or {}))
     specs.extend(copy.deepcopy(spec) for _ in range(int(spec.count)))
   if not specs:
-    raise ValueError('config.views defines no view (every method needs at least one)')
+    raise ConfigError('config.views defines no view: every method needs one, e.g. dict(view1={})')
   return specs
 
 

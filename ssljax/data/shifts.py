@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from ssljax.errors import ConfigError
+
 # Per severity 1..5.
 NOISE_STD = (0.08, 0.12, 0.18, 0.26, 0.38)  # ImageNet-C gaussian_noise
 CONTRAST = (0.4, 0.3, 0.2, 0.1, 0.05)  # ImageNet-C contrast: the factor c
@@ -20,12 +22,19 @@ ROTATION_DEG = (15.0, 30.0, 45.0, 60.0, 90.0)  # counter-clockwise
 SHIFTS = ('gaussian_noise', 'contrast', 'rotate')
 
 
-def check(shift: str, severity: int) -> None:
-  """Raises ValueError naming the config field when the shift or its severity is unknown."""
+def check(shift: str, severity: int, prefix: str = 'data') -> None:
+  """Raises ConfigError naming the field (config.PREFIX.shift, ...) for an unknown shift or
+  severity."""
   if shift and shift not in SHIFTS:
-    raise ValueError(f'config.data.shift={shift!r}: expected one of {SHIFTS} (or empty: none)')
-  if shift and (int(severity) != severity or not 1 <= severity <= 5):
-    raise ValueError(f'config.data.shift_severity={severity!r}: expected an integer in 1..5')
+    raise ConfigError(
+      f'config.{prefix}.shift={shift!r}: one of {", ".join(SHIFTS)} (or empty: none); '
+      f'e.g. --config.{prefix}.shift={SHIFTS[0]}'
+    )
+  if shift and (not isinstance(severity, int) or not 1 <= severity <= 5):
+    raise ConfigError(
+      f'config.{prefix}.shift_severity={severity!r}: an integer in 1..5; '
+      f'e.g. --config.{prefix}.shift_severity=3'
+    )
 
 
 def gaussian_noise(images: np.ndarray, std: float, rngs: list[np.random.Generator]) -> np.ndarray:

@@ -17,7 +17,7 @@ from PIL import Image
 from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
 
-from ssljax.data.types import DatasetNotFoundError
+from ssljax.errors import DatasetNotFoundError
 
 IMAGE_SUFFIXES = ('.png', '.jpg', '.jpeg', '.bmp', '.tif', '.tiff')
 # tfds datasets at most this big (examples, pixels per side) are held in memory; larger stream.

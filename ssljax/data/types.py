@@ -1,5 +1,4 @@
-"""Types the data modules share: what the model is told about a dataset, and the error for data
-that is not on this machine."""
+"""Types the data modules share: what the model is told about a dataset, the source names."""
 
 from __future__ import annotations
 
@@ -7,11 +6,9 @@ import dataclasses
 
 import ml_collections
 
+from ssljax.errors import ConfigError
+
 SOURCES = ('digits', 'tfds', 'idx', 'folder', 'synthetic')
-
-
-class DatasetNotFoundError(Exception):
-  """The configured data is not on this machine; the message says how to get it."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -24,5 +21,8 @@ class DatasetInfo:
 def source_name(config: ml_collections.ConfigDict) -> str:
   source = config.data.source
   if source not in SOURCES:
-    raise ValueError(f'config.data.source={source!r}: expected one of {SOURCES}')
+    raise ConfigError(
+      f'config.data.source={source!r}: one of {", ".join(SOURCES)}; '
+      'e.g. --config.data.source=digits'
+    )
   return source

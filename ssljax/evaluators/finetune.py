@@ -28,6 +28,7 @@ import optax
 from absl import logging
 
 from ssljax import data, optim, sharding
+from ssljax.config_checks import Checks
 from ssljax.defaults import augment_defaults
 from ssljax.evaluators.batched import apply_in_batches
 from ssljax.models import vit as vit_lib
@@ -39,18 +40,31 @@ PyTree = Any
 RECIPES = {'sgd': (0.1, 1e-4), 'lars': (0.1, 1e-6), 'adamw': (4e-3, 0.05)}
 
 
+def check_config(checks: Checks, prefix: str = 'eval_config.finetune') -> None:
+  """Records every problem of config.PREFIX (eval_config.finetune): no model needed."""
+  f = lambda name: f'{prefix}.{name}'  # noqa: E731
+  checks.nonnegative(f('epochs'))
+  checks.count(f('min_steps'), 0)
+  checks.nonnegative(f('warmup_epochs'))
+  checks.count(f('batch_size'), 1)
+  checks.choice(f('optimizer'), ('auto', *RECIPES))
+  checks.positive(f('base_lr'), optional=True)
+  checks.nonnegative(f('weight_decay'), optional=True)
+  checks.probability(f('momentum'))
+  checks.number(f('layer_decay'), 0, 1, low_open=True)
+  checks.number(f('label_smoothing'), 0, 1, high_open=True)
+  checks.number(f('drop_path'), 0, 1, high_open=True)
+  checks.pair(f('crop_scale'), 0, 1, low_open=True, optional=True, fix=(0.08, 1.0))
+  if checks.value(f('flip')) is not None:
+    checks.boolean(f('flip'))
+  checks.count(f('seed'), 0)
+
+
 def check_settings(ft: ml_collections.ConfigDict) -> None:
-  """The checks of eval_config.finetune that need no model (before pretraining, and again
-  when a recipe is resolved)."""
-  if ft.optimizer != 'auto' and ft.optimizer not in RECIPES:
-    raise ValueError(
-      "config.eval_config.finetune.optimizer must be 'auto', 'sgd', 'lars' or 'adamw', "
-      f'got {ft.optimizer!r}'
-    )
-  if not 0.0 < ft.layer_decay <= 1.0:
-    raise ValueError(
-      f'config.eval_config.finetune.layer_decay must be in (0, 1], got {ft.layer_decay!r}'
-    )
+  """check_config on a resolved eval_config.finetune (the fields checked again with the recipe)."""
+  checks = Checks(ml_collections.ConfigDict({'finetune': ft}))
+  check_config(checks, 'finetune')
+  checks.raise_if_any()
 
 
 _EMBEDDING = ('patch_embed', 'cls_token', 'pos_embed')  # ViT layer 0; no weight decay on tokens

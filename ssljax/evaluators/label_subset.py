@@ -8,6 +8,8 @@ import re
 
 import numpy as np
 
+from ssljax.errors import ConfigError
+
 
 def _ranks(labels: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
   """(order, rank in class along order, classes, counts): examples sorted by (class, random key)."""
@@ -86,7 +88,7 @@ class LabelBudget:
       try:
         return per_class_subset(labels, self.per_class, seed=seed)
       except ValueError as e:
-        raise ValueError(f'config.eval_config.label_budgets {self.key!r}: {e}') from e
+        raise ConfigError(f'config.eval_config.label_budgets {self.key!r}: {e}') from e
     return fraction_subset(labels, self.fraction, seed=seed)
 
 
@@ -105,37 +107,37 @@ def parse_label_budget(spec: str | float, field: str = _FIELD) -> LabelBudget:
     "'10_per_class') or 'P%' (0 < P <= 100, e.g. '1%', '100%'), or give a fraction in (0, 1]"
   )
   if isinstance(spec, bool):
-    raise ValueError(hint)
+    raise ConfigError(hint)
   if isinstance(spec, int | float):
     fraction = float(spec)
     if not (math.isfinite(fraction) and 0.0 < fraction <= 1.0):
-      raise ValueError(hint)
+      raise ConfigError(hint)
     return LabelBudget(f'{100 * fraction:g}%', fraction=fraction)
   if not isinstance(spec, str):
-    raise ValueError(hint)
+    raise ConfigError(hint)
   text = spec.strip()
   if m := _PER_CLASS.fullmatch(text):
     n = int(m.group(1))
     if n < 1:
-      raise ValueError(hint)
+      raise ConfigError(hint)
     return LabelBudget(f'{n}_per_class', per_class=n)
   if m := _PERCENT.fullmatch(text):
     percent = float(m.group(1))
     if not 0.0 < percent <= 100.0:
-      raise ValueError(hint)
+      raise ConfigError(hint)
     return LabelBudget(f'{percent:g}%', fraction=percent / 100)
-  raise ValueError(hint)
+  raise ConfigError(hint)
 
 
 def parse_label_budgets(specs, field: str = _FIELD) -> list[LabelBudget]:
   """Every entry parsed, in order; two spellings of one budget are refused."""
   if isinstance(specs, str | int | float):
-    raise ValueError(
+    raise ConfigError(
       f"{field} must be a tuple of budgets, e.g. ('10_per_class', '1%'), got {specs!r}"
     )
   budgets = [parse_label_budget(s, field) for s in specs]
   keys = [b.key for b in budgets]
   repeated = sorted({k for k in keys if keys.count(k) > 1})
   if repeated:
-    raise ValueError(f'{field} lists the budgets {repeated} more than once')
+    raise ConfigError(f'{field} lists the budgets {repeated} more than once')
   return budgets

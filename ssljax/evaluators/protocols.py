@@ -19,8 +19,10 @@ import numpy as np
 from absl import logging
 from jax.experimental import multihost_utils
 
-from ssljax import data, sharding
+from ssljax import config_checks, data, sharding
+from ssljax.config_checks import Checks
 from ssljax.data import shifts
+from ssljax.errors import ConfigError
 from ssljax.evaluators import finetune as finetune_lib
 from ssljax.evaluators.batched import apply_in_batches
 from ssljax.evaluators.knn import knn_accuracy
@@ -84,9 +86,16 @@ PROTOCOLS: dict[str, tuple[Callable[[ml_collections.ConfigDict], str], Callable]
 
 def check_protocols(names) -> None:
   known = {**FEATURE_PROTOCOLS, **TRAINING_PROTOCOLS}
+  if isinstance(names, str) or not all(isinstance(n, str) for n in names):
+    raise ConfigError(
+      f"config.eval={names!r}: a tuple of protocol names; e.g. --config.eval=\"('linear', 'knn')\""
+    )
   unknown = [n for n in names if n not in known]
   if unknown:
-    raise ValueError(f'config.eval names unknown protocols {unknown}; choose from {sorted(known)}')
+    raise ConfigError(
+      f'config.eval={tuple(names)!r} names unknown protocols {unknown}: choose from '
+      f"{', '.join(sorted(known))}; e.g. --config.eval=\"('linear', 'knn')\""
+    )
 
 
 def label_budgets(ec: ml_collections.ConfigDict) -> list[LabelBudget | None]:
@@ -108,9 +117,9 @@ def ood_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict |
     return None
   unknown = sorted(set(overrides) - set(config.data.keys()))
   if unknown:
-    raise ValueError(
+    raise ConfigError(
       f'config.eval_config.ood_data sets {unknown}, which are not config.data fields; '
-      f'choose from {sorted(config.data.keys())}'
+      f'choose from {", ".join(sorted(config.data.keys()))}'
     )
   ood = copy.deepcopy(config)
   with ood.unlocked():
@@ -118,17 +127,44 @@ def ood_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict |
   return ood
 
 
-def check_eval_config(config: ml_collections.ConfigDict) -> None:
-  """Every check of config.eval / config.eval_config that needs no data: call it before
-  pretraining, so a typo fails in seconds rather than after the run."""
-  check_protocols(config.eval)
+def check_eval_config(checks: Checks) -> None:
+  """Records every problem of config.eval / config.eval_config that needs no data, so a typo
+  fails in seconds before pretraining rather than after it."""
+  config = checks.config
+  if checks.absorb(check_protocols, config.eval):
+    if any(name in TRAINING_PROTOCOLS for name in config.eval):
+      finetune_lib.check_config(checks)
   ec = config.eval_config
-  label_budgets(ec)
-  ood = ood_config(config)
-  if ood is not None:
-    shifts.check(ood.data.get('shift', ''), ood.data.get('shift_severity', 3))
-  if any(name in TRAINING_PROTOCOLS for name in config.eval):
-    finetune_lib.check_settings(ec.finetune)
+  checks.count('eval_config.few_per_class', 1)
+  checks.count('eval_config.subset_seed', 0)
+  checks.count('eval_config.knn_k', 1)
+  checks.positive('eval_config.knn_temperature')
+  checks.count('eval_config.batch_size', 1)
+  checks.count('eval_config.max_examples', 0)
+  checks.boolean('eval_config.random_init')
+  checks.absorb(label_budgets, ec)
+  try:
+    ood = ood_config(config)
+  except ConfigError as e:
+    checks.problems.extend(e.problems)
+  else:
+    if ood is not None:
+      checks.absorb(
+        shifts.check,
+        ood.data.get('shift', ''),
+        ood.data.get('shift_severity', 3),
+        prefix='eval_config.ood_data',
+      )
+
+
+def check_eval_batch_sizes(checks: Checks, mesh: jax.sharding.Mesh) -> None:
+  """The evaluation batches the devices must split evenly."""
+  checks.absorb(
+    sharding.check_batch_size, checks.config.eval_config.batch_size, mesh, 'eval_config.batch_size'
+  )
+  if any(name in TRAINING_PROTOCOLS for name in checks.config.eval):
+    batch = checks.config.eval_config.finetune.batch_size
+    checks.absorb(sharding.check_batch_size, batch, mesh, 'eval_config.finetune.batch_size')
 
 
 def finetune_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
@@ -311,9 +347,8 @@ def evaluate(
   `supervised_cache` lets evaluations of one run share the supervised baseline (a fresh one:
   nothing shared).
   """
-  check_eval_config(config)
+  config_checks.check(config, check_eval_config, lambda c: check_eval_batch_sizes(c, mesh))
   ec = config.eval_config
-  sharding.check_batch_size(ec.batch_size, mesh, 'eval_config.batch_size')
   if OOD[1:] not in splits and (ood := ood_config(config)) is not None:
     splits = {**splits, OOD[1:]: data.load_eval_split(ood, 'test')}
   cache = SupervisedCache() if supervised_cache is None else supervised_cache

@@ -6,6 +6,8 @@ from __future__ import annotations
 import jax
 import ml_collections
 
+from ssljax.config_checks import Checks
+from ssljax.errors import ConfigError
 from ssljax.methods.base import Method, TrainState
 from ssljax.methods.byol import BYOL
 from ssljax.methods.dino import DINO
@@ -33,22 +35,33 @@ __all__ = [
   'build',
   'check_config',
   'method_class',
+  'start_checks',
 ]
 
 
 def method_class(config: ml_collections.ConfigDict) -> type[Method]:
-  """The class config.method names; a ValueError naming the choices otherwise."""
+  """The class config.method names; a ConfigError naming the choices otherwise."""
   if config.method not in METHODS:
-    raise ValueError(
-      f'config.method={config.method!r} is unknown; choose one of {sorted(METHODS)}, e.g. '
-      "--config.method=simclr (better: start from that method's configs/<method>_*.py)."
+    raise ConfigError(
+      f'config.method={config.method!r}: one of {", ".join(METHODS)}; start from that '
+      "method's configs/<method>_*.py (or --config.method=simclr)"
     )
   return METHODS[config.method]
 
 
-def check_config(config: ml_collections.ConfigDict) -> None:
-  """The method's checks of the config (views, eval_encoder, its own sections)."""
-  method_class(config).check_config(config)
+def start_checks(config: ml_collections.ConfigDict) -> Checks:
+  """A Checks for `config` whose example fixes come from its method's defaults; raises
+  ConfigError at once for an unknown method or a missing section (nothing else is checkable)."""
+  cls = method_class(config)
+  cls.check_sections(config)
+  size = config.augment.get('image_size')
+  size = size if isinstance(size, int) and size > 0 else 224
+  return Checks(config, defaults=cls.default_config(size))
+
+
+def check_config(checks: Checks) -> None:
+  """The method's checks (views, eval_encoder, its own sections), recorded in `checks`."""
+  method_class(checks.config).check_config(checks)
 
 
 def build(
@@ -57,6 +70,7 @@ def build(
   total_steps: int = 1,
   steps_per_epoch: int = 1,
 ) -> Method:
-  cls = method_class(config)
-  cls.check_config(config)
-  return cls(config, mesh, total_steps, steps_per_epoch)
+  checks = start_checks(config)
+  check_config(checks)
+  checks.raise_if_any()
+  return method_class(config)(config, mesh, total_steps, steps_per_epoch)

@@ -12,6 +12,8 @@ import jax.numpy as jnp
 import ml_collections
 
 from ssljax import data
+from ssljax.config_checks import Checks
+from ssljax.errors import ConfigError
 
 PyTree = Any
 
@@ -52,28 +54,42 @@ class Method:
     raise NotImplementedError
 
   @classmethod
-  def check_config(cls, config: ml_collections.ConfigDict) -> None:
-    """Raises ValueError, naming the field, for a config this method cannot train; called
-    before any data is read or anything compiles. Subclasses extend it for their sections."""
+  def check_sections(cls, config: ml_collections.ConfigDict) -> None:
+    """Raises ConfigError when the config lacks a section this method reads (config.method
+    switched on the command line): nothing else can be checked without them."""
     name = config.method
     missing = sorted(k for k in cls.default_config().keys() if k not in config)
     if missing:
-      raise ValueError(
+      raise ConfigError(
         f'config.method={name!r} needs config.{", config.".join(missing)}, which this config '
         f'lacks: start from a {name} config (configs/{name}_digits.py) instead of switching '
         'config.method on the command line.'
       )
-    views = len(data.view_specs(config))
+
+  @classmethod
+  def check_config(cls, checks: Checks) -> None:
+    """Records in `checks` every problem of the fields this method owns (views, eval_encoder,
+    its sections); run before any data is read or anything compiles. Subclasses extend it."""
+    name = checks.config.method
+    checks.choice('eval_encoder', cls.eval_encoders)
+    try:
+      views = len(data.view_specs(checks.config))
+    except (ConfigError, TypeError, ValueError):
+      return  # the data checks report bad views
     if cls.num_views is not None and views != cls.num_views:
-      raise ValueError(
-        f'{name} takes {cls.num_views} view(s) per example, but config.views makes {views} '
-        f'({", ".join(sorted(config.views.keys()))}); see configs/{name}_digits.py.'
+      checks.fail(
+        'views',
+        f'{name} takes {cls.num_views} view(s) per example, this config makes {views}; '
+        f'see configs/{name}_digits.py',
+        value=tuple(sorted(checks.config.views.keys())),
       )
-    if config.eval_encoder not in cls.eval_encoders:
-      raise ValueError(
-        f'config.eval_encoder={config.eval_encoder!r}: {name} can evaluate '
-        f'{" or ".join(map(repr, cls.eval_encoders))}.'
-      )
+
+  @classmethod
+  def require_vit(cls, checks: Checks) -> bool:
+    """For methods that mask patches: config.model.encoder must name a ViT."""
+    encoder = checks.value('model.encoder')
+    ok = isinstance(encoder, str) and encoder.startswith('vit')
+    return checks.require(ok, 'model.encoder', f'a ViT for {checks.config.method}', 'vit_small')
 
   def __init__(
     self,

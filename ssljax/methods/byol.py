@@ -58,6 +58,11 @@ class BYOL(Method):
     c.weight_decay = 1.5e-6
     return c
 
+  @classmethod
+  def check_config(cls, checks):
+    super().check_config(checks)
+    checks.probability('ema.base')
+
   def __init__(self, config, mesh, total_steps=1, steps_per_epoch=1):
     super().__init__(config, mesh, total_steps, steps_per_epoch)
     m = config.model

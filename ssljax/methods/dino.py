@@ -11,6 +11,7 @@ import jax.numpy as jnp
 import ml_collections
 
 from ssljax import data, defaults, ema, losses, models
+from ssljax.errors import ConfigError
 from ssljax.methods.base import (
   EncoderWithHead,
   Method,
@@ -84,16 +85,30 @@ class DINO(Method):
     return c
 
   @classmethod
-  def check_config(cls, config):
-    super().check_config(config)
-    d = config.dino
-    if d.global_views < 1:
-      raise ValueError(f'config.dino.global_views must be >= 1, got {d.global_views}')
-    views = len(data.view_specs(config))
-    if views < max(d.global_views, 2):
-      raise ValueError(
-        f'DINO needs at least 2 views and config.dino.global_views={d.global_views}; '
-        f'config.views makes {views}'
+  def check_config(cls, checks):
+    super().check_config(checks)
+    for name in ('out_dim', 'hidden_dim', 'bottleneck_dim', 'num_layers'):
+      checks.count(f'dino.{name}', 1)
+    checks.boolean('dino.norm_last_layer')
+    checks.boolean('dino.use_bn')
+    checks.nonnegative('dino.freeze_last_layer_epochs')
+    for name in ('student_temp', 'teacher_temp', 'warmup_teacher_temp'):
+      checks.positive(f'dino.{name}')
+    checks.nonnegative('dino.warmup_teacher_temp_epochs')
+    checks.probability('dino.center_momentum')
+    checks.probability('ema.base')
+    if not checks.count('dino.global_views', 1):
+      return
+    try:
+      views = len(data.view_specs(checks.config))
+    except (ConfigError, TypeError, ValueError):
+      return  # the data checks report bad views
+    global_views = checks.value('dino.global_views')
+    if views < max(global_views, 2):
+      checks.fail(
+        'dino.global_views',
+        f'at most the {views} views config.views makes, which must be 2 or more '
+        '(see configs/dino_digits.py)',
       )
 
   def __init__(self, config, mesh, total_steps=1, steps_per_epoch=1):

@@ -141,16 +141,29 @@ class IJEPA(Method):
     return c
 
   @classmethod
-  def check_config(cls, config):
-    super().check_config(config)
-    if not models.is_vit(config):
-      raise ValueError(f'I-JEPA needs a ViT: config.model.encoder is {config.model.encoder!r}')
-    if config.loss.kind not in ('l2', 'smooth_l1'):
-      raise ValueError(f"config.loss.kind must be 'l2' or 'smooth_l1', got {config.loss.kind!r}")
-    # A grid too small for the blocks fails here, before anything compiles.
-    size, patch = config.augment.image_size, config.model.patch_size
-    checked = {k: v for k, v in _mask_options(config).items() if k != 'tries'}
-    masking.check_multi_block(vit.grid_shape(size, size, patch), **checked)
+  def check_config(cls, checks):
+    super().check_config(checks)
+    checks.choice('loss.kind', ('l2', 'smooth_l1'))
+    checks.probability('ema.base')
+    checks.probability('ijepa.ema_end')
+    blocks = [
+      checks.count('ijepa.num_targets', 1),
+      *[checks.pair(f'ijepa.{k}', 0, 1, low_open=True) for k in ('target_scale', 'context_scale')],
+      *[checks.pair(f'ijepa.{k}', 0, low_open=True) for k in ('target_aspect', 'context_aspect')],
+      checks.count('ijepa.min_keep', 1),
+      checks.count('ijepa.max_context', 0),
+    ]
+    checks.count('ijepa.tries', 1)
+    checks.count('ijepa.pred_width', 1)
+    checks.count('ijepa.pred_depth', 1)
+    checks.count('ijepa.pred_heads', 0)
+    if cls.require_vit(checks) and all(blocks):
+      # A grid too small for the blocks fails here, before anything compiles.
+      config = checks.config
+      size, patch = config.augment.image_size, config.model.patch_size
+      if isinstance(patch, int) and patch > 0 and size % patch == 0:
+        checked = {k: v for k, v in _mask_options(config).items() if k != 'tries'}
+        checks.absorb(masking.check_multi_block, vit.grid_shape(size, size, patch), **checked)
 
   def __init__(self, config, mesh, total_steps=1, steps_per_epoch=1):
     super().__init__(config, mesh, total_steps, steps_per_epoch)

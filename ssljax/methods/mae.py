@@ -100,12 +100,21 @@ class MAE(Method):
     return c
 
   @classmethod
-  def check_config(cls, config):
-    super().check_config(config)
-    if not models.is_vit(config):
-      raise ValueError(f'MAE needs a ViT: config.model.encoder is {config.model.encoder!r}')
-    if not config.model.cls_token:
-      raise ValueError('MAE keeps a CLS token: set config.model.cls_token=True')
+  def check_config(cls, checks):
+    super().check_config(checks)
+    if cls.require_vit(checks):
+      checks.require(
+        checks.value('model.cls_token') is True, 'model.cls_token', 'True for MAE', True
+      )
+    checks.number('mae.mask_ratio', 0, 1, low_open=True, high_open=True)
+    sizes = [
+      checks.count(f'mae.{k}', 1) for k in ('decoder_width', 'decoder_depth', 'decoder_heads')
+    ]
+    width, heads = checks.value('mae.decoder_width'), checks.value('mae.decoder_heads')
+    if all(sizes) and width % heads:
+      fix = max(d for d in range(1, heads + 1) if width % d == 0)
+      checks.fail('mae.decoder_heads', f'a divisor of mae.decoder_width={width}', fix=fix)
+    checks.boolean('mae.norm_pix')
 
   def __init__(self, config, mesh, total_steps=1, steps_per_epoch=1):
     super().__init__(config, mesh, total_steps, steps_per_epoch)

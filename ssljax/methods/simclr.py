@@ -31,10 +31,9 @@ class SimCLR(Method):
     return c
 
   @classmethod
-  def check_config(cls, config):
-    super().check_config(config)
-    if not config.loss.temperature > 0:
-      raise ValueError(f'config.loss.temperature must be > 0, got {config.loss.temperature}')
+  def check_config(cls, checks):
+    super().check_config(checks)
+    checks.positive('loss.temperature')
 
   def __init__(self, config, mesh, total_steps=1, steps_per_epoch=1):
     super().__init__(config, mesh, total_steps, steps_per_epoch)

@@ -1,27 +1,99 @@
-"""Encoders and heads, built from `config.model` by name."""
+"""Encoders and heads, built from `config.model` by name; `check_config` checks that section."""
 
 from __future__ import annotations
 
 import jax.numpy as jnp
 import ml_collections
 
+from ssljax import data
+from ssljax.config_checks import Checks
+from ssljax.errors import ConfigError
 from ssljax.models import resnet as resnet_lib
 from ssljax.models import vit as vit_lib
 from ssljax.models.heads import DINOHead, MLPHead
 
-__all__ = ['DINOHead', 'MLPHead', 'is_vit', 'build_encoder', 'encoder_dim', 'compute_dtype']
+__all__ = [
+  'DINOHead',
+  'ENCODERS',
+  'MLPHead',
+  'build_encoder',
+  'check_config',
+  'compute_dtype',
+  'encoder_dim',
+  'is_vit',
+]
+
+ENCODERS = (*resnet_lib.ARCHS, *vit_lib.VIT_SIZES)
+DTYPES = ('float32', 'bfloat16')
 
 
 def compute_dtype(config: ml_collections.ConfigDict):
   """The dtype activations run in; parameters always stay float32."""
   name = config.model.compute_dtype
-  if name not in ('float32', 'bfloat16'):
-    raise ValueError(f"model.compute_dtype must be 'float32' or 'bfloat16', got {name!r}")
+  if name not in DTYPES:
+    raise ConfigError(
+      f'config.model.compute_dtype={name!r}: one of {", ".join(DTYPES)}; '
+      'e.g. --config.model.compute_dtype=float32'
+    )
   return jnp.dtype(name)
 
 
 def is_vit(config: ml_collections.ConfigDict) -> bool:
   return config.model.encoder.startswith('vit')
+
+
+def check_config(checks: Checks) -> None:
+  """Records every problem of config.model: names, sizes, a ViT patch that tiles every view."""
+  if not checks.choice('model.encoder', ENCODERS):
+    return
+  checks.choice('model.compute_dtype', DTYPES)
+  checks.count('model.proj_hidden', 0)
+  checks.count('model.proj_dim', 1)
+  checks.count('model.proj_layers', 1)
+  checks.count('model.pred_hidden', 0)
+  if not is_vit(checks.config):
+    checks.choice('model.stem', ('small', 'imagenet'))
+    checks.count('model.width', 1)
+    return
+  checks.choice('model.pos_embed', ('learned', 'sincos'))
+  checks.choice('model.pool', ('cls', 'mean'))
+  checks.boolean('model.cls_token')
+  if checks.value('model.pool') == 'cls' and checks.value('model.cls_token') is False:
+    checks.fail('model.pool', 'cls needs a CLS token (config.model.cls_token=True)', fix='mean')
+  checks.number('model.drop_path', 0, 1, high_open=True)
+  checks.positive('model.pixel_std')
+  sizes_ok = all([checks.count(f'model.{k}', 0) for k in ('vit_width', 'vit_depth', 'vit_heads')])
+  if sizes_ok:
+    m = checks.config.model
+    width, _, heads = vit_lib.VIT_SIZES[m.encoder]
+    width, heads = m.vit_width or width, m.vit_heads or heads
+    if width % heads:
+      checks.fail(
+        'model.vit_width', f'a multiple of the {heads} heads', heads * (width // heads + 1)
+      )
+    elif m.pos_embed == 'sincos' and width % 4:
+      checks.fail('model.vit_width', 'a multiple of 4 (sincos position embedding)', value=width)
+  _check_patch_size(checks)
+
+
+def _check_patch_size(checks: Checks) -> None:
+  """A ViT's patches must tile every view and the evaluation images exactly."""
+  if not checks.count('model.patch_size', 1):
+    return
+  patch = checks.value('model.patch_size')
+  sides = {checks.value('data.image_size')}
+  try:
+    sides |= {s.image_size for s in data.view_specs(checks.config)}
+  except (ConfigError, TypeError, ValueError):
+    pass  # the data checks report bad views
+  sides = sorted(s for s in sides if isinstance(s, int) and s > 0)
+  if any(s % patch for s in sides):
+    divisors = [p for p in range(1, min(sides) + 1) if all(s % p == 0 for s in sides)]
+    checks.fail(
+      'model.patch_size',
+      f'a divisor of every image side ({", ".join(map(str, sides))}: the views, data.image_size)',
+      min(divisors, key=lambda p: abs(p - patch)),
+    )
 
 
 def build_encoder(config: ml_collections.ConfigDict):

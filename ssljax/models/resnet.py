@@ -94,7 +94,7 @@ class ResNet(nn.Module):
     return jnp.mean(x, axis=(1, 2)).astype(jnp.float32)
 
 
-_ARCHS = {
+ARCHS = {
   'resnet18': ((2, 2, 2, 2), BasicBlock),
   'resnet34': ((3, 4, 6, 3), BasicBlock),
   'resnet50': ((3, 4, 6, 3), Bottleneck),
@@ -106,13 +106,13 @@ def resnet(
   name: str, *, width: int = 64, stem: str = 'imagenet', dtype: Any = jnp.float32
 ) -> ResNet:
   """Builds a ResNet by name ('resnet18', 'resnet34', 'resnet50', 'resnet101')."""
-  if name not in _ARCHS:
-    raise ValueError(f'model.encoder {name!r} is not a ResNet; choose one of {sorted(_ARCHS)}')
-  stages, block = _ARCHS[name]
+  if name not in ARCHS:
+    raise ValueError(f'model.encoder {name!r} is not a ResNet; choose one of {sorted(ARCHS)}')
+  stages, block = ARCHS[name]
   return ResNet(stages, block, width=width, stem=stem, dtype=dtype)
 
 
 def feature_dim(name: str, width: int) -> int:
   """Width of h: the channels of the last stage."""
-  stages, block = _ARCHS[name]
+  stages, block = ARCHS[name]
   return width * 2 ** (len(stages) - 1) * (4 if block is Bottleneck else 1)
