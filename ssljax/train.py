@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import threading
 import time
 
 import jax
@@ -56,14 +57,20 @@ def validate(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> None
 
 
 class _Interrupts:
-  """SIGTERM (preemption) and Ctrl-C become a flag the loop checks after every step, so it saves
-  and exits within a step; a second signal exits at once."""
+  """While training, SIGTERM (preemption) and Ctrl-C become a flag the loop checks after every
+  step, so it saves and exits within a step; a second signal exits at once. Evaluations start
+  from a saved state and run with the previous handlers: a signal ends them at once."""
 
   _SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
   def __init__(self):
     self.received: int | None = None
-    self._previous = {s: signal.signal(s, self._handle) for s in self._SIGNALS}
+    self._previous = {s: signal.getsignal(s) for s in self._SIGNALS}
+    self.install()
+
+  def install(self):
+    for s in self._SIGNALS:
+      signal.signal(s, self._handle)
 
   def _handle(self, signum, frame):
     if self.received is not None:
@@ -77,6 +84,18 @@ class _Interrupts:
   def restore(self):
     for s, handler in self._previous.items():
       signal.signal(s, handler)
+
+
+_CLOSE_SECONDS = 5
+
+
+def _close_within(iterator, seconds: float) -> bool:
+  """Closes a generator (the input pipeline: its tf.data iterators and their threads), waiting
+  at most `seconds`; False if it is still closing then (it goes on in the background)."""
+  closer = threading.Thread(target=iterator.close, name='close-input', daemon=True)
+  closer.start()
+  closer.join(seconds)
+  return not closer.is_alive()
 
 
 def _check_finite(
@@ -195,8 +214,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
             means['images_per_sec'],
           )
         window, t_log, step_log = [], time.perf_counter(), done
-      if done % config.checkpoint_every == 0:
-        ckpt.save(done, state._asdict())
+      if done % config.checkpoint_every == 0 or eval_now:
+        ckpt.save(done, state._asdict(), force=eval_now)
         last_saved = done
       if interrupts.received:
         if last_saved != done:
@@ -205,16 +224,25 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         name = signal.Signals(interrupts.received).name
         logging.warning('Saved step %d after %s; exiting.', done, name)
         print(f'{name}: saved step {done} in {ckpt.directory}; rerun to resume.', flush=True)
+        writer.close()
+        if not _close_within(batches, _CLOSE_SECONDS):
+          # Everything is saved; tf.data's teardown has been seen to block for 20 s or more.
+          logging.warning('The input pipeline did not stop within %d s: exiting.', _CLOSE_SECONDS)
+          logging.flush()
+          os._exit(128 + interrupts.received)
         raise SystemExit(128 + interrupts.received)
       if eval_now:
+        # Saved above, so a signal during the (long) evaluation may end the process at once.
+        interrupts.restore()
         results = protocols.evaluate_state(config, method, state, None, mesh, supervised_cache)
         writer.write(done, {f'eval/{k}': v for k, v in results['pretrained'].items()})
         drawer.draw(state, done)
         _write_report(config, workdir, total_steps)
+        interrupts.install()
     if last_saved != total_steps:
       ckpt.save(total_steps, state._asdict(), force=True)
   finally:
-    batches.close()  # stops the input pipeline's threads now, not at interpreter exit
+    _close_within(batches, _CLOSE_SECONDS)  # the input's threads stop now, not at exit
     bar.close()
     interrupts.restore()
     ckpt.wait()
