@@ -55,6 +55,9 @@ def base_config(method: str = '', image_size: int = 32) -> ml_collections.Config
       shift='',
       shift_severity=3,  # 1..5 (ImageNet-C's levels; rotate: 15, 30, 45, 60, 90 degrees)
       shift_seed=0,  # keys the noise of each example (with its index in the split)
+      # folder source: unreadable image files are skipped, counted and named; more than this
+      # fraction of the files stops the run (it lists them).
+      max_bad_fraction=0.001,
     )
   )
   c.augment = augment_defaults(image_size)

@@ -40,6 +40,10 @@ class DatasetNotFoundError(UserError):
   """The configured data is not on this machine; the message says how to get it."""
 
 
+class DataError(UserError, ValueError):
+  """The data is on this machine but unusable as configured (too many unreadable files, say)."""
+
+
 class RunNotFoundError(UserError, FileNotFoundError):
   """A run directory lacks what the command needs (config.json, a checkpoint)."""
 

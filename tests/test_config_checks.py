@@ -156,7 +156,9 @@ def test_the_command_refuses_a_bad_value_in_seconds_without_a_traceback(tmp_path
   assert 'Traceback' not in proc.stderr
   assert "error: config.method='mae' needs config.mae" in proc.stderr
   assert 'configs/mae_digits.py' in proc.stderr
-  assert not os.path.exists(workdir) and seconds < 10
+  # Alone on 2 cores this takes about 7 s, nearly all of it importing JAX and TensorFlow; the
+  # bound only catches a refusal that waited for data or compilation (a loaded CI machine).
+  assert not os.path.exists(workdir) and seconds < 30
   # A bug in a command keeps its traceback and a non-zero code that is not a user error's.
   code = 'from ssljax import errors\nerrors.run_command(lambda: 1 / 0)'
   proc, _ = _command('-c', code)

@@ -13,6 +13,7 @@ def check_config(checks: Checks) -> None:
   """Records every problem of the data and augmentation fields in `checks`."""
   checks.choice('data.source', SOURCES)
   checks.count('data.image_size', 1)
+  checks.probability('data.max_bad_fraction')
   if checks.value('data.source') == 'synthetic':
     checks.count('data.num_classes', 2)
     checks.choice('data.channels', (1, 3))

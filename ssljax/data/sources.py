@@ -13,13 +13,14 @@ import pathlib
 
 import ml_collections
 import numpy as np
+from absl import logging
 from PIL import Image
 from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
 
-from ssljax.errors import DatasetNotFoundError
+from ssljax.data import images
+from ssljax.errors import DataError, DatasetNotFoundError
 
-IMAGE_SUFFIXES = ('.png', '.jpg', '.jpeg', '.bmp', '.tif', '.tiff')
 # tfds datasets at most this big (examples, pixels per side) are held in memory; larger stream.
 MAX_IN_MEMORY_EXAMPLES = 200_000
 MAX_IN_MEMORY_SIDE = 64
@@ -76,7 +77,7 @@ def load(data: ml_collections.ConfigDict, split: str) -> Split:
     return _load_idx(data.path, name)
   if data.source == 'folder':
     side = int(round(data.image_size * FOLDER_MARGIN))
-    return _load_folder(data.path, side)[name]
+    return _load_folder(data.path, side, float(data.get('max_bad_fraction', 0.001)))[name]
   raise ValueError(f'source {data.source!r} is not an in-memory source')
 
 
@@ -154,7 +155,7 @@ def _load_idx(directory: str, split: str) -> Split:
 
 def _images_in(directory: pathlib.Path) -> list[pathlib.Path]:
   return sorted(
-    p for p in directory.rglob('*') if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
+    p for p in directory.rglob('*') if p.is_file() and p.suffix.lower() in images.IMAGE_SUFFIXES
   )
 
 
@@ -162,7 +163,7 @@ def _folder_layout(path: str) -> dict[str, pathlib.Path | None]:
   """{'train': dir, 'test': dir or None}; raises DatasetNotFoundError when there is nothing."""
   root = pathlib.Path(path)
   hint = (
-    'Point data.path at a directory of images (png/jpg/jpeg/bmp/tif): flat (unlabelled), '
+    'Point data.path at a directory of images (png/jpg/bmp/tif/dcm): flat (unlabelled), '
     'one subfolder per class, or with train/ and test/ subfolders laid out either way.'
   )
   if not path or not root.is_dir():
@@ -189,53 +190,81 @@ def _labelled_files(directory: pathlib.Path) -> tuple[list[pathlib.Path], list[s
   return files, classes
 
 
-def _read_image(path: pathlib.Path, mode: str, side: int) -> np.ndarray:
-  """Decodes, converts to `mode`, resizes the shorter side to `side` and center crops a square."""
+def _resized(pixels: np.ndarray, channels: int, side: int) -> np.ndarray:
+  """float (H, W, C) -> uint8 (side, side, channels): the shorter side resized to `side`
+  (bicubic, on the float pixels), a centred square cut; grey <-> colour as the folder needs."""
+  if pixels.shape[-1] != channels:
+    if channels == 1:  # ITU-R 601 luma, as Pillow's 'L'
+      pixels = pixels @ np.asarray([[0.299], [0.587], [0.114]], np.float32)
+    else:
+      pixels = np.repeat(pixels, 3, axis=-1)
+  h, w = pixels.shape[:2]
+  scale = side / min(w, h)
+  nw, nh = max(side, round(w * scale)), max(side, round(h * scale))
+  left, top = (nw - side) // 2, (nh - side) // 2
+  planes = [
+    Image.fromarray(pixels[..., c], mode='F')
+    .resize((nw, nh), Image.BICUBIC)
+    .crop((left, top, left + side, top + side))
+    for c in range(channels)
+  ]
+  out = np.stack([np.asarray(p, np.float32) for p in planes], axis=-1)
+  return np.round(np.clip(out, 0.0, 1.0) * 255.0).astype(np.uint8)
 
-  try:
-    with Image.open(path) as im:
-      im = im.convert(mode)
-      w, h = im.size
-      scale = side / min(w, h)
-      nw, nh = max(side, round(w * scale)), max(side, round(h * scale))
-      im = im.resize((nw, nh), Image.BICUBIC)
-      left, top = (nw - side) // 2, (nh - side) // 2
-      im = im.crop((left, top, left + side, top + side))
-      array = np.asarray(im, dtype=np.uint8)
-  except OSError as e:
-    raise ValueError(f'folder source: cannot read image {path}: {e}') from e
-  return array[..., None] if array.ndim == 2 else array
+
+def _check_bad_files(path: str, bad: list[images.BadImageError], total: int, limit: float) -> None:
+  """Logs the skipped files; past `limit` (a fraction of the files) refuses the folder."""
+  if not bad:
+    return
+  shown = '\n  '.join(str(e) for e in bad[:20]) + ('\n  ...' if len(bad) > 20 else '')
+  if len(bad) > limit * total:
+    raise DataError(
+      f'folder source {path}: {len(bad)} of {total} image files cannot be read, more than '
+      f'config.data.max_bad_fraction={limit:g} allows. Fix or remove them (python -m '
+      f'ssljax.data.check --path={path} lists them all), or raise the limit:\n  {shown}'
+    )
+  logging.warning(
+    'folder source %s: skipped %d unreadable file(s) of %d:\n  %s', path, len(bad), total, shown
+  )
 
 
 @functools.lru_cache(maxsize=2)
-def _load_folder(path: str, side: int) -> dict[str, Split]:
-
+def _load_folder(path: str, side: int, max_bad_fraction: float = 0.001) -> dict[str, Split]:
   layout = _folder_layout(path)
   files, class_names = _labelled_files(layout['train'])
-  with Image.open(files[0]) as first:
-    mode = 'L' if first.mode in ('1', 'L', 'LA', 'I', 'I;16', 'F') else 'RGB'
   classes = sorted(set(class_names))
   index = {name: i for i, name in enumerate(classes)}
-  channels = 1 if mode == 'L' else 3
+  test_files, test_names = ([], []) if layout['test'] is None else _labelled_files(layout['test'])
+  pixels, bad = {}, []
+  for f in files + test_files:
+    try:
+      pixels[f] = images.read_image(str(f))
+    except images.BadImageError as e:
+      bad.append(e)
+  _check_bad_files(path, bad, len(files) + len(test_files), max_bad_fraction)
+  first = next((pixels[f] for f in files if f in pixels), None)
+  if first is None:
+    raise DatasetNotFoundError(f"folder source: no readable image under '{layout['train']}'")
+  channels = first.shape[-1]
 
   def split(files, names) -> Split:
-    if not files:
+    kept = [i for i, f in enumerate(files) if f in pixels]
+    if not kept:
       empty = np.zeros((0, side, side, channels), np.uint8)
       return Split(empty, np.zeros((0,), np.int32), len(classes))
-    images = np.stack([_read_image(f, mode, side) for f in files])
+    stacked = np.stack([_resized(pixels[files[i]], channels, side) for i in kept])
     if classes:
       unknown = sorted(set(names) - set(classes))
       if unknown or len(names) != len(files):
-        raise ValueError(
+        raise DataError(
           f'folder source {path}: test/ must use the class subfolders of train/; '
           f'unknown: {unknown or "(flat test/)"}'
         )
-      labels = np.array([index[n] for n in names], np.int32)
+      labels = np.array([index[names[i]] for i in kept], np.int32)
     else:
-      labels = np.full((len(files),), -1, np.int32)
-    return Split(images, labels, len(classes))
+      labels = np.full((len(kept),), -1, np.int32)
+    return Split(stacked, labels, len(classes))
 
-  test_files, test_names = ([], []) if layout['test'] is None else _labelled_files(layout['test'])
   return {'train': split(files, class_names), 'test': split(test_files, test_names)}
 
 
