@@ -98,12 +98,23 @@ def run_name(config: ml_collections.ConfigDict, run_dir: str) -> ml_collections.
   return config
 
 
+def _config() -> ml_collections.ConfigDict:
+  """--config, loaded by config_flags; a file that fails to load (the run's config.json absent,
+  say) is the user's to fix: config_flags reports it as an OSError carrying the reason."""
+  config = flags.FLAGS.config
+  try:
+    config.get('name')  # a config that failed to load raises on first use
+  except OSError as e:
+    raise errors.RunNotFoundError(str(e).split('failure to load: ', 1)[-1]) from e
+  return config
+
+
 def main(argv) -> None:
   if len(argv) > 1:
     print(f'unexpected arguments {argv[1:]}; usage: {USAGE}', file=sys.stderr)
     sys.exit(2)
   run_dir = flags.FLAGS.workdir
-  results = errors.run_command(evaluate_run, run_name(flags.FLAGS.config, run_dir), run_dir)
+  results = errors.run_command(lambda: evaluate_run(run_name(_config(), run_dir), run_dir))
   if jax.process_index() == 0:
     print(f'results: {results}  ({os.path.join(run_dir, "eval.json")})')
 
