@@ -32,7 +32,11 @@ from ssljax import errors
 
 REPORT = 'report.md'
 PLOTS = 'report'  # WORKDIR/report/: loss.png, eval.png
-_NOT_PLOTTED = ('images_per_sec',)  # a speed, summarised in the text; it swings at compile time
+_NOT_PLOTTED = (
+  'images_per_sec',  # a speed, summarised in the text; it swings at compile time
+  'data/skipped_files',  # a count, shown in the text with the files
+)
+SKIPPED_FILES = 'skipped_files.txt'  # unreadable image files the data source left out
 _DPI = 100
 _STEP_FRAME = re.compile(r'^step_(\d+)\.png$')
 _KIND_TITLES = {
@@ -76,6 +80,7 @@ def write_report(workdir: str, config: Any = None, *, total_steps: int | None = 
   )
   lines = [f'# {title}', '']
   lines += _summary(config, series, results, total_steps, bad_lines)
+  lines += _skipped_files(workdir)
   lines += ['', '## Results', '']
   lines += _results_table(results, series)
   lines += ['', '## Training', '']
@@ -215,6 +220,18 @@ def _summary(config, series: Series, results, total_steps, bad_lines: int) -> li
   if bad_lines:
     lines += ['', f'{bad_lines} unreadable line(s) of metrics.jsonl were skipped.']
   return lines
+
+
+def _skipped_files(workdir: str) -> list[str]:
+  """The unreadable image files the run left out, from WORKDIR/skipped_files.txt."""
+  path = os.path.join(workdir, SKIPPED_FILES)
+  if not os.path.exists(path):
+    return []
+  with open(path) as f:
+    files = [line.rstrip('\n') for line in f if line.strip()]
+  shown = [f'  - `{line}`' for line in files[:10]]
+  more = [f'  - ... ({len(files) - 10} more in {SKIPPED_FILES})'] if len(files) > 10 else []
+  return ['', f'**{len(files)} unreadable image file(s) were skipped:**', '', *shown, *more]
 
 
 def _num(x: float) -> str:

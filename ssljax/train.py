@@ -169,6 +169,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     donate_argnums=0,
   )
   writer = MetricWriter(workdir)
+  if info.skipped_files:  # in metrics.jsonl and listed beside it; the report shows both
+    writer.write(start_step, {'data/skipped_files': float(len(info.skipped_files))})
+    if jax.process_index() == 0:
+      with open(os.path.join(workdir, report.SKIPPED_FILES), 'w') as f:
+        f.write('\n'.join(info.skipped_files) + '\n')
   bar = progress_bar(total_steps, start_step)
   batches = sharding.prefetch_to_mesh(
     data.build_train_iterator(config, start_step=start_step), mesh

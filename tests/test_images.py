@@ -146,3 +146,31 @@ def test_folder_source_skips_counts_and_names_unreadable_files(tmp_path, caplog)
   assert sorted(os.path.relpath(f, tmp_path / 'images') for f, _ in report['bad']) == bad
   assert report['modes']['RGB'] == 40 and report['modes']['RGBA'] == 1
   assert sum(report['sizes'].values()) == 43
+
+
+@pytest.mark.slow
+def test_a_run_on_a_folder_with_broken_files_trains_and_names_them(
+  tmp_path, config_file, shrink, caplog
+):
+  import json
+
+  from ssljax import data, train
+
+  bad = _mixed_folder(tmp_path / 'images')
+  config = shrink(config_file('simclr_digits.py'), source='folder')
+  config.data.path = str(tmp_path / 'images')
+  config.data.max_bad_fraction = 0.1
+  config.eval = ('knn',)
+  config.eval_config.random_init = False
+  workdir = tmp_path / 'run'
+  assert data.dataset_info(config).skipped_files[0].startswith(str(tmp_path / 'images'))
+  with caplog.at_level('WARNING'):
+    results = train.train_and_evaluate(config, str(workdir))
+  assert results['step'] == 3
+  assert 'skipped 3 unreadable file(s) of 46' in caplog.text
+  with open(workdir / 'metrics.jsonl') as f:
+    logged = [json.loads(line) for line in f]
+  assert [m['data/skipped_files'] for m in logged if 'data/skipped_files' in m] == [3.0]
+  report = (workdir / 'report.md').read_text()
+  assert '**3 unreadable image file(s) were skipped:**' in report
+  assert all(str(tmp_path / 'images' / b) in report for b in bad)

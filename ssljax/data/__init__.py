@@ -71,7 +71,8 @@ def dataset_info(config: ml_collections.ConfigDict) -> DatasetInfo:
     d = config.data
     return DatasetInfo(int(d.num_examples), int(d.num_classes), (size, size, int(d.channels)))
   num_train, num_classes, channels = sources.metadata(config.data)
-  return DatasetInfo(num_train, num_classes, (size, size, channels))
+  skipped = sources.skipped_files(config.data)
+  return DatasetInfo(num_train, num_classes, (size, size, channels), skipped)
 
 
 def build_train_iterator(

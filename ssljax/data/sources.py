@@ -53,6 +53,16 @@ def check(data: ml_collections.ConfigDict) -> None:
     tfds_builder(data.name, data.data_dir)
 
 
+def _folder(data: ml_collections.ConfigDict) -> dict:
+  side = int(round(data.image_size * FOLDER_MARGIN))
+  return _load_folder(data.path, side, float(data.get('max_bad_fraction', 0.001)))
+
+
+def skipped_files(data: ml_collections.ConfigDict) -> tuple[str, ...]:
+  """'path: why' of every image file the source skipped as unreadable (folder sources)."""
+  return _folder(data)['skipped'] if data.source == 'folder' else ()
+
+
 def metadata(data: ml_collections.ConfigDict) -> tuple[int, int, int]:
   """(num_train, num_classes, channels) of the source."""
   if data.source == 'tfds':  # metadata only: no decoding
@@ -76,8 +86,7 @@ def load(data: ml_collections.ConfigDict, split: str) -> Split:
   if data.source == 'idx':
     return _load_idx(data.path, name)
   if data.source == 'folder':
-    side = int(round(data.image_size * FOLDER_MARGIN))
-    return _load_folder(data.path, side, float(data.get('max_bad_fraction', 0.001)))[name]
+    return _folder(data)[name]
   raise ValueError(f'source {data.source!r} is not an in-memory source')
 
 
@@ -229,7 +238,8 @@ def _check_bad_files(path: str, bad: list[images.BadImageError], total: int, lim
 
 
 @functools.lru_cache(maxsize=2)
-def _load_folder(path: str, side: int, max_bad_fraction: float = 0.001) -> dict[str, Split]:
+def _load_folder(path: str, side: int, max_bad_fraction: float = 0.001) -> dict:
+  """{'train': Split, 'test': Split, 'skipped': ('path: why', ...)}."""
   layout = _folder_layout(path)
   files, class_names = _labelled_files(layout['train'])
   classes = sorted(set(class_names))
@@ -265,7 +275,8 @@ def _load_folder(path: str, side: int, max_bad_fraction: float = 0.001) -> dict[
       labels = np.full((len(kept),), -1, np.int32)
     return Split(stacked, labels, len(classes))
 
-  return {'train': split(files, class_names), 'test': split(test_files, test_names)}
+  splits = {'train': split(files, class_names), 'test': split(test_files, test_names)}
+  return {**splits, 'skipped': tuple(str(e) for e in bad)}
 
 
 # ----------------------------------------------------------------------------- tfds

@@ -16,6 +16,7 @@ class DatasetInfo:
   num_train: int  # examples in the train split (global, all hosts)
   num_classes: int
   image_shape: tuple[int, int, int]  # (H, W, C) of the model input
+  skipped_files: tuple[str, ...] = ()  # 'path: why' of unreadable files left out (folders)
 
 
 def source_name(config: ml_collections.ConfigDict) -> str:
