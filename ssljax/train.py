@@ -83,7 +83,8 @@ class _Interrupts:
 
   def restore(self):
     for s, handler in self._previous.items():
-      signal.signal(s, handler)
+      # None: the previous handler was not set from Python; the default is the closest.
+      signal.signal(s, signal.SIG_DFL if handler is None else handler)
 
 
 _CLOSE_SECONDS = 5
