@@ -58,6 +58,10 @@ def base_config(method: str = '', image_size: int = 32) -> ml_collections.Config
       # folder source: unreadable image files are skipped, counted and named; more than this
       # fraction of the files stops the run (it lists them).
       max_bad_fraction=0.001,
+      # folder source, DICOM files: (center, width) after the rescale (CT: Hounsfield units, e.g.
+      # (40, 400) soft tissue) instead of each file's own window; None: the file's, else its
+      # bit depth's range.
+      dicom_window=placeholder(tuple),
     )
   )
   c.augment = augment_defaults(image_size)

@@ -37,6 +37,7 @@ BAD = [
   ('simclr_digits', ["--config.eval=('linear', 'knnn')"], 'knnn'),
   ('simclr_digits', ["--config.eval_config.label_budgets=('5 per class',)"], '5 per class'),
   ('simclr_digits', ['--config.data.source=hdf5'], "data.source='hdf5'"),
+  ('simclr_digits', ['--config.data.dicom_window=(40, -5)'], 'data.dicom_window=(40, -5)'),
   ('simclr_digits', ['--config.visualize.projection=mds'], "visualize.projection='mds'"),
   ('simclr_digits', ['--config.log_every=0'], 'log_every=0'),
   ('simclr_digits', ['--config.method=dino'], 'configs/dino_digits.py'),

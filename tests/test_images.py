@@ -83,6 +83,12 @@ def test_dicom_ct_and_mr_follow_rescale_window_and_bit_depth():
   c, w = float(mr.WindowCenter), float(mr.WindowWidth)
   expected = np.clip((mr.pixel_array - (c - 0.5)) / (w - 1) + 0.5, 0, 1)
   np.testing.assert_allclose(images.read_image(mr_path)[..., 0], expected, rtol=1e-6)
+  # A window of the user's (config.data.dicom_window) replaces the file's, or its absence: CT
+  # soft tissue (40, 400) in Hounsfield units.
+  soft = np.clip((hu - 39.5) / 399 + 0.5, 0, 1)
+  windowed = images.read_image(ct_path, dicom_window=(40, 400))
+  np.testing.assert_allclose(windowed[..., 0], soft, rtol=1e-6)
+  assert windowed.std() > 10 * x.std()  # the contrast the full 16-bit range hides
 
 
 def test_dicom_without_pydicom_names_the_extra(tmp_path, monkeypatch):

@@ -14,6 +14,15 @@ def check_config(checks: Checks) -> None:
   checks.choice('data.source', SOURCES)
   checks.count('data.image_size', 1)
   checks.probability('data.max_bad_fraction')
+  window = checks.value('data.dicom_window')
+  if window is not None:
+    ok = (
+      isinstance(window, tuple | list)
+      and len(window) == 2
+      and all(isinstance(v, int | float) and not isinstance(v, bool) for v in window)
+      and window[1] > 0
+    )
+    checks.require(ok, 'data.dicom_window', '(center, width) with width > 0, or None', (40, 400))
   if checks.value('data.source') == 'synthetic':
     checks.count('data.num_classes', 2)
     checks.choice('data.channels', (1, 3))

@@ -39,10 +39,14 @@ def is_image_file(path: str) -> bool:
   return os.path.splitext(path)[1].lower() in IMAGE_SUFFIXES
 
 
-def read_image(path: str) -> np.ndarray:
-  """(H, W, C) float32 in [0, 1], C = 1 (grayscale) or 3 (colour); BadImageError if unreadable."""
+def read_image(path: str, *, dicom_window: tuple[float, float] | None = None) -> np.ndarray:
+  """(H, W, C) float32 in [0, 1], C = 1 (grayscale) or 3 (colour); BadImageError if unreadable.
+
+  `dicom_window` (center, width), in the units after the rescale (Hounsfield units for CT),
+  replaces the window DICOM files carry (e.g. (40, 400) for soft tissue, (-600, 1500) for lung).
+  """
   if os.path.splitext(path)[1].lower() in DICOM_SUFFIXES:
-    return _read_dicom(path)
+    return _read_dicom(path, dicom_window)
   try:
     with Image.open(path) as im:
       im.load()  # decode now: a truncated file fails here, not later
@@ -97,7 +101,7 @@ def import_pydicom():
   return pydicom
 
 
-def _read_dicom(path: str) -> np.ndarray:
+def _read_dicom(path: str, window: tuple[float, float] | None = None) -> np.ndarray:
   """The stored values through the modality LUT (rescale slope and intercept), then the file's
   window where it has one, else the range its bit depth allows, onto [0, 1]; MONOCHROME1
   inverted (its high values are dark)."""
@@ -110,9 +114,11 @@ def _read_dicom(path: str) -> np.ndarray:
   except Exception as e:  # pydicom raises many types for a broken or undecodable file
     raise BadImageError(path, f'{type(e).__name__}: {e}') from e
   values = np.asarray(apply_modality_lut(stored, ds), np.float64)
-  if 'WindowCenter' in ds and 'WindowWidth' in ds:
+  if window is None and 'WindowCenter' in ds and 'WindowWidth' in ds:
+    window = _first(ds.WindowCenter), _first(ds.WindowWidth)
+  if window is not None:
     # DICOM PS3.3 C.11.2.1.2.1, linear: the window onto [0, 1], values outside it clipped.
-    center, width = _first(ds.WindowCenter), max(_first(ds.WindowWidth), 1.0)
+    center, width = float(window[0]), max(float(window[1]), 1.0)
     pixels = (values - (center - 0.5)) / max(width - 1.0, 1.0) + 0.5
   else:
     # The range the stored bit depth allows, through the same rescale.

@@ -55,7 +55,9 @@ def check(data: ml_collections.ConfigDict) -> None:
 
 def _folder(data: ml_collections.ConfigDict) -> dict:
   side = int(round(data.image_size * FOLDER_MARGIN))
-  return _load_folder(data.path, side, float(data.get('max_bad_fraction', 0.001)))
+  window = data.get('dicom_window')
+  window = None if window is None else tuple(float(v) for v in window)
+  return _load_folder(data.path, side, float(data.get('max_bad_fraction', 0.001)), window)
 
 
 def skipped_files(data: ml_collections.ConfigDict) -> tuple[str, ...]:
@@ -238,7 +240,9 @@ def _check_bad_files(path: str, bad: list[images.BadImageError], total: int, lim
 
 
 @functools.lru_cache(maxsize=2)
-def _load_folder(path: str, side: int, max_bad_fraction: float = 0.001) -> dict:
+def _load_folder(
+  path: str, side: int, max_bad_fraction: float = 0.001, dicom_window: tuple | None = None
+) -> dict:
   """{'train': Split, 'test': Split, 'skipped': ('path: why', ...)}."""
   layout = _folder_layout(path)
   files, class_names = _labelled_files(layout['train'])
@@ -248,7 +252,7 @@ def _load_folder(path: str, side: int, max_bad_fraction: float = 0.001) -> dict:
   pixels, bad = {}, []
   for f in files + test_files:
     try:
-      pixels[f] = images.read_image(str(f))
+      pixels[f] = images.read_image(str(f), dicom_window=dicom_window)
     except images.BadImageError as e:
       bad.append(e)
   _check_bad_files(path, bad, len(files) + len(test_files), max_bad_fraction)
