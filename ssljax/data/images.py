@@ -72,22 +72,22 @@ def describe(path: str) -> dict:
 def _pil_pixels(im: Image.Image) -> np.ndarray:
   mode = im.mode
   if mode.startswith('I;16'):
-    pixels = np.asarray(im, dtype=np.uint16).astype(np.float32) / 65535.0
+    pixels = np.multiply(np.asarray(im, np.uint16), 1 / 65535, dtype=np.float32)
   elif mode == 'I':  # 32-bit integer storage of 16-bit samples (Pillow's 16-bit PNG/TIFF)
-    pixels = np.asarray(im, dtype=np.int64).astype(np.float32) / 65535.0
+    pixels = np.clip(np.multiply(np.asarray(im, np.int32), 1 / 65535, dtype=np.float32), 0, 1)
   elif mode == 'F':
-    pixels = np.asarray(im, dtype=np.float32)
+    pixels = np.clip(np.asarray(im, np.float32), 0, 1)
   else:
     if mode == 'P':
       mode = 'RGBA' if 'transparency' in im.info else 'RGB'
       im = im.convert(mode)
     target = 'L' if mode in _GRAY_MODES else 'RGB'  # drops alpha; CMYK, YCbCr -> RGB
-    pixels = np.asarray(im.convert(target), dtype=np.float32) / 255.0
+    pixels = np.multiply(np.asarray(im.convert(target), np.uint8), 1 / 255, dtype=np.float32)
   if pixels.ndim == 2:
     pixels = pixels[..., None]
   if pixels.size == 0:
     raise OSError('the image has no pixels')
-  return np.clip(pixels, 0.0, 1.0)
+  return pixels
 
 
 def import_pydicom():

@@ -5,6 +5,7 @@ No TensorFlow at import: only the tfds functions import it, on first use.
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 import functools
 import gzip
@@ -215,7 +216,7 @@ def _resized(pixels: np.ndarray, channels: int, side: int) -> np.ndarray:
   left, top = (nw - side) // 2, (nh - side) // 2
   planes = [
     Image.fromarray(pixels[..., c], mode='F')
-    .resize((nw, nh), Image.BICUBIC)
+    .resize((nw, nh), Image.BICUBIC, reducing_gap=3.0)  # a fast box reduction first
     .crop((left, top, left + side, top + side))
     for c in range(channels)
   ]
@@ -239,6 +240,16 @@ def _check_bad_files(path: str, bad: list[images.BadImageError], total: int, lim
   )
 
 
+def _first_channels(files: list[pathlib.Path], read) -> int | None:
+  """The channels of the first readable file: the folder's (others are converted to them)."""
+  for f in files:
+    try:
+      return read(str(f)).shape[-1]
+    except images.BadImageError:
+      continue
+  return None
+
+
 @functools.lru_cache(maxsize=2)
 def _load_folder(
   path: str, side: int, max_bad_fraction: float = 0.001, dicom_window: tuple | None = None
@@ -249,24 +260,31 @@ def _load_folder(
   classes = sorted(set(class_names))
   index = {name: i for i, name in enumerate(classes)}
   test_files, test_names = ([], []) if layout['test'] is None else _labelled_files(layout['test'])
-  pixels, bad = {}, []
-  for f in files + test_files:
-    try:
-      pixels[f] = images.read_image(str(f), dicom_window=dicom_window)
-    except images.BadImageError as e:
-      bad.append(e)
-  _check_bad_files(path, bad, len(files) + len(test_files), max_bad_fraction)
-  first = next((pixels[f] for f in files if f in pixels), None)
-  if first is None:
+  read = functools.partial(images.read_image, dicom_window=dicom_window)
+  channels = _first_channels(files, read)
+  if channels is None:
     raise DatasetNotFoundError(f"folder source: no readable image under '{layout['train']}'")
-  channels = first.shape[-1]
+
+  def decode(f):
+    """uint8 (side, side, channels), resized at once so only small images are kept."""
+    try:
+      return _resized(read(str(f)), channels, side)
+    except images.BadImageError as e:
+      return e
+
+  # Pillow and pydicom release the GIL while decoding: threads use every core.
+  with concurrent.futures.ThreadPoolExecutor(os.cpu_count() or 1) as pool:
+    decoded = dict(zip(files + test_files, pool.map(decode, files + test_files), strict=True))
+  bad = [d for d in decoded.values() if isinstance(d, images.BadImageError)]
+  pixels = {f: d for f, d in decoded.items() if not isinstance(d, images.BadImageError)}
+  _check_bad_files(path, bad, len(files) + len(test_files), max_bad_fraction)
 
   def split(files, names) -> Split:
     kept = [i for i, f in enumerate(files) if f in pixels]
     if not kept:
       empty = np.zeros((0, side, side, channels), np.uint8)
       return Split(empty, np.zeros((0,), np.int32), len(classes))
-    stacked = np.stack([_resized(pixels[files[i]], channels, side) for i in kept])
+    stacked = np.stack([pixels[files[i]] for i in kept])
     if classes:
       unknown = sorted(set(names) - set(classes))
       if unknown or len(names) != len(files):
