@@ -143,7 +143,11 @@ def _command(*args: str) -> tuple[subprocess.CompletedProcess, float]:
   return proc, time.perf_counter() - start
 
 
+@pytest.mark.slow
 def test_the_command_refuses_a_bad_value_in_seconds_without_a_traceback(tmp_path):
+  """The real commands (two fresh interpreters importing JAX and TensorFlow). Fast stand-ins:
+  the table above, which runs the same validation through the same handler in-process, and
+  test_a_bug_keeps_its_traceback."""
   workdir = str(tmp_path / 'run')
   proc, seconds = _command(
     '-m',
