@@ -186,6 +186,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   # step was finite, and nothing is saved or evaluated before its steps are fetched: a
   # non-finite state never reaches a checkpoint, at no cost beyond the fetches logging makes.
   pending, window, t_log, step_log = [], [], time.perf_counter(), start_step
+  signal_exit = 0  # the exit code once a signal's checkpoint is saved
   try:
     for step in range(start_step, total_steps):
       state, metrics = train_step(state, next(batches))
@@ -198,8 +199,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       done = step + 1
       log_now = done % config.log_every == 0 or done == total_steps
       eval_now = bool(config.eval_every) and done % config.eval_every == 0 and done < total_steps
-      save_now = done % config.checkpoint_every == 0 or interrupts.received or eval_now
-      if log_now or save_now:
+      save_now = done % config.checkpoint_every == 0 or eval_now  # evaluations start saved
+      if log_now or save_now or interrupts.received:
         fetched = jax.device_get(pending)
         _check_finite(fetched, done - len(fetched) + 1, last_saved, ckpt, config)
         window += fetched
@@ -220,7 +221,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
             means['images_per_sec'],
           )
         window, t_log, step_log = [], time.perf_counter(), done
-      if done % config.checkpoint_every == 0 or eval_now:
+      if save_now:
         ckpt.save(done, state._asdict(), force=eval_now)
         last_saved = done
       if interrupts.received:
@@ -231,12 +232,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         logging.warning('Saved step %d after %s; exiting.', done, name)
         print(f'{name}: saved step {done} in {ckpt.directory}; rerun to resume.', flush=True)
         writer.close()
-        if not _close_within(batches, _CLOSE_SECONDS):
-          # Everything is saved; tf.data's teardown has been seen to block for 20 s or more.
-          logging.warning('The input pipeline did not stop within %d s: exiting.', _CLOSE_SECONDS)
-          logging.flush()
-          os._exit(128 + interrupts.received)
-        raise SystemExit(128 + interrupts.received)
+        signal_exit = 128 + interrupts.received
+        raise SystemExit(signal_exit)
       if eval_now:
         # Saved above, so a signal during the (long) evaluation may end the process at once.
         interrupts.restore()
@@ -248,10 +245,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     if last_saved != total_steps:
       ckpt.save(total_steps, state._asdict(), force=True)
   finally:
-    _close_within(batches, _CLOSE_SECONDS)  # the input's threads stop now, not at exit
+    input_closed = _close_within(batches, _CLOSE_SECONDS)  # its threads stop now, not at exit
     bar.close()
     interrupts.restore()
     ckpt.wait()
+    if signal_exit and not input_closed:
+      # Everything is saved; tf.data's teardown has been seen to block for 20 s or more.
+      logging.warning('The input pipeline did not stop within %d s: exiting.', _CLOSE_SECONDS)
+      logging.flush()
+      os._exit(signal_exit)
 
   # ---------------------------------------------------------------- Evaluation
   drawer.draw(state, total_steps)
