@@ -29,6 +29,7 @@ __all__ = [
   'labelled_train_iterator',
   'load_eval_split',
   'view_specs',
+  'view_specs_if_valid',
 ]
 
 
@@ -49,6 +50,15 @@ def view_specs(config: ml_collections.ConfigDict) -> list[ml_collections.ConfigD
   if not specs:
     raise ConfigError('config.views defines no view: every method needs one, e.g. dict(view1={})')
   return specs
+
+
+def view_specs_if_valid(config: ml_collections.ConfigDict) -> list | None:
+  """view_specs, or None for views that cannot be expanded (the data checks report why):
+  for the checks of other fields that depend on the views."""
+  try:
+    return view_specs(config)
+  except (ConfigError, TypeError, ValueError):
+    return None
 
 
 # ----------------------------------------------------------------------------- public API

@@ -55,7 +55,7 @@ def _check_augment(checks: Checks, prefix: str, spec, fallback: str | None = Non
     """A view without a default of its own takes config.augment's value as the example."""
     if fallback is None:
       return MISSING
-    own = checks.lookup(checks.defaults, f'{prefix}.{key}') if checks.defaults else MISSING
+    own = checks.lookup(checks.defaults, f'{prefix}.{key}')
     return MISSING if own is not MISSING else checks.lookup(checks.defaults, f'{fallback}.{key}')
 
   f = lambda key: f'{prefix}.{key}'  # noqa: E731

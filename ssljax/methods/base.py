@@ -72,10 +72,10 @@ class Method:
     its sections); run before any data is read or anything compiles. Subclasses extend it."""
     name = checks.config.method
     checks.choice('eval_encoder', cls.eval_encoders)
-    try:
-      views = len(data.view_specs(checks.config))
-    except (ConfigError, TypeError, ValueError):
-      return  # the data checks report bad views
+    specs = data.view_specs_if_valid(checks.config)
+    if specs is None:
+      return
+    views = len(specs)
     if cls.num_views is not None and views != cls.num_views:
       checks.fail(
         'views',

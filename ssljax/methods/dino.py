@@ -11,7 +11,6 @@ import jax.numpy as jnp
 import ml_collections
 
 from ssljax import data, defaults, ema, losses, models
-from ssljax.errors import ConfigError
 from ssljax.methods.base import (
   EncoderWithHead,
   Method,
@@ -99,10 +98,10 @@ class DINO(Method):
     checks.probability('ema.base')
     if not checks.count('dino.global_views', 1):
       return
-    try:
-      views = len(data.view_specs(checks.config))
-    except (ConfigError, TypeError, ValueError):
-      return  # the data checks report bad views
+    specs = data.view_specs_if_valid(checks.config)
+    if specs is None:
+      return
+    views = len(specs)
     global_views = checks.value('dino.global_views')
     if views < max(global_views, 2):
       checks.fail(

@@ -82,10 +82,7 @@ def _check_patch_size(checks: Checks) -> None:
     return
   patch = checks.value('model.patch_size')
   sides = {checks.value('data.image_size')}
-  try:
-    sides |= {s.image_size for s in data.view_specs(checks.config)}
-  except (ConfigError, TypeError, ValueError):
-    pass  # the data checks report bad views
+  sides |= {s.image_size for s in data.view_specs_if_valid(checks.config) or []}
   sides = sorted(s for s in sides if isinstance(s, int) and s > 0)
   if any(s % patch for s in sides):
     divisors = [p for p in range(1, min(sides) + 1) if all(s % p == 0 for s in sides)]
