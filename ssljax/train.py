@@ -99,6 +99,30 @@ def _close_within(iterator, seconds: float) -> bool:
   return not closer.is_alive()
 
 
+class _SkippedFiles:
+  """The unreadable files the input met, as they are met: their count in metrics.jsonl
+  (data/skipped_files) and their names in WORKDIR/skipped_files.txt, which keeps those an
+  earlier attempt of the run met. The report shows both."""
+
+  def __init__(self, config: ml_collections.ConfigDict, workdir: str, writer: MetricWriter):
+    self.config, self.writer = config, writer
+    self.file = os.path.join(workdir, report.SKIPPED_FILES)
+    self.known: set[str] = set()
+    if os.path.exists(self.file):
+      with open(self.file) as f:
+        self.known = {line.rstrip('\n') for line in f if line.strip()}
+
+  def record(self, step: int) -> None:
+    found = self.known | set(data.skipped_files(self.config))
+    if found == self.known:
+      return
+    self.known = found
+    self.writer.write(step, {'data/skipped_files': float(len(found))})
+    if jax.process_index() == 0:
+      with open(self.file, 'w') as f:
+        f.write('\n'.join(sorted(found)) + '\n')
+
+
 def _check_finite(
   fetched: list[dict], first_step: int, last_saved: int | None, ckpt: Checkpointer, config
 ) -> None:
@@ -126,7 +150,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   # ---------------------------------------------------------------- Mesh
   mesh = sharding.make_mesh()
   validate(config, mesh)
-  info = data.dataset_info(config)
+  info = data.dataset_info(config, workdir)
   logging.info('Mesh %s over %d processes; data %s', mesh.shape, jax.process_count(), info)
 
   # ---------------------------------------------------------------- Model and optimizer
@@ -170,11 +194,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     donate_argnums=0,
   )
   writer = MetricWriter(workdir)
-  if info.skipped_files:  # in metrics.jsonl and listed beside it; the report shows both
-    writer.write(start_step, {'data/skipped_files': float(len(info.skipped_files))})
-    if jax.process_index() == 0:
-      with open(os.path.join(workdir, report.SKIPPED_FILES), 'w') as f:
-        f.write('\n'.join(info.skipped_files) + '\n')
+  skipped = _SkippedFiles(config, workdir, writer)
   bar = progress_bar(total_steps, start_step)
   batches = sharding.prefetch_to_mesh(
     data.build_train_iterator(config, start_step=start_step), mesh
@@ -210,6 +230,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         elapsed = time.perf_counter() - t_log
         means['images_per_sec'] = (done - step_log) * config.batch_size / elapsed
         writer.write(done, means)
+        skipped.record(done)
         bar.set_postfix(loss=f'{means["loss"]:.4f}', img_s=f'{means["images_per_sec"]:,.0f}')
         bar.update(done - bar.n)
         if bar.disable:
@@ -260,6 +281,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   drawer.finish()
   baseline = init if config.eval_config.random_init else None
   results = protocols.evaluate_state(config, method, state, baseline, mesh, supervised_cache)
+  skipped.record(total_steps)
   results['step'] = int(state.step)
   results['config'] = config.name
   if results['pretrained']:

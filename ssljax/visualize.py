@@ -61,13 +61,13 @@ class Pictures:
     )
     if not self.enabled:
       return
-    images, labels = data.load_eval_split(config, 'test')
+    test = data.eval_split(config, 'test')
+    images, labels = test.take(np.arange(min(test.size, config.visualize.num_points)))
     if len(labels) == 0 or np.min(labels) < 0:
       logging.warning('No labelled test split: no embedding or attention pictures.')
       self.enabled = False
       return
-    self.images = images[: config.visualize.num_points]
-    self.labels = labels[: config.visualize.num_points]
+    self.images, self.labels = images, labels
     self._features = jax.jit(method.features)
     self._attention = jax.jit(method.attention)
     if self._reconstructs():

@@ -143,6 +143,43 @@ def shrink():
   return shrink_config
 
 
+def _start_main(workdir, *flags: str, devices: int = 2):
+  """`python -m ssljax.main --workdir=WORKDIR FLAGS...` as a subprocess on CPU devices."""
+  import subprocess
+  import sys
+
+  env = {
+    **os.environ,
+    'JAX_PLATFORMS': 'cpu',
+    'XLA_FLAGS': f'--xla_force_host_platform_device_count={devices}',
+  }
+  args = [sys.executable, '-m', 'ssljax.main', f'--workdir={workdir}', *flags]
+  return subprocess.Popen(
+    args, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+  )
+
+
+def _final_checkpoint(workdir):
+  """(step, state as numpy leaves) of the run's latest checkpoint."""
+  from ssljax import checkpoint
+
+  ckpt = checkpoint.Checkpointer(str(workdir), max_to_keep=3)
+  step = ckpt.latest_step()
+  restored = ckpt._manager.restore(step)  # untyped restore: numpy leaves
+  ckpt.close()
+  return step, restored
+
+
+@pytest.fixture(scope='session')
+def start_main():
+  return _start_main
+
+
+@pytest.fixture(scope='session')
+def final_checkpoint():
+  return _final_checkpoint
+
+
 def _tiny_run(tmp_path_factory, name: str, **eval_config):
   """Trains configs/NAME.py shrunk once per pytest run, whatever the number of xdist workers:
   under xdist the run lives beside the workers' directories, behind a file lock."""

@@ -126,25 +126,29 @@ def _mixed_folder(root):
 
 
 def test_folder_source_skips_counts_and_names_unreadable_files(tmp_path, caplog):
-  from ssljax import errors
-  from ssljax.data import check, sources
+  from ssljax import data, errors
+  from ssljax.data import check
   from ssljax.methods import SimCLR
 
   bad = _mixed_folder(tmp_path / 'images')
   config = SimCLR.default_config(16)
   config.data.source, config.data.path = 'folder', str(tmp_path / 'images')
   config.data.max_bad_fraction = 0.1
+  assert data.dataset_info(config) == data.DatasetInfo(46, 2, (16, 16, 3))
   with caplog.at_level('WARNING'):
-    train = sources.load(config.data, 'train')
-  assert train.images.shape == (43, 18, 18, 3) and train.images.dtype == np.uint8
-  assert np.bincount(train.labels).tolist() == [21, 22] and train.num_classes == 2
+    x, y = data.load_eval_split(config, 'train')  # streams every file once
+  assert x.shape == (43, 16, 16, 3) and x.dtype == np.float32
+  assert np.bincount(y).tolist() == [21, 22]
   logged = caplog.text
-  assert 'skipped 3 unreadable file(s) of 46' in logged
+  assert '(3 of 46 so far)' in logged
   assert all(str(tmp_path / 'images' / b) in logged for b in bad)
+  assert [s.split(': ')[0] for s in data.skipped_files(config)] == [
+    str(tmp_path / 'images' / b) for b in bad
+  ]
   # Past max_bad_fraction: a user error naming them, exit code 2 from the commands.
   config.data.max_bad_fraction = 0.05
   with pytest.raises(errors.DataError, match='3 of 46 image files cannot be read') as e:
-    sources.load(config.data, 'train')
+    data.load_eval_split(config, 'train')
   assert all(b in str(e.value) for b in bad) and e.value.exit_code == 2
   # The scanner counts what the source would read and names the same files.
   report = check.scan(str(tmp_path / 'images'))
@@ -169,14 +173,14 @@ def test_a_run_on_a_folder_with_broken_files_trains_and_names_them(
   config.eval = ('knn',)
   config.eval_config.random_init = False
   workdir = tmp_path / 'run'
-  assert data.dataset_info(config).skipped_files[0].startswith(str(tmp_path / 'images'))
   with caplog.at_level('WARNING'):
     results = train.train_and_evaluate(config, str(workdir))
   assert results['step'] == 3
-  assert 'skipped 3 unreadable file(s) of 46' in caplog.text
+  assert '(3 of 46 so far)' in caplog.text and data.dataset_info(config).num_train == 46
   with open(workdir / 'metrics.jsonl') as f:
     logged = [json.loads(line) for line in f]
-  assert [m['data/skipped_files'] for m in logged if 'data/skipped_files' in m] == [3.0]
+  counts = [m['data/skipped_files'] for m in logged if 'data/skipped_files' in m]
+  assert counts[-1] == 3.0 and counts == sorted(counts)
   report = (workdir / 'report.md').read_text()
   assert '**3 unreadable image file(s) were skipped:**' in report
   assert all(str(tmp_path / 'images' / b) in report for b in bad)

@@ -119,50 +119,28 @@ def test_indivisible_batch_is_refused_before_compiling(tmp_path, config_file, sh
   assert not os.path.exists(tmp_path / 'checkpoints')
 
 
-def _main(workdir, *extra):
-  args = [
-    sys.executable,
-    '-m',
-    'ssljax.main',
-    '--config=configs/simclr_digits.py',
-    f'--workdir={workdir}',
-    '--config.model.width=4',
-    '--config.model.proj_dim=8',
-    '--config.batch_size=16',
-    '--config.total_steps=40',
-    '--config.checkpoint_every=5',
-    '--config.log_every=5',
-    "--config.eval=('knn',)",
-    '--config.eval_config.batch_size=64',
-    '--config.eval_config.random_init=False',
-    *extra,
-  ]
-  env = {
-    **os.environ,
-    'JAX_PLATFORMS': 'cpu',
-    'XLA_FLAGS': '--xla_force_host_platform_device_count=2',
-  }
-  return subprocess.Popen(
-    args, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
-  )
-
-
-def _final_params(workdir):
-  ckpt = checkpoint.Checkpointer(str(workdir), max_to_keep=3)
-  step = ckpt.latest_step()
-  restored = ckpt._manager.restore(step)  # untyped restore: numpy leaves
-  ckpt.close()
-  return step, restored
+MAIN_FLAGS = (
+  '--config=configs/simclr_digits.py',
+  '--config.model.width=4',
+  '--config.model.proj_dim=8',
+  '--config.batch_size=16',
+  '--config.total_steps=40',
+  '--config.checkpoint_every=5',
+  '--config.log_every=5',
+  "--config.eval=('knn',)",
+  '--config.eval_config.batch_size=64',
+  '--config.eval_config.random_init=False',
+)
 
 
 @pytest.mark.slow
-def test_sigterm_saves_and_rerun_resumes_exactly(tmp_path):
+def test_sigterm_saves_and_rerun_resumes_exactly(tmp_path, start_main, final_checkpoint):
   """checkpoint -> kill -> resume ends with the same weights as an uninterrupted run."""
-  straight = _main(tmp_path / 'straight')
+  straight = start_main(tmp_path / 'straight', *MAIN_FLAGS)
   log_straight = straight.communicate(timeout=600)[0]
   assert straight.returncode == 0, log_straight[-3000:]
 
-  killed = _main(tmp_path / 'killed')
+  killed = start_main(tmp_path / 'killed', *MAIN_FLAGS)
   deadline = time.time() + 600
   while not glob.glob(str(tmp_path / 'killed' / 'checkpoints' / '5')) and time.time() < deadline:
     time.sleep(0.2)
@@ -172,16 +150,16 @@ def test_sigterm_saves_and_rerun_resumes_exactly(tmp_path):
   # Within a step and the final save, input threads closed: not a hang (the issue's bound).
   assert time.perf_counter() - signalled < 30
   assert killed.returncode == 143, log_killed[-3000:]
-  saved_step, _ = _final_params(tmp_path / 'killed')
+  saved_step, _ = final_checkpoint(tmp_path / 'killed')
   assert 5 <= saved_step < 40
 
-  resumed = _main(tmp_path / 'killed')
+  resumed = start_main(tmp_path / 'killed', *MAIN_FLAGS)
   log_resumed = resumed.communicate(timeout=600)[0]
   assert resumed.returncode == 0, log_resumed[-3000:]
   assert f'Resumed from step {saved_step}' in log_resumed
 
-  step_a, state_a = _final_params(tmp_path / 'straight')
-  step_b, state_b = _final_params(tmp_path / 'killed')
+  step_a, state_a = final_checkpoint(tmp_path / 'straight')
+  step_b, state_b = final_checkpoint(tmp_path / 'killed')
   assert step_a == step_b == 40
   jax.tree.map(
     lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), state_a, state_b

@@ -8,6 +8,7 @@ The example order lives in `order`, the shared types in `types`; this module is 
 from __future__ import annotations
 
 import copy
+import itertools
 from collections.abc import Iterator
 
 import jax
@@ -16,18 +17,21 @@ import numpy as np
 
 from ssljax.data import shifts, sources, synthetic
 from ssljax.data.checks import check_config
-from ssljax.data.types import DatasetInfo, source_name
+from ssljax.data.types import DatasetInfo, EvalSplit, source_name
 from ssljax.errors import ConfigError, DatasetNotFoundError
 
 __all__ = [
   'DatasetInfo',
   'DatasetNotFoundError',
+  'EvalSplit',
   'build_train_iterator',
   'check_available',
   'check_config',
   'dataset_info',
+  'eval_split',
   'labelled_train_iterator',
   'load_eval_split',
+  'skipped_files',
   'view_specs',
   'view_specs_if_valid',
 ]
@@ -73,16 +77,21 @@ def check_available(config: ml_collections.ConfigDict) -> None:
   sources.check(config.data)
 
 
-def dataset_info(config: ml_collections.ConfigDict) -> DatasetInfo:
-  """Sizes the model and the schedule need; cheap (metadata, or the cached in-memory arrays)."""
+def dataset_info(config: ml_collections.ConfigDict, workdir: str | None = None) -> DatasetInfo:
+  """Sizes the model and the schedule need; cheap (metadata, a folder's file list, or the cached
+  in-memory arrays). A folder's list is cached in `workdir`, so a restart does not list it."""
   source = source_name(config)
   size = int(config.data.image_size)
   if source == 'synthetic':
     d = config.data
     return DatasetInfo(int(d.num_examples), int(d.num_classes), (size, size, int(d.channels)))
-  num_train, num_classes, channels = sources.metadata(config.data)
-  skipped = sources.skipped_files(config.data)
-  return DatasetInfo(num_train, num_classes, (size, size, channels), skipped)
+  num_train, num_classes, channels = sources.metadata(config.data, workdir)
+  return DatasetInfo(num_train, num_classes, (size, size, channels))
+
+
+def skipped_files(config: ml_collections.ConfigDict) -> tuple[str, ...]:
+  """'path: why' of every unreadable image file this process met so far (folder sources)."""
+  return sources.skipped_files(config.data) if source_name(config) != 'synthetic' else ()
 
 
 def build_train_iterator(
@@ -101,32 +110,38 @@ def build_train_iterator(
   return pipeline.train_iterator(config, specs, start_step=start_step)
 
 
-def load_eval_split(config: ml_collections.ConfigDict, split: str) -> tuple[np.ndarray, np.ndarray]:
-  """Un-augmented (images float32 (N, S, S, C) in [0, 1], labels int32 (N,)) of this process.
+def eval_split(config: ml_collections.ConfigDict, split: str) -> EvalSplit:
+  """This process's share of the un-augmented 'train' or 'test' split, read batch by batch.
 
-  `split` is 'train' or 'test'. The split is capped to config.eval_config.max_examples (when > 0)
-  first, then process p keeps examples i with i % process_count == p. A `config.data.shift`
-  corrupts the images (`ssljax.data.shifts`), the same ones whatever the process count.
+  The split is capped to config.eval_config.max_examples (when > 0) first, then process p keeps
+  examples i with i % process_count == p. A `config.data.shift` corrupts the images
+  (`ssljax.data.shifts`), the same ones whatever the process count or batch size.
   """
   if split not in ('train', 'test'):
     raise ValueError(f"split must be 'train' or 'test', got {split!r}")
   if source_name(config) == 'synthetic':
-    images, labels = synthetic.eval_split(config, split)
+    unshifted = EvalSplit.of_arrays(*synthetic.eval_split(config, split))
   else:
     from ssljax.data import pipeline
 
-    images, labels = pipeline.eval_split(config, split)
+    unshifted = pipeline.eval_split(config, split)
   shift = config.data.get('shift', '')
-  if shift:
-    positions = jax.process_index() + jax.process_count() * np.arange(len(labels))
-    images = shifts.apply(
-      images,
-      positions,
-      shift=shift,
-      severity=config.data.get('shift_severity', 3),
-      seed=config.data.get('shift_seed', 0),
-    )
-  return images, labels
+  if not shift:
+    return unshifted
+
+  def read(batch: int) -> Iterator:
+    for first, (x, y, valid) in zip(itertools.count(0, batch), unshifted.batches(batch)):
+      positions = jax.process_index() + jax.process_count() * (first + np.arange(batch))
+      severity, seed = config.data.get('shift_severity', 3), config.data.get('shift_seed', 0)
+      yield shifts.apply(x, positions, shift=shift, severity=severity, seed=seed), y, valid
+
+  return EvalSplit(unshifted.size, unshifted.image_shape, read)
+
+
+def load_eval_split(config: ml_collections.ConfigDict, split: str) -> tuple[np.ndarray, np.ndarray]:
+  """`eval_split` in memory: (images float32 (N, S, S, C) in [0, 1], labels int32 (N,)) of the
+  readable examples of this process; for small data and what needs the pixels."""
+  return eval_split(config, split).take()
 
 
 def labelled_train_iterator(

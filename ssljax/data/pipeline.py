@@ -1,8 +1,8 @@
 """tf.data pipelines: augmented training views and un-augmented evaluation splits.
 
-In-memory sources follow the global index order of `ssljax.data.order.global_indices` exactly,
-and each example's augmentation is seeded by (config.seed, global element e, view), so a resumed run
-re-creates the same batches bit for bit, whatever the number of processes.
+In-memory and folder sources follow the global index order of `ssljax.data.order.global_indices`
+exactly, and each example's augmentation is seeded by (config.seed, global element e, view), so a
+resumed run re-creates the same batches bit for bit, whatever the number of processes.
 
 Streamed tfds datasets (ImageNet-sized) read this process's share of the files
 (tfds.split_for_jax_process) with seeded file and buffer shuffles. Resuming skips
@@ -21,7 +21,8 @@ import ml_collections
 import numpy as np
 import tensorflow as tf
 
-from ssljax.data import augment, order, sources
+from ssljax.data import augment, folder, order, sources
+from ssljax.data.types import EvalSplit
 
 AUTOTUNE = tf.data.AUTOTUNE
 SHUFFLE_BUFFER = 10_000  # streamed sources: examples in the shuffle buffer of each process
@@ -151,6 +152,26 @@ def _in_memory_batches(config, view_fns, start_step: int, local: int):
   return batches()
 
 
+def _folder_batches(config, view_fns, start_step: int, local: int):
+  """Batches following `global_indices`, each step's files decoded by `folder.train_steps`'s
+  threads and handed to tf.data, which augments them (a small dataset per step: a Python
+  generator inside tf.data could deadlock the interpreter's exit)."""
+  side = int(round(config.data.image_size * sources.FOLDER_MARGIN))
+  reader = sources.folder_reader(config.data, side)
+  seed = int(config.seed)
+  example = _example_function(view_fns, seed, int(config.data.image_size))
+  steps = folder.train_steps(
+    reader, seed=seed, batch_size=int(config.batch_size), start_step=start_step
+  )
+  try:
+    for elements, images in steps:
+      ds = tf.data.Dataset.from_tensor_slices((images, elements))
+      ds = ds.map(example, num_parallel_calls=AUTOTUNE, deterministic=True)
+      yield from _batched(ds, local)
+  finally:
+    steps.close()
+
+
 def _streamed_batches(config, view_fns, start_step: int, local: int):
   """Batches from this process's files, shuffled with the seed; see the module's note on resume."""
   tfds = sources.import_tfds()
@@ -185,7 +206,12 @@ def train_iterator(
   if batch_size % processes:
     raise ValueError(f'batch_size {batch_size} is not divisible by {processes} processes')
   local = batch_size // processes
-  make = _streamed_batches if sources.is_streamed(config.data) else _in_memory_batches
+  if config.data.source == 'folder':
+    make = _folder_batches
+  elif sources.is_streamed(config.data):
+    make = _streamed_batches
+  else:
+    make = _in_memory_batches
   batches = make(config, _view_functions(specs), start_step, local)
   return ({'views': list(views)} for views in batches)
 
@@ -223,39 +249,72 @@ def labelled_batches(
     yield from _batched(chunk(first), batch_size)
 
 
-def eval_split(config: ml_collections.ConfigDict, split: str) -> tuple[np.ndarray, np.ndarray]:
-  """This process's share of the un-augmented split (see `ssljax.data.load_eval_split`)."""
+def eval_split(config: ml_collections.ConfigDict, split: str) -> EvalSplit:
+  """This process's share of the un-augmented split (see `ssljax.data.eval_split`)."""
   size = int(config.data.image_size)
   max_examples = int(config.eval_config.get('max_examples', 0))
+  if config.data.source == 'folder':
+    reader_side = folder.eval_side(size)
+    index = folder.folder_index(config.data.path)
+    share = order.process_share(len(index.split(split).files), max_examples)
+
+    def read_folder(batch: int):
+      reader = sources.folder_reader(config.data, reader_side)
+      return folder.eval_batches(reader, split, share, batch, size)
+
+    return EvalSplit(len(share), (size, size, index.channels), read_folder)
   if sources.is_streamed(config.data):
-    tfds = sources.import_tfds()
     builder = sources.tfds_builder(config.data.name, config.data.data_dir)
-    image_key, label_key = sources.tfds_keys(config.data)
-    feature = builder.info.features[image_key]
-    channels = feature.shape[-1]
-    ds = builder.as_dataset(
-      split=sources.split_name(config.data, split),
-      shuffle_files=False,
-      decoders={image_key: tfds.decode.SkipDecoding()},
-    )
+    num = builder.info.splits[sources.split_name(config.data, split)].num_examples
     if max_examples > 0:
-      ds = ds.take(max_examples)
-    ds = ds.shard(jax.process_count(), jax.process_index())
-    ds = ds.map(lambda ex: (feature.decode_example(ex[image_key]), ex[label_key]))
-  else:
-    arrays = sources.load(config.data, split)
-    channels = arrays.images.shape[-1]
-    share = order.process_share(len(arrays.labels), max_examples)
-    ds = tf.data.Dataset.from_tensor_slices((arrays.images[share], arrays.labels[share]))
+      num = min(num, max_examples)
+    rows = len(range(jax.process_index(), num, jax.process_count()))
+    image_key, _ = sources.tfds_keys(config.data)
+    channels = builder.info.features[image_key].shape[-1]
+    return EvalSplit(
+      rows,
+      (size, size, channels),
+      lambda batch: _tfds_eval_batches(config, split, max_examples, batch),
+    )
+  arrays = sources.load(config.data, split)
+  share = order.process_share(len(arrays.labels), max_examples)
+  images, labels = arrays.images[share], arrays.labels[share]
+
+  def read_arrays(batch: int):
+    ds = tf.data.Dataset.from_tensor_slices((images, labels))
+    return _eval_batches(ds, size, batch, images.shape[-1])
+
+  return EvalSplit(len(share), (size, size, images.shape[-1]), read_arrays)
+
+
+def _tfds_eval_batches(config, split: str, max_examples: int, batch: int):
+  tfds = sources.import_tfds()
+  builder = sources.tfds_builder(config.data.name, config.data.data_dir)
+  image_key, label_key = sources.tfds_keys(config.data)
+  feature = builder.info.features[image_key]
+  ds = builder.as_dataset(
+    split=sources.split_name(config.data, split),
+    shuffle_files=False,
+    decoders={image_key: tfds.decode.SkipDecoding()},
+  )
+  if max_examples > 0:
+    ds = ds.take(max_examples)
+  ds = ds.shard(jax.process_count(), jax.process_index())
+  ds = ds.map(lambda ex: (feature.decode_example(ex[image_key]), ex[label_key]))
+  return _eval_batches(ds, int(config.data.image_size), batch, feature.shape[-1])
+
+
+def _eval_batches(ds: tf.data.Dataset, size: int, batch: int, channels: int):
+  """(images, labels, valid) batches of exactly `batch` rows: the last padded, invalid."""
   ds = ds.map(
     lambda image, label: (eval_resize(to_float(image), size), tf.cast(label, tf.int32)),
     num_parallel_calls=AUTOTUNE,
     deterministic=True,
   )
-  images, labels = [], []
-  for x, y in ds.batch(EVAL_BATCH).prefetch(AUTOTUNE).as_numpy_iterator():
-    images.append(x)
-    labels.append(y)
-  if not images:
-    return np.zeros((0, size, size, channels), np.float32), np.zeros((0,), np.int32)
-  return np.concatenate(images), np.concatenate(labels)
+  for x, y in ds.batch(batch).prefetch(AUTOTUNE).as_numpy_iterator():
+    pad = batch - len(y)
+    yield (
+      np.concatenate([x, np.zeros((pad, size, size, channels), np.float32)]),
+      np.concatenate([y, np.zeros(pad, np.int32)]),
+      np.arange(batch) < len(y),
+    )

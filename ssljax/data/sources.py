@@ -1,11 +1,11 @@
-"""Where examples come from: digits, idx files, image folders and tfds, as arrays in memory.
+"""Where examples come from: digits and idx files (in memory), image folders (streamed, see
+`folder`) and tfds (in memory when small, else streamed).
 
 No TensorFlow at import: only the tfds functions import it, on first use.
 """
 
 from __future__ import annotations
 
-import concurrent.futures
 import dataclasses
 import functools
 import gzip
@@ -14,18 +14,16 @@ import pathlib
 
 import ml_collections
 import numpy as np
-from absl import logging
-from PIL import Image
 from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
 
-from ssljax.data import images
-from ssljax.errors import DataError, DatasetNotFoundError
+from ssljax.data import folder
+from ssljax.errors import DatasetNotFoundError
 
 # tfds datasets at most this big (examples, pixels per side) are held in memory; larger stream.
 MAX_IN_MEMORY_EXAMPLES = 200_000
 MAX_IN_MEMORY_SIDE = 64
-FOLDER_MARGIN = 1.15  # folder images are stored this much larger than image_size: crops have room
+FOLDER_MARGIN = 1.15  # folder images are decoded this much larger than image_size: crops have room
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,30 +47,37 @@ def check(data: ml_collections.ConfigDict) -> None:
       for kind in ('images', 'labels'):
         _idx_file(data.path, prefix, kind)
   elif data.source == 'folder':
-    _folder_layout(data.path)
+    folder.folder_index(data.path)
   elif data.source == 'tfds':
     tfds_builder(data.name, data.data_dir)
 
 
-def _folder(data: ml_collections.ConfigDict) -> dict:
-  side = int(round(data.image_size * FOLDER_MARGIN))
+def folder_reader(data: ml_collections.ConfigDict, side: int, workdir: str | None = None):
+  """A `folder.Reader` of the configured folder decoding to `side` pixels."""
   window = data.get('dicom_window')
-  window = None if window is None else tuple(float(v) for v in window)
-  return _load_folder(data.path, side, float(data.get('max_bad_fraction', 0.001)), window)
+  return folder.Reader(
+    folder.folder_index(data.path, workdir),
+    side,
+    dicom_window=None if window is None else tuple(float(v) for v in window),
+    max_bad_fraction=float(data.get('max_bad_fraction', 0.001)),
+  )
 
 
 def skipped_files(data: ml_collections.ConfigDict) -> tuple[str, ...]:
-  """'path: why' of every image file the source skipped as unreadable (folder sources)."""
-  return _folder(data)['skipped'] if data.source == 'folder' else ()
+  """'path: why' of every unreadable image file the source met so far (folder sources)."""
+  return folder.skipped_files(data.path) if data.source == 'folder' else ()
 
 
-def metadata(data: ml_collections.ConfigDict) -> tuple[int, int, int]:
-  """(num_train, num_classes, channels) of the source."""
-  if data.source == 'tfds':  # metadata only: no decoding
+def metadata(data: ml_collections.ConfigDict, workdir: str | None = None) -> tuple[int, int, int]:
+  """(num_train, num_classes, channels) of the source; no image is decoded (one for folders)."""
+  if data.source == 'tfds':
     info = tfds_builder(data.name, data.data_dir).info
     image_key, label_key = _tfds_keys(info)
     num_train = info.splits[data.train_split].num_examples
     return num_train, info.features[label_key].num_classes, info.features[image_key].shape[-1]
+  if data.source == 'folder':
+    index = folder.folder_index(data.path, workdir)
+    return len(index.train.files), len(index.classes), index.channels
   train = load(data, 'train')
   return len(train.labels), train.num_classes, train.images.shape[-1]
 
@@ -88,8 +93,6 @@ def load(data: ml_collections.ConfigDict, split: str) -> Split:
     return _load_digits(name)
   if data.source == 'idx':
     return _load_idx(data.path, name)
-  if data.source == 'folder':
-    return _folder(data)[name]
   raise ValueError(f'source {data.source!r} is not an in-memory source')
 
 
@@ -160,145 +163,6 @@ def _load_idx(directory: str, split: str) -> Split:
     raise ValueError(f'idx source {directory}: images must be unsigned bytes, got {images.dtype}')
   train_labels = labels if split == 'train' else _load_idx(directory, 'train').labels
   return Split(images[..., None], labels, int(train_labels.max()) + 1)
-
-
-# ----------------------------------------------------------------------------- image folders
-
-
-def _images_in(directory: pathlib.Path) -> list[pathlib.Path]:
-  return sorted(
-    p for p in directory.rglob('*') if p.is_file() and p.suffix.lower() in images.IMAGE_SUFFIXES
-  )
-
-
-def _folder_layout(path: str) -> dict[str, pathlib.Path | None]:
-  """{'train': dir, 'test': dir or None}; raises DatasetNotFoundError when there is nothing."""
-  root = pathlib.Path(path)
-  hint = (
-    'Point data.path at a directory of images (png/jpg/bmp/tif/dcm): flat (unlabelled), '
-    'one subfolder per class, or with train/ and test/ subfolders laid out either way.'
-  )
-  if not path or not root.is_dir():
-    raise DatasetNotFoundError(f"folder source: data.path='{path}' is not a directory. {hint}")
-  if (root / 'train').is_dir() and (root / 'test').is_dir():
-    layout = {'train': root / 'train', 'test': root / 'test'}
-  else:
-    layout = {'train': root, 'test': None}
-  if not _images_in(layout['train']):
-    raise DatasetNotFoundError(f"folder source: no images under '{layout['train']}'. {hint}")
-  return layout
-
-
-def _labelled_files(directory: pathlib.Path) -> tuple[list[pathlib.Path], list[str]]:
-  """Files and their class names: the subfolder, or '' for a flat folder."""
-  class_dirs = sorted(d for d in directory.iterdir() if d.is_dir() and _images_in(d))
-  if not class_dirs:
-    return _images_in(directory), []
-  files, classes = [], []
-  for d in class_dirs:
-    images = _images_in(d)
-    files += images
-    classes += [d.name] * len(images)
-  return files, classes
-
-
-def _resized(pixels: np.ndarray, channels: int, side: int) -> np.ndarray:
-  """float (H, W, C) -> uint8 (side, side, channels): the shorter side resized to `side`
-  (bicubic, on the float pixels), a centred square cut; grey <-> colour as the folder needs."""
-  if pixels.shape[-1] != channels:
-    if channels == 1:  # ITU-R 601 luma, as Pillow's 'L'
-      pixels = pixels @ np.asarray([[0.299], [0.587], [0.114]], np.float32)
-    else:
-      pixels = np.repeat(pixels, 3, axis=-1)
-  h, w = pixels.shape[:2]
-  scale = side / min(w, h)
-  nw, nh = max(side, round(w * scale)), max(side, round(h * scale))
-  left, top = (nw - side) // 2, (nh - side) // 2
-  planes = [
-    Image.fromarray(pixels[..., c], mode='F')
-    .resize((nw, nh), Image.BICUBIC, reducing_gap=3.0)  # a fast box reduction first
-    .crop((left, top, left + side, top + side))
-    for c in range(channels)
-  ]
-  out = np.stack([np.asarray(p, np.float32) for p in planes], axis=-1)
-  return np.round(np.clip(out, 0.0, 1.0) * 255.0).astype(np.uint8)
-
-
-def _check_bad_files(path: str, bad: list[images.BadImageError], total: int, limit: float) -> None:
-  """Logs the skipped files; past `limit` (a fraction of the files) refuses the folder."""
-  if not bad:
-    return
-  shown = '\n  '.join(str(e) for e in bad[:20]) + ('\n  ...' if len(bad) > 20 else '')
-  if len(bad) > limit * total:
-    raise DataError(
-      f'folder source {path}: {len(bad)} of {total} image files cannot be read, more than '
-      f'config.data.max_bad_fraction={limit:g} allows. Fix or remove them (python -m '
-      f'ssljax.data.check --path={path} lists them all), or raise the limit:\n  {shown}'
-    )
-  logging.warning(
-    'folder source %s: skipped %d unreadable file(s) of %d:\n  %s', path, len(bad), total, shown
-  )
-
-
-def _first_channels(files: list[pathlib.Path], read) -> int | None:
-  """The channels of the first readable file: the folder's (others are converted to them)."""
-  for f in files:
-    try:
-      return read(str(f)).shape[-1]
-    except images.BadImageError:
-      continue
-  return None
-
-
-@functools.lru_cache(maxsize=2)
-def _load_folder(
-  path: str, side: int, max_bad_fraction: float = 0.001, dicom_window: tuple | None = None
-) -> dict:
-  """{'train': Split, 'test': Split, 'skipped': ('path: why', ...)}."""
-  layout = _folder_layout(path)
-  files, class_names = _labelled_files(layout['train'])
-  classes = sorted(set(class_names))
-  index = {name: i for i, name in enumerate(classes)}
-  test_files, test_names = ([], []) if layout['test'] is None else _labelled_files(layout['test'])
-  read = functools.partial(images.read_image, dicom_window=dicom_window)
-  channels = _first_channels(files, read)
-  if channels is None:
-    raise DatasetNotFoundError(f"folder source: no readable image under '{layout['train']}'")
-
-  def decode(f):
-    """uint8 (side, side, channels), resized at once so only small images are kept."""
-    try:
-      return _resized(read(str(f)), channels, side)
-    except images.BadImageError as e:
-      return e
-
-  # Pillow and pydicom release the GIL while decoding: threads use every core.
-  with concurrent.futures.ThreadPoolExecutor(os.cpu_count() or 1) as pool:
-    decoded = dict(zip(files + test_files, pool.map(decode, files + test_files), strict=True))
-  bad = [d for d in decoded.values() if isinstance(d, images.BadImageError)]
-  pixels = {f: d for f, d in decoded.items() if not isinstance(d, images.BadImageError)}
-  _check_bad_files(path, bad, len(files) + len(test_files), max_bad_fraction)
-
-  def split(files, names) -> Split:
-    kept = [i for i, f in enumerate(files) if f in pixels]
-    if not kept:
-      empty = np.zeros((0, side, side, channels), np.uint8)
-      return Split(empty, np.zeros((0,), np.int32), len(classes))
-    stacked = np.stack([pixels[files[i]] for i in kept])
-    if classes:
-      unknown = sorted(set(names) - set(classes))
-      if unknown or len(names) != len(files):
-        raise DataError(
-          f'folder source {path}: test/ must use the class subfolders of train/; '
-          f'unknown: {unknown or "(flat test/)"}'
-        )
-      labels = np.array([index[names[i]] for i in kept], np.int32)
-    else:
-      labels = np.full((len(kept),), -1, np.int32)
-    return Split(stacked, labels, len(classes))
-
-  splits = {'train': split(files, class_names), 'test': split(test_files, test_names)}
-  return {**splits, 'skipped': tuple(str(e) for e in bad)}
 
 
 # ----------------------------------------------------------------------------- tfds

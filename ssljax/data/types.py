@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import itertools
+from collections.abc import Callable, Iterator
 
 import ml_collections
+import numpy as np
 
 from ssljax.errors import ConfigError
 
@@ -16,7 +20,6 @@ class DatasetInfo:
   num_train: int  # examples in the train split (global, all hosts)
   num_classes: int
   image_shape: tuple[int, int, int]  # (H, W, C) of the model input
-  skipped_files: tuple[str, ...] = ()  # 'path: why' of unreadable files left out (folders)
 
 
 def source_name(config: ml_collections.ConfigDict) -> str:
@@ -27,3 +30,57 @@ def source_name(config: ml_collections.ConfigDict) -> str:
       'e.g. --config.data.source=digits'
     )
   return source
+
+
+Batch = tuple[np.ndarray, np.ndarray, np.ndarray]  # images, labels, valid
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalSplit:
+  """This process's share of an evaluation split, read a batch at a time so no more than a batch
+  of images is ever in memory. Process p holds the split's examples p, p + P, p + 2P, ... (its
+  rows 0, 1, 2, ...). `batches(b)` yields exactly ceil(size / b) batches of b rows: images
+  float32 (b, S, S, C) in [0, 1], labels int32 (b,), valid bool (b,); the padding past the end
+  and unreadable files are invalid rows."""
+
+  size: int  # rows of this process
+  image_shape: tuple[int, int, int]  # (S, S, C)
+  read: Callable[[int], Iterator[Batch]]
+
+  def batches(self, batch: int) -> Iterator[Batch]:
+    return self.read(batch)
+
+  @classmethod
+  def of_arrays(cls, images: np.ndarray, labels: np.ndarray) -> EvalSplit:
+    """A split already in memory (this process's rows)."""
+
+    def read(batch: int) -> Iterator[Batch]:
+      for first in range(0, len(labels), batch):
+        x, y = images[first : first + batch], labels[first : first + batch]
+        pad = batch - len(y)
+        valid = np.arange(batch) < len(y)
+        yield (
+          np.concatenate([x, np.zeros((pad,) + x.shape[1:], x.dtype)]),
+          np.concatenate([y, np.zeros(pad, y.dtype)]),
+          valid,
+        )
+
+    return cls(len(labels), tuple(images.shape[1:]), read)
+
+  def take(self, rows: np.ndarray | None = None, batch: int = 256) -> tuple[np.ndarray, np.ndarray]:
+    """(images, labels) of the readable rows among `rows` (default all), in row order, in memory:
+    for what needs the pixels themselves (fine-tuning, pictures)."""
+    wanted = np.zeros(self.size, bool)
+    wanted[np.arange(self.size) if rows is None else np.asarray(rows, np.int64)] = True
+    end = int(np.flatnonzero(wanted).max(initial=-1)) + 1  # past it, nothing is wanted
+    xs, ys = [], []
+    with contextlib.closing(self.batches(batch)) as batches:
+      for first, (x, y, valid) in zip(itertools.count(0, batch), batches):
+        keep = valid & np.pad(wanted[first : first + batch], (0, max(0, first + batch - self.size)))
+        xs.append(x[keep])
+        ys.append(y[keep])
+        if first + batch >= end:
+          break
+    if not xs:
+      return np.zeros((0, *self.image_shape), np.float32), np.zeros((0,), np.int32)
+    return np.concatenate(xs), np.concatenate(ys).astype(np.int32)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 from collections.abc import Callable
@@ -11,6 +12,7 @@ import numpy as np
 from jax.experimental import multihost_utils
 
 from ssljax import sharding
+from ssljax.data.types import EvalSplit
 
 
 @functools.lru_cache(maxsize=32)
@@ -28,41 +30,51 @@ def _jitted(fn: Callable, mesh: jax.sharding.Mesh) -> Callable:
 def apply_in_batches(
   fn: Callable,
   args,
-  images: np.ndarray,
-  labels: np.ndarray,
+  split: EvalSplit | tuple[np.ndarray, np.ndarray],
   mesh: jax.sharding.Mesh,
   batch_size: int,
-) -> tuple[np.ndarray, np.ndarray]:
-  """(fn(args, x) for every example, labels) of all processes, in the split's global order.
+  out_dtype: str | np.dtype | None = None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """(fn(args, x), label, global position) of every readable example of all processes, sorted by
+  position: the split's global order.
 
-  `images`, `labels` are this process's share of an evaluation split (process p holds examples
-  p, p + P, ...; see `ssljax.data.load_eval_split`). Batches of `batch_size` (global) are sharded
-  over 'data'; the outputs come back on every process, sorted by global position, so a label
-  subset picked from them does not depend on the process count.
+  `split` is this process's share of an evaluation split (process p holds examples p, p + P, ...;
+  see `ssljax.data.eval_split`), or its (images, labels) in memory. It is read a batch at a time:
+  batches of `batch_size` (global) are sharded over 'data', and only the outputs (as
+  `out_dtype`, default fn's) are kept, so a split far larger than memory can be encoded. The
+  outputs come back on every process, so a label subset picked from them does not depend on the
+  process count.
   """
+  if not isinstance(split, EvalSplit):
+    split = EvalSplit.of_arrays(*split)
   n_proc, proc = jax.process_count(), jax.process_index()
   local_bs = batch_size // n_proc
-  sizes = (
-    multihost_utils.process_allgather(np.asarray(len(images))) if n_proc > 1 else [len(images)]
-  )
+  sizes = multihost_utils.process_allgather(np.asarray(split.size)) if n_proc > 1 else [split.size]
   num_batches = max(math.ceil(int(np.max(sizes)) / local_bs), 0)
-  positions = proc + n_proc * np.arange(len(images), dtype=np.int32)
   run = _jitted(fn, mesh)
   outs, labs, poss = [], [], []
-  for i in range(num_batches):
-    part = slice(i * local_bs, (i + 1) * local_bs)
-    x, y, pos = images[part], labels[part], positions[part]
-    pad = local_bs - len(x)
-    valid = np.concatenate([np.ones(len(x), bool), np.zeros(pad, bool)])
-    x = np.concatenate([x, np.zeros((pad,) + images.shape[1:], images.dtype)])
-    y = np.concatenate([y, np.zeros(pad, labels.dtype)])
-    pos = np.concatenate([pos, np.zeros(pad, np.int32)])
-    out, y, pos, valid = run(args, *sharding.to_global((x, y, pos, valid), mesh))
-    valid = np.asarray(valid)
-    outs.append(np.asarray(out)[valid])
-    labs.append(np.asarray(y)[valid])
-    poss.append(np.asarray(pos)[valid])
+  template = None
+  with contextlib.closing(split.batches(local_bs)) as batches:
+    for i in range(num_batches):
+      batch = next(batches, None)
+      if batch is None:  # this process's share ended before the longest one: empty batches
+        if template is None:
+          raise ValueError(f'process {proc} has no evaluation example to shape its batches on')
+        batch = template
+      template = template or (
+        np.zeros_like(batch[0]),
+        np.zeros_like(batch[1]),
+        np.zeros(local_bs, bool),
+      )
+      x, y, valid = batch
+      pos = (proc + n_proc * (i * local_bs + np.arange(local_bs))).astype(np.int32)
+      out, y, pos, valid = run(args, *sharding.to_global((x, y, pos, valid), mesh))
+      valid = np.asarray(valid)
+      out = np.asarray(out)[valid]
+      outs.append(out if out_dtype is None else out.astype(out_dtype))
+      labs.append(np.asarray(y)[valid])
+      poss.append(np.asarray(pos)[valid])
   if not outs:
-    return np.zeros((0, 0), np.float32), np.zeros((0,), np.int32)
+    return np.zeros((0, 0), np.float32), np.zeros((0,), np.int32), np.zeros((0,), np.int32)
   order = np.argsort(np.concatenate(poss), kind='stable')
-  return np.concatenate(outs)[order], np.concatenate(labs)[order]
+  return np.concatenate(outs)[order], np.concatenate(labs)[order], np.concatenate(poss)[order]

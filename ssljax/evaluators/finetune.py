@@ -29,6 +29,7 @@ from absl import logging
 
 from ssljax import data, optim, sharding
 from ssljax.config_checks import Checks
+from ssljax.data.types import EvalSplit
 from ssljax.defaults import augment_defaults
 from ssljax.evaluators.batched import apply_in_batches
 from ssljax.models import vit as vit_lib
@@ -295,7 +296,7 @@ def finetune(
   encoder: nn.Module,
   encoder_variables: dict,
   train: tuple[np.ndarray, np.ndarray],
-  tests: dict[str, tuple[np.ndarray, np.ndarray]],
+  tests: dict[str, EvalSplit | tuple[np.ndarray, np.ndarray]],
   *,
   num_classes: int,
   num_train: int,
@@ -308,7 +309,8 @@ def finetune(
 
   `train` is this process's labelled images (float32 in [0, 1], as `load_eval_split` gives) and
   labels, `num_train` the global count; `tests` maps a name to this process's share of a test
-  split. `ft` is eval_config.finetune. The caller's arrays are never modified or donated.
+  split (an `EvalSplit`, or arrays). `ft` is eval_config.finetune. The caller's arrays are
+  never modified or donated.
   """
   sharding.check_batch_size(int(ft.batch_size), mesh, 'eval_config.finetune.batch_size')
   images, labels = train
@@ -365,8 +367,8 @@ def finetune(
   variables = {'params': state.params, **state.model_state}
   predict = _Predict(recipe.model)
   accuracy = {}
-  for name, (test_x, test_y) in tests.items():
-    preds, truth = apply_in_batches(predict, variables, test_x, test_y, mesh, eval_batch_size)
+  for name, test in tests.items():
+    preds, truth, _ = apply_in_batches(predict, variables, test, mesh, eval_batch_size)
     accuracy[name] = float(np.mean(preds == truth)) if truth.size else float('nan')
   tail = max(1, len(losses) // 10)
   return FineTuneResult(accuracy, variables, len(lrs), float(np.mean(losses[-tail:])))

@@ -17,11 +17,11 @@ import jax
 import ml_collections
 import numpy as np
 from absl import logging
-from jax.experimental import multihost_utils
 
 from ssljax import config_checks, data, sharding
 from ssljax.config_checks import Checks
 from ssljax.data import shifts
+from ssljax.data.types import EvalSplit
 from ssljax.errors import ConfigError
 from ssljax.evaluators import finetune as finetune_lib
 from ssljax.evaluators.batched import apply_in_batches
@@ -188,27 +188,20 @@ def _encode(method: Method) -> Callable:
 
 
 def extract_features(
-  method: Method, params, model_state, images: np.ndarray, labels: np.ndarray, mesh, batch_size: int
-) -> Features:
-  """Encodes this process's images in global batches; every process gets all (h, label) pairs,
-  in the split's global order (see `apply_in_batches`)."""
-  return apply_in_batches(_encode(method), (params, model_state), images, labels, mesh, batch_size)
-
-
-def _global_labels(local: np.ndarray) -> np.ndarray:
-  """The labels of all processes in global order: process p holds positions p, p + P, ..."""
-  n_proc = jax.process_count()
-  local = np.asarray(local)
-  if n_proc == 1:
-    return local
-  sizes = np.asarray(multihost_utils.process_allgather(np.asarray(len(local)))).reshape(-1)
-  padded = np.zeros(int(sizes.max()), local.dtype)
-  padded[: len(local)] = local
-  gathered = np.asarray(multihost_utils.process_allgather(padded)).reshape(n_proc, -1)
-  out = np.empty(int(sizes.sum()), local.dtype)
-  for p in range(n_proc):
-    out[p::n_proc] = gathered[p, : sizes[p]]
-  return out
+  method: Method,
+  params,
+  model_state,
+  split: EvalSplit | tuple[np.ndarray, np.ndarray],
+  mesh,
+  batch_size: int,
+  feature_dtype: str = 'float32',
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """Encodes this process's share of a split a batch at a time; every process gets all
+  (h, label, global position) triples of the readable examples, in the split's global order (see
+  `apply_in_batches`). Only h (as `feature_dtype`) is kept on the host, never the images."""
+  return apply_in_batches(
+    _encode(method), (params, model_state), split, mesh, batch_size, out_dtype=feature_dtype
+  )
 
 
 def _fingerprint(*arrays: np.ndarray) -> str:
@@ -247,24 +240,38 @@ class _Run:
     self.config, self.ec = config, config.eval_config
     self.method, self.params, self.model_state, self.mesh = method, params, model_state, mesh
     self.supervised_cache = supervised_cache
-    self.train = splits['train']
-    self.tests = {'': splits['test']}
+    as_split = lambda s: s if isinstance(s, EvalSplit) else EvalSplit.of_arrays(*s)  # noqa: E731
+    self.train = as_split(splits['train'])
+    self.tests = {'': as_split(splits['test'])}
     if OOD[1:] in splits:
-      self.tests[OOD] = splits[OOD[1:]]
+      self.tests[OOD] = as_split(splits[OOD[1:]])
     self._features: dict[str, Features] = {}
-    self.train_labels = _global_labels(self.train[1])
-    maxima = [int(np.max(self.train_labels, initial=0))]
-    maxima += [int(np.max(_global_labels(t[1]), initial=0)) for t in self.tests.values()]
-    self.num_classes = max(maxima) + 1
+    self._positions: dict[str, np.ndarray] = {}
 
   def features(self, name: str) -> Features:
     """'train' or a test suffix -> (h, labels) of all processes in global order."""
     if name not in self._features:
-      images, labels = self.train if name == 'train' else self.tests[name]
-      self._features[name] = extract_features(
-        self.method, self.params, self.model_state, images, labels, self.mesh, self.ec.batch_size
+      split = self.train if name == 'train' else self.tests[name]
+      h, labels, positions = extract_features(
+        self.method,
+        self.params,
+        self.model_state,
+        split,
+        self.mesh,
+        self.ec.batch_size,
+        self.ec.get('feature_dtype', 'float32'),
       )
+      self._features[name], self._positions[name] = (h, labels), positions
     return self._features[name]
+
+  @property
+  def train_labels(self) -> np.ndarray:
+    return self.features('train')[1]
+
+  @functools.cached_property
+  def num_classes(self) -> int:
+    labels = [self.train_labels] + [self.features(name)[1] for name in self.tests]
+    return max(int(np.max(y, initial=0)) for y in labels) + 1
 
   def subset(self, budget: LabelBudget | None) -> np.ndarray | None:
     """Global positions of the budget's labelled train images (None: all)."""
@@ -283,13 +290,12 @@ class _Run:
   def run_training(self, pretrained: bool, budget: LabelBudget | None) -> dict[str, float]:
     ft = finetune_config(self.config)
     idx = self.subset(budget)
-    images, labels = self.train
-    num_train = len(self.train_labels) if idx is None else len(idx)
-    if idx is not None:
-      # Global position g lives on process g % P at local position g // P.
-      n_proc, proc = jax.process_count(), jax.process_index()
-      local = idx[idx % n_proc == proc] // n_proc
-      images, labels = images[local], labels[local]
+    self.features('train')
+    chosen = self._positions['train'] if idx is None else self._positions['train'][idx]
+    num_train = len(chosen)
+    # Global position g lives on process g % P as its row g // P; only these images are read.
+    n_proc, proc = jax.process_count(), jax.process_index()
+    images, labels = self.train.take(chosen[chosen % n_proc == proc] // n_proc)
     if not pretrained:
       c = self.config
       key = (
@@ -298,7 +304,7 @@ class _Run:
         ft.to_json_best_effort(sort_keys=True),
         (self.ec.subset_seed, self.ec.max_examples, self.ec.batch_size),
         budget and budget.key,
-        _fingerprint(images, labels, *[a for t in self.tests.values() for a in t]),
+        _fingerprint(images, labels, *[self.features(name)[1] for name in self.tests]),
         tuple(self.tests),
         self.mesh.devices.size,
       )
@@ -342,15 +348,16 @@ def evaluate(
 ) -> dict[str, float]:
   """Accuracy (a fraction) of every protocol in config.eval, per label budget and test set.
 
-  splits = {'train': .., 'test': .., ['ood': ..]}, each this process's (images, labels) from
-  `data.load_eval_split`; without 'ood', eval_config.ood_data (when set) is loaded here.
+  splits = {'train': .., 'test': .., ['ood': ..]}, each this process's share from
+  `data.eval_split` (or its (images, labels) from `data.load_eval_split`); without 'ood',
+  eval_config.ood_data (when set) is read here.
   `supervised_cache` lets evaluations of one run share the supervised baseline (a fresh one:
   nothing shared).
   """
   config_checks.check(config, check_eval_config, lambda c: check_eval_batch_sizes(c, mesh))
   ec = config.eval_config
   if OOD[1:] not in splits and (ood := ood_config(config)) is not None:
-    splits = {**splits, OOD[1:]: data.load_eval_split(ood, 'test')}
+    splits = {**splits, OOD[1:]: data.eval_split(ood, 'test')}
   cache = SupervisedCache() if supervised_cache is None else supervised_cache
   run = _Run(config, method, params, model_state, splits, mesh, cache)
   budgets = label_budgets(ec)
@@ -383,8 +390,8 @@ def evaluate_state(
   """{'pretrained': {key: accuracy}, 'random_init': {..}}: the trained encoder of `state` and,
   when `init` (jitted, rng -> TrainState) is given, the same encoder as initialised with
   config.seed: the baseline self-supervision must beat. Empty without a labelled test split."""
-  splits = {s: data.load_eval_split(config, s) for s in ('train', 'test')}
-  if not config.eval or len(splits['test'][1]) == 0 or np.min(splits['test'][1]) < 0:
+  splits = {s: data.eval_split(config, s) for s in ('train', 'test')}
+  if not config.eval or splits['test'].size == 0 or data.dataset_info(config).num_classes == 0:
     logging.warning('No labelled test split: skipping evaluation.')
     return {'pretrained': {}, 'random_init': {}}
   cache = SupervisedCache() if supervised_cache is None else supervised_cache
