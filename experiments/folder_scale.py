@@ -37,17 +37,19 @@ def _write_one(args) -> None:
   Image.fromarray(pixels).convert('RGB').resize((96, 96), Image.BICUBIC).save(path)
 
 
-def write_folder(root: str, n: int) -> str:
-  """The first n Fashion-MNIST train images as 96 px RGB PNGs under root/fmnist_n/CLASS/."""
+def write_folder(root: str, n: int, split: str = 'train') -> str:
+  """The first n Fashion-MNIST images of `split` ('train' or 'test') as 96 px RGB PNGs under
+  root/fmnist_[test_]n/CLASS/."""
   sys.path.insert(0, REPO)
   from ssljax.data import sources
 
-  folder = os.path.join(root, f'fmnist_{n}')
+  folder = os.path.join(root, f'fmnist_{"test_" if split == "test" else ""}{n}')
   if os.path.isdir(folder) and sum(len(f) for _, _, f in os.walk(folder)) == n:
     return folder
   shutil.rmtree(folder, ignore_errors=True)
-  images = sources.read_idx(os.path.join(FASHION_MNIST, 'train-images-idx3-ubyte.gz'))[:n]
-  labels = sources.read_idx(os.path.join(FASHION_MNIST, 'train-labels-idx1-ubyte.gz'))[:n]
+  prefix = 't10k' if split == 'test' else 'train'
+  images = sources.read_idx(os.path.join(FASHION_MNIST, f'{prefix}-images-idx3-ubyte.gz'))[:n]
+  labels = sources.read_idx(os.path.join(FASHION_MNIST, f'{prefix}-labels-idx1-ubyte.gz'))[:n]
   for c in range(10):
     os.makedirs(os.path.join(folder, f'class_{c}'))
   jobs = [
@@ -59,23 +61,36 @@ def write_folder(root: str, n: int) -> str:
   return folder
 
 
-def run(folder: str, workdir: str, steps: int, extra: list[str]) -> dict:
+EVAL_OFF = ('--config.eval=()', '--config.eval_config.random_init=False')
+
+
+def run(
+  folder: str,
+  workdir: str,
+  steps: int,
+  extra: list[str],
+  *,
+  evaluation=EVAL_OFF,
+  module: str = 'ssljax.main',
+  image_size: int = 64,
+) -> dict:
+  """Runs `python -m MODULE` (ssljax.main or ssljax.evaluate) on the folder; its peak RSS, time
+  to the first logged step and wall time."""
   args = [
     sys.executable,
     '-m',
-    'ssljax.main',
+    module,
     '--config=configs/simclr_fashion_mnist.py',
     f'--workdir={workdir}',
     '--config.data.source=folder',
     f'--config.data.path={folder}',
-    '--config.data.image_size=64',
-    '--config.augment.image_size=64',
+    f'--config.data.image_size={image_size}',
+    f'--config.augment.image_size={image_size}',
     '--config.batch_size=64',
     f'--config.total_steps={steps}',
     '--config.log_every=1',
     f'--config.checkpoint_every={steps}',
-    '--config.eval=()',
-    '--config.eval_config.random_init=False',
+    *evaluation,
     '--config.report=False',
     *extra,
   ]
@@ -102,7 +117,7 @@ def run(folder: str, workdir: str, steps: int, extra: list[str]) -> dict:
     raise SystemExit(f'run failed ({proc.returncode}):\n' + ''.join(lines[-40:]))
   return {
     'peak_rss_mb': round(usage.ru_maxrss / 1024, 1),  # Linux: kilobytes
-    'first_step_s': round(marks['first_step'] - start, 2),
+    'first_step_s': round(marks['first_step'] - start, 2) if marks else None,
     'wall_s': round(end - start, 2),
   }
 

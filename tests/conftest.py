@@ -143,8 +143,9 @@ def shrink():
   return shrink_config
 
 
-def _start_main(workdir, *flags: str, devices: int = 2):
-  """`python -m ssljax.main --workdir=WORKDIR FLAGS...` as a subprocess on CPU devices."""
+def _start_main(workdir, *flags: str, devices: int = 2, env: dict | None = None):
+  """`python -m ssljax.main --workdir=WORKDIR FLAGS...` as a subprocess on CPU devices; `env`
+  adds to the environment."""
   import subprocess
   import sys
 
@@ -152,6 +153,7 @@ def _start_main(workdir, *flags: str, devices: int = 2):
     **os.environ,
     'JAX_PLATFORMS': 'cpu',
     'XLA_FLAGS': f'--xla_force_host_platform_device_count={devices}',
+    **(env or {}),
   }
   args = [sys.executable, '-m', 'ssljax.main', f'--workdir={workdir}', *flags]
   return subprocess.Popen(

@@ -574,3 +574,34 @@ def test_unknown_source():
   c.data.source = 'nope'
   with pytest.raises(ValueError, match='nope'):
     data.check_available(c)
+
+
+def test_tfds_array_record_follows_global_indices_whatever_the_process_count(tmp_path, monkeypatch):
+  """Prepared as array_record, a streamed tfds dataset is read by index: a step's batch is the
+  same split over one process or two, and a resumed stream is the uninterrupted one."""
+  builder = _tiny_tfds_builders()[True](data_dir=str(tmp_path))
+  builder.download_and_prepare(file_format='array_record')
+  c = base_config()
+  c.data.update(dict(source='tfds', name=builder.name, data_dir=str(tmp_path), image_size=16))
+  c.augment.image_size = 16
+  c.batch_size = 8
+  assert sources.is_streamed(c.data) and sources.has_random_access(c.data)
+  monkeypatch.setattr(pipeline, 'RANDOM_ACCESS_CHUNK', 16)  # 2 steps a chunk: resume mid-chunk
+  it = data.build_train_iterator(c)
+  batches = [next(it)['views'] for _ in range(7)]  # crosses the epoch boundary (40 examples)
+  it.close()
+  assert [v.shape for v in batches[0]] == [(8, 16, 16, 3)] * 2
+  resumed = data.build_train_iterator(c, start_step=5)
+  for step in (5, 6):
+    for a, b in zip(batches[step], next(resumed)['views'], strict=True):
+      np.testing.assert_array_equal(a, b)
+  resumed.close()
+  monkeypatch.setattr(pipeline.jax, 'process_count', lambda: 2)
+  parts = []
+  for p in range(2):
+    monkeypatch.setattr(pipeline.jax, 'process_index', lambda p=p: p)
+    it = data.build_train_iterator(c, start_step=3)
+    parts.append(next(it)['views'])
+    it.close()
+  for v in range(2):
+    np.testing.assert_array_equal(np.concatenate([parts[0][v], parts[1][v]]), batches[3][v])

@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from ssljax import data
-from ssljax.data import folder, order
+from ssljax.data import folder, order, random_access
 from ssljax.evaluators.batched import apply_in_batches
 from ssljax.methods import SimCLR
 
@@ -87,8 +87,8 @@ def test_training_reads_the_files_global_indices_names_and_replaces_broken_ones(
   broken = tmp_path / 'images' / 'train' / 'a' / '004.png'
   broken.write_bytes(b'not a png')
   index = folder.folder_index(str(tmp_path / 'images'))
-  reader = folder.Reader(index, 18, max_bad_fraction=0.1)
-  steps = folder.train_steps(reader, seed=3, batch_size=8, start_step=1)
+  reader = folder.reader(index, 18, max_bad_fraction=0.1)
+  steps = random_access.train_steps(reader, seed=3, batch_size=8, start_step=1)
   got = [next(steps) for _ in range(4)]  # steps 1..4: epoch 0 ends in step 2
   steps.close()
   for step, (elements, images) in zip(range(1, 5), got, strict=True):
@@ -101,8 +101,8 @@ def test_training_reads_the_files_global_indices_names_and_replaces_broken_ones(
       np.testing.assert_array_equal(image, expected)
   assert [s.split(': ')[0] for s in folder.skipped_files(str(tmp_path / 'images'))] == [str(broken)]
   # A resumed stream reads exactly what the uninterrupted one read from there.
-  resumed = folder.train_steps(
-    folder.Reader(index, 18, max_bad_fraction=0.1), seed=3, batch_size=8, start_step=3
+  resumed = random_access.train_steps(
+    folder.reader(index, 18, max_bad_fraction=0.1), seed=3, batch_size=8, start_step=3
   )
   for _, images in got[2:]:
     np.testing.assert_array_equal(next(resumed)[1], images)

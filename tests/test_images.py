@@ -4,6 +4,7 @@ raise BadImageError; DICOM through pydicom's own CT and MR test files."""
 import builtins
 import io
 import os
+import shutil
 
 import numpy as np
 import pytest
@@ -184,3 +185,48 @@ def test_a_run_on_a_folder_with_broken_files_trains_and_names_them(
   report = (workdir / 'report.md').read_text()
   assert '**3 unreadable image file(s) were skipped:**' in report
   assert all(str(tmp_path / 'images' / b) in report for b in bad)
+
+
+def _dicom_folder(root, per_class=60):
+  """train/ and test/ with ct/ and mr/ subfolders: copies of pydicom's own CT and MR files."""
+  from pydicom.data import get_testdata_file
+
+  sources = {'ct': ['CT_small.dcm'], 'mr': ['MR_small.dcm', 'MR_small_RLE.dcm']}
+  for split, n in (('train', per_class), ('test', per_class // 4)):
+    for label, names in sources.items():
+      (root / split / label).mkdir(parents=True)
+      for i in range(n):
+        shutil.copy(get_testdata_file(names[i % len(names)]), root / split / label / f'{i}.dcm')
+
+
+@pytest.mark.slow
+def test_a_run_on_dicom_files_trains_and_evaluates_and_without_pydicom_says_how(
+  tmp_path, config_file, shrink, start_main
+):
+  pytest.importorskip('pydicom')
+  from ssljax import train
+
+  _dicom_folder(tmp_path / 'scans')
+  config = shrink(config_file('simclr_digits.py'), source='folder')
+  config.data.path = str(tmp_path / 'scans')
+  config.eval = ('linear', 'knn')
+  config.eval_config.random_init = False
+  results = train.train_and_evaluate(config, str(tmp_path / 'run'))
+  assert results['step'] == 3
+  assert results['pretrained']['linear'] > 0.9 and results['pretrained']['knn'] > 0.9  # CT vs MR
+
+  # The same folder where pydicom cannot be imported: one line naming the extra, exit 2.
+  (tmp_path / 'no_pydicom' / 'pydicom').mkdir(parents=True)
+  (tmp_path / 'no_pydicom' / 'pydicom' / '__init__.py').write_text(
+    "raise ImportError('No module named pydicom')\n"
+  )
+  proc = start_main(
+    tmp_path / 'run_without',
+    '--config=configs/simclr_digits.py',
+    '--config.data.source=folder',
+    f'--config.data.path={tmp_path / "scans"}',
+    env={'PYTHONPATH': str(tmp_path / 'no_pydicom')},
+  )
+  out = proc.communicate(timeout=300)[0]
+  assert proc.returncode == 2, out[-3000:]
+  assert "pip install -e '.[medical]'" in out and 'Traceback' not in out

@@ -1,36 +1,27 @@
 """Image folders, streamed: the file list is read once (and cached in the run's workdir), images
-are decoded a batch at a time by a pool of threads, so host memory and the time to the first step
-do not grow with the number of files.
+are decoded a batch at a time by a pool of threads (`random_access`), so host memory and the time
+to the first step do not grow with the number of files.
 
-Layouts: flat (unlabelled), one subfolder per class, or train/ and test/ holding either. Training
-reads the files `order.global_indices` names for each step, so a resumed run reads exactly the
-batches an uninterrupted one would. An unreadable file is skipped, counted and named
-(`skipped_files`); in training its slot takes the next readable file of the list, so a batch keeps
-its size and is the same on every rerun. NumPy, Pillow and pydicom: no TensorFlow.
+Layouts: flat (unlabelled), one subfolder per class, or train/ and test/ holding either. An
+unreadable file is skipped, counted and named (`skipped_files`); past data.max_bad_fraction the
+run stops. NumPy, Pillow and pydicom: no TensorFlow.
 """
 
 from __future__ import annotations
 
 import collections
-import concurrent.futures
 import dataclasses
-import functools
 import hashlib
-import itertools
 import os
 import threading
-from collections.abc import Iterator
 
 import jax
 import numpy as np
 from absl import logging
-from PIL import Image
 
-from ssljax.data import images, order
+from ssljax.data import images, random_access
 from ssljax.errors import DataError, DatasetNotFoundError
 
-AHEAD = 2  # training steps decoded ahead of the one being consumed
-EVAL_CROP = 0.875  # evaluation: the shorter side to S / 0.875, then the centre S x S
 HINT = (
   'Point data.path at a directory of images (png/jpg/bmp/tif/dcm): flat (unlabelled), one '
   'subfolder per class, or with train/ and test/ subfolders laid out either way.'
@@ -108,7 +99,7 @@ def _walk(directory: str) -> tuple[list[str], list[tuple[str, int]]]:
   return files, directories
 
 
-def _labelled(files: list[str], classes: tuple[str, ...] | None = None):
+def _labelled(files: list[str]) -> tuple[list[str], list[str]]:
   """(files, class names): files in subfolders are labelled by the first one; in a flat folder
   (no subfolder holds images) all files are unlabelled ('')."""
   names = [f.split(os.sep)[0] if os.sep in f else '' for f in files]
@@ -281,142 +272,19 @@ def _skip(index: FolderIndex, error: images.BadImageError, max_bad_fraction: flo
 # ----------------------------------------------------------------------------- decoding
 
 
-def resized(pixels: np.ndarray, channels: int, side: int) -> np.ndarray:
-  """float (H, W, C) -> float32 (side, side, channels) in [0, 1]: the shorter side resized to
-  `side` (bicubic, on the float pixels: 16-bit detail is kept), the centred square; grey <->
-  colour as the folder needs."""
-  if pixels.shape[-1] != channels:
-    if channels == 1:  # ITU-R 601 luma, as Pillow's 'L'
-      pixels = pixels @ np.asarray([[0.299], [0.587], [0.114]], np.float32)
-    else:
-      pixels = np.repeat(pixels, 3, axis=-1)
-  h, w = pixels.shape[:2]
-  scale = side / min(w, h)
-  nw, nh = max(side, round(w * scale)), max(side, round(h * scale))
-  left, top = (nw - side) // 2, (nh - side) // 2
-  planes = [
-    Image.fromarray(np.ascontiguousarray(pixels[..., c]), mode='F')
-    .resize((nw, nh), Image.BICUBIC, reducing_gap=3.0)  # a fast box reduction first
-    .crop((left, top, left + side, top + side))
-    for c in range(channels)
-  ]
-  return np.clip(np.stack([np.asarray(p, np.float32) for p in planes], axis=-1), 0.0, 1.0)
-
-
-class Reader:
-  """Decodes a folder's files into (side, side, C) float32 on a pool of threads (Pillow and
-  pydicom release the GIL while decoding). Unreadable files are recorded in `skipped_files`."""
-
-  def __init__(
-    self,
-    index: FolderIndex,
-    side: int,
-    *,
-    dicom_window: tuple[float, float] | None = None,
-    max_bad_fraction: float = 0.001,
-    threads: int | None = None,
-  ):
-    self.index, self.side = index, side
-    self.max_bad_fraction = max_bad_fraction
-    self._read = functools.partial(images.read_image, dicom_window=dicom_window)
-    self._pool = concurrent.futures.ThreadPoolExecutor(threads or os.cpu_count() or 1)
-
-  def decode(self, split: str, i: int) -> np.ndarray | images.BadImageError:
-    try:
-      return resized(self._read(self.index.path(split, i)), self.index.channels, self.side)
-    except images.BadImageError as e:
-      return e
-
-  def submit(self, split: str, indices) -> list[concurrent.futures.Future]:
-    return [self._pool.submit(self.decode, split, i) for i in indices]
-
-  def readable(self, result, split: str, i: int) -> np.ndarray | None:
-    """`result` of file i if readable, else None (recorded; DataError past the limit)."""
-    if isinstance(result, images.BadImageError):
-      _skip(self.index, result, self.max_bad_fraction)
-      return None
-    return result
-
-  def close(self) -> None:
-    self._pool.shutdown(wait=False, cancel_futures=True)
-
-
-def train_steps(
-  reader: Reader, *, seed: int, batch_size: int, start_step: int
-) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-  """(global elements (B/P,), images float32 (B/P, side, side, C)) of this process, step by step
-  from `start_step`, decoding AHEAD steps in advance. An unreadable file's slot takes the next
-  readable one of the list (in order, wrapping): the same on every rerun."""
-  num = len(reader.index.train.files)
-  shard = dict(
-    batch_size=batch_size, process_index=jax.process_index(), process_count=jax.process_count()
+def reader(
+  index: FolderIndex,
+  side: int,
+  *,
+  dicom_window: tuple[float, float] | None = None,
+  max_bad_fraction: float = 0.001,
+) -> random_access.Reader:
+  """Decodes the folder's files to (side, side, channels); unreadable ones are recorded in
+  `skipped_files` (DataError past `max_bad_fraction`)."""
+  return random_access.Reader(
+    lambda split, i: images.read_image(index.path(split, i), dicom_window=dicom_window),
+    channels=index.channels,
+    side=side,
+    sizes={s: len(index.split(s).files) for s in ('train', 'test')},
+    on_bad=lambda error: _skip(index, error, max_bad_fraction),
   )
-
-  def submit(step: int):
-    indices = order.global_indices(step, num_examples=num, seed=seed, **shard)
-    return order.local_elements(step, **shard), indices, reader.submit('train', indices)
-
-  def collect(elements, indices, futures) -> tuple[np.ndarray, np.ndarray]:
-    out = []
-    for i, future in zip(indices.tolist(), futures, strict=True):
-      pixels = reader.readable(future.result(), 'train', i)
-      for j in range(1, num):
-        if pixels is not None:
-          break
-        k = (i + j) % num
-        pixels = reader.readable(reader.decode('train', k), 'train', k)
-      out.append(pixels)
-    return elements, np.stack(out)
-
-  pending = collections.deque()
-  try:
-    for step in itertools.count(start_step):
-      pending.append(submit(step))
-      if len(pending) > AHEAD:
-        yield collect(*pending.popleft())
-  finally:
-    reader.close()
-
-
-def eval_side(size: int) -> int:
-  """The side a Reader for evaluation decodes to: the protocol's S / EVAL_CROP."""
-  return round(size / EVAL_CROP)
-
-
-def eval_batches(
-  reader: Reader, split: str, indices: np.ndarray, batch: int, size: int
-) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
-  """(images float32 (batch, size, size, C), labels, valid) over the files `indices` of `split`,
-  in order, batch by batch (the last padded; an unreadable file is a padded, invalid row).
-
-  The evaluation protocol: a Reader of side `eval_side(size)` (the shorter side to S / 0.875),
-  then the centred S x S.
-  """
-  labels = reader.index.split(split).labels
-  lo = (reader.side - size) // 2
-  shape = (size, size, reader.index.channels)
-
-  def submit(part: np.ndarray):
-    return part, reader.submit(split, part)
-
-  def collect(part, futures):
-    x = np.zeros((batch,) + shape, np.float32)
-    valid = np.zeros(batch, bool)
-    for row, (i, future) in enumerate(zip(part.tolist(), futures, strict=True)):
-      pixels = reader.readable(future.result(), split, i)
-      if pixels is not None:
-        x[row], valid[row] = pixels[lo : lo + size, lo : lo + size], True
-    y = np.zeros(batch, np.int32)
-    y[: len(part)] = labels[part]
-    return x, y, valid
-
-  pending = collections.deque()
-  try:
-    for first in range(0, len(indices), batch):
-      pending.append(submit(indices[first : first + batch]))
-      if len(pending) > AHEAD:
-        yield collect(*pending.popleft())
-    while pending:
-      yield collect(*pending.popleft())
-  finally:
-    reader.close()

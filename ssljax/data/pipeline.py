@@ -4,15 +4,18 @@ In-memory and folder sources follow the global index order of `ssljax.data.order
 exactly, and each example's augmentation is seeded by (config.seed, global element e, view), so a
 resumed run re-creates the same batches bit for bit, whatever the number of processes.
 
-Streamed tfds datasets (ImageNet-sized) read this process's share of the files
-(tfds.split_for_jax_process) with seeded file and buffer shuffles. Resuming skips
-start_step * local_batch records: exact in count, and the same order only while the files, the
-tfds version and the process count stay the same (treat it as approximate); the skipped records
-are read but not decoded, so resuming late in a long run takes a while.
+Streamed tfds datasets (ImageNet-sized) prepared in the array_record format (`tfds build
+--file_format=array_record`) are read by index in the same global order: exact too. In other
+formats (tfrecord) each process reads its share of the files (tfds.split_for_jax_process) with
+seeded file and buffer shuffles. Resuming then skips start_step * local_batch records: exact in
+count, and the same order only while the files, the tfds version and the process count stay the
+same (treat it as approximate); the skipped records are read but not decoded, so resuming late
+in a long run takes a while.
 """
 
 from __future__ import annotations
 
+import concurrent.futures
 import itertools
 from collections.abc import Iterator
 
@@ -21,14 +24,15 @@ import ml_collections
 import numpy as np
 import tensorflow as tf
 
-from ssljax.data import augment, folder, order, sources
+from ssljax.data import augment, folder, order, random_access, sources
 from ssljax.data.types import EvalSplit
 
 AUTOTUNE = tf.data.AUTOTUNE
 SHUFFLE_BUFFER = 10_000  # streamed sources: examples in the shuffle buffer of each process
 EVAL_BATCH = 256
 CHUNK_EXAMPLES = 1 << 16  # in-memory sources: indices handed to tf.data per chunk
-EVAL_CROP = 0.875  # large images: resize the shorter side to S / 0.875, then center crop S
+RANDOM_ACCESS_CHUNK = 2048  # array_record sources: records read per chunk (~250 MB of ImageNet)
+EVAL_CROP = random_access.EVAL_CROP  # large images: shorter side to S / 0.875, centre S crop
 
 
 def to_float(image: tf.Tensor) -> tf.Tensor:
@@ -153,23 +157,79 @@ def _in_memory_batches(config, view_fns, start_step: int, local: int):
 
 
 def _folder_batches(config, view_fns, start_step: int, local: int):
-  """Batches following `global_indices`, each step's files decoded by `folder.train_steps`'s
-  threads and handed to tf.data, which augments them (a small dataset per step: a Python
-  generator inside tf.data could deadlock the interpreter's exit)."""
+  """Batches following `global_indices`, each step's files decoded by `random_access`'s threads
+  a few steps ahead, then augmented by one traced function over the batch. (A tf.data dataset
+  per step would be traced again every step: 0.3 s each; a Python generator inside tf.data could
+  deadlock the interpreter's exit.)"""
   side = int(round(config.data.image_size * sources.FOLDER_MARGIN))
   reader = sources.folder_reader(config.data, side)
   seed = int(config.seed)
   example = _example_function(view_fns, seed, int(config.data.image_size))
-  steps = folder.train_steps(
+
+  @tf.function(autograph=False)
+  def views(images, elements):
+    return tf.map_fn(
+      lambda args: example(*args),
+      (images, elements),
+      fn_output_signature=(tf.float32,) * len(view_fns),
+      parallel_iterations=local,
+    )
+
+  steps = random_access.train_steps(
     reader, seed=seed, batch_size=int(config.batch_size), start_step=start_step
   )
   try:
     for elements, images in steps:
-      ds = tf.data.Dataset.from_tensor_slices((images, elements))
-      ds = ds.map(example, num_parallel_calls=AUTOTUNE, deterministic=True)
-      yield from _batched(ds, local)
+      yield tuple(v.numpy() for v in views(images, elements))
   finally:
     steps.close()
+
+
+def _random_access_batches(config, view_fns, start_step: int, local: int):
+  """Batches following `global_indices` from a tfds dataset prepared as array_record: for each
+  chunk of steps a background thread reads the named records (raw bytes, by index) while tf.data
+  decodes and augments the previous chunk, as the streamed path does."""
+  tfds = sources.import_tfds()
+  builder = sources.tfds_builder(config.data.name, config.data.data_dir)
+  image_key, _ = sources.tfds_keys(config.data)
+  features = builder.info.features
+  records = builder.as_data_source(
+    split=config.data.train_split, deserialize_method=tfds.decode.DeserializeMethod.RAW_BYTES
+  )
+  num, seed = len(records), int(config.seed)
+  example = _example_function(view_fns, seed, int(config.data.image_size))
+  skip = {image_key: tfds.decode.SkipDecoding()}
+
+  def decode_and_augment(record, element):
+    image = features.deserialize_example(record, decoders=skip)[image_key]
+    return example(features[image_key].decode_example(image), element)
+
+  shard = dict(
+    batch_size=int(config.batch_size),
+    process_index=jax.process_index(),
+    process_count=jax.process_count(),
+  )
+  steps_per_chunk = max(1, RANDOM_ACCESS_CHUNK // local)
+
+  def read(first: int):
+    steps = range(first, first + steps_per_chunk)
+    elements = np.concatenate([order.local_elements(s, **shard) for s in steps])
+    indices = np.concatenate(
+      [order.global_indices(s, num_examples=num, seed=seed, **shard) for s in steps]
+    )
+    return elements, records.__getitems__(indices.tolist())
+
+  reader = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix='records')
+  try:
+    ahead = reader.submit(read, start_step)
+    for first in itertools.count(start_step, steps_per_chunk):
+      elements, raw = ahead.result()
+      ahead = reader.submit(read, first + steps_per_chunk)
+      ds = tf.data.Dataset.from_tensor_slices((tf.constant(raw, tf.string), elements))
+      ds = ds.map(decode_and_augment, num_parallel_calls=AUTOTUNE, deterministic=True)
+      yield from _batched(ds, local)
+  finally:
+    reader.shutdown(wait=False, cancel_futures=True)
 
 
 def _streamed_batches(config, view_fns, start_step: int, local: int):
@@ -209,7 +269,7 @@ def train_iterator(
   if config.data.source == 'folder':
     make = _folder_batches
   elif sources.is_streamed(config.data):
-    make = _streamed_batches
+    make = _random_access_batches if sources.has_random_access(config.data) else _streamed_batches
   else:
     make = _in_memory_batches
   batches = make(config, _view_functions(specs), start_step, local)
@@ -254,13 +314,15 @@ def eval_split(config: ml_collections.ConfigDict, split: str) -> EvalSplit:
   size = int(config.data.image_size)
   max_examples = int(config.eval_config.get('max_examples', 0))
   if config.data.source == 'folder':
-    reader_side = folder.eval_side(size)
+    reader_side = random_access.eval_side(size)
     index = folder.folder_index(config.data.path)
     share = order.process_share(len(index.split(split).files), max_examples)
 
     def read_folder(batch: int):
       reader = sources.folder_reader(config.data, reader_side)
-      return folder.eval_batches(reader, split, share, batch, size)
+      return random_access.eval_batches(
+        reader, index.split(split).labels, split, share, batch, size
+      )
 
     return EvalSplit(len(share), (size, size, index.channels), read_folder)
   if sources.is_streamed(config.data):

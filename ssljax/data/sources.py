@@ -53,9 +53,9 @@ def check(data: ml_collections.ConfigDict) -> None:
 
 
 def folder_reader(data: ml_collections.ConfigDict, side: int, workdir: str | None = None):
-  """A `folder.Reader` of the configured folder decoding to `side` pixels."""
+  """A `random_access.Reader` of the configured folder, decoding to `side` pixels."""
   window = data.get('dicom_window')
-  return folder.Reader(
+  return folder.reader(
     folder.folder_index(data.path, workdir),
     side,
     dicom_window=None if window is None else tuple(float(v) for v in window),
@@ -191,7 +191,7 @@ def tfds_builder(name: str, data_dir: str):
     ) from e
   if builder.is_prepared():
     return builder
-  build = f'tfds build {name} --data_dir={shown_dir}'
+  build = f'tfds build {name} --data_dir={shown_dir} --file_format=array_record'
   if name.split(':')[0].split('/')[0] == 'imagenet2012':
     how = (
       'ImageNet needs a manual download: get ILSVRC2012_img_train.tar and '
@@ -228,6 +228,15 @@ def is_streamed(data: ml_collections.ConfigDict) -> bool:
   num = info.splits[data.train_split].num_examples
   side_known = all(s is not None and s <= MAX_IN_MEMORY_SIDE for s in shape[:2])
   return not (side_known and num <= MAX_IN_MEMORY_EXAMPLES)
+
+
+def has_random_access(data: ml_collections.ConfigDict) -> bool:
+  """True if the tfds dataset is prepared in a format read by index (array_record): training
+  then follows `global_indices` exactly."""
+  tfds = import_tfds()
+  info = tfds_builder(data.name, data.data_dir).info
+  random_access = set(tfds.core.file_adapters.FileFormat.with_random_access())
+  return bool(set(info.available_file_formats()) & random_access)
 
 
 @functools.lru_cache(maxsize=2)

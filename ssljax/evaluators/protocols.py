@@ -141,6 +141,7 @@ def check_eval_config(checks: Checks) -> None:
   checks.positive('eval_config.knn_temperature')
   checks.count('eval_config.batch_size', 1)
   checks.count('eval_config.max_examples', 0)
+  checks.choice('eval_config.feature_dtype', ('float32', 'float16'))
   checks.boolean('eval_config.random_init')
   checks.absorb(label_budgets, ec)
   try:
@@ -259,7 +260,7 @@ class _Run:
         split,
         self.mesh,
         self.ec.batch_size,
-        self.ec.get('feature_dtype', 'float32'),
+        self.ec.feature_dtype,
       )
       self._features[name], self._positions[name] = (h, labels), positions
     return self._features[name]
