@@ -40,6 +40,7 @@ def _config(root, batch_size=8):
 def fresh_index(monkeypatch):
   """No file list kept in memory from other tests, nor any skipped file."""
   monkeypatch.setattr(folder, '_INDEXES', {})
+  monkeypatch.setattr(folder, '_WRITTEN', {})
   monkeypatch.setattr(folder, '_SKIPPED', folder.collections.defaultdict(dict))
 
 
@@ -48,20 +49,24 @@ def test_the_file_list_is_cached_in_the_workdir_until_a_directory_changes(
 ):
   _write_folder(tmp_path / 'images')
   workdir = str(tmp_path / 'run')
+  folder.folder_index(str(tmp_path / 'images'))  # as the config checks do: no workdir yet
   index = folder.folder_index(str(tmp_path / 'images'), workdir)
   assert index.classes == ('a', 'b') and index.channels == 3
   assert [index.train.files[i] for i in (0, 10)] == ['train/a/000.png', 'train/b/000.png']
   assert index.train.labels.tolist() == [0] * 10 + [1] * 10 and len(index.test.files) == 10
   (cached,) = [f for f in os.listdir(workdir) if f.startswith('folder_index_')]
 
-  # A restart (nothing in memory) reads the cache and lists nothing.
+  # A restart (nothing in memory) reads the cache and lists nothing, nor writes.
+  written = os.stat(os.path.join(workdir, cached)).st_mtime_ns
   monkeypatch.setattr(folder, '_INDEXES', {})
+  monkeypatch.setattr(folder, '_WRITTEN', {})
   scans = []
   real_scan = folder._scan
   monkeypatch.setattr(folder, '_scan', lambda path: scans.append(path) or real_scan(path))
   again = folder.folder_index(str(tmp_path / 'images'), workdir)
   assert scans == [] and again.train.labels.tolist() == index.train.labels.tolist()
   assert [again.train.files[i] for i in range(20)] == [index.train.files[i] for i in range(20)]
+  assert os.stat(os.path.join(workdir, cached)).st_mtime_ns == written
 
   # A new file changes its directory: the folder is listed again and the cache replaced.
   Image.new('RGB', (20, 20)).save(tmp_path / 'images' / 'train' / 'b' / 'zz.png')
@@ -70,6 +75,7 @@ def test_the_file_list_is_cached_in_the_workdir_until_a_directory_changes(
   assert len(scans) == 1 and len(grown.train.files) == 21
   assert grown.train.files[20] == 'train/b/zz.png'
   monkeypatch.setattr(folder, '_INDEXES', {})
+  monkeypatch.setattr(folder, '_WRITTEN', {})
   assert len(folder.folder_index(str(tmp_path / 'images'), workdir).train.files) == 21
   assert len(scans) == 1 and os.listdir(workdir) == [cached]
 

@@ -187,7 +187,7 @@ def test_a_run_on_a_folder_with_broken_files_trains_and_names_them(
   assert all(str(tmp_path / 'images' / b) in report for b in bad)
 
 
-def _dicom_folder(root, per_class=60):
+def _dicom_folder(root, per_class=120):
   """train/ and test/ with ct/ and mr/ subfolders: copies of pydicom's own CT and MR files."""
   from pydicom.data import get_testdata_file
 

@@ -207,25 +207,28 @@ def _load(file: str) -> FolderIndex | None:
     return None  # absent or unreadable: list the folder again
 
 
-_INDEXES: dict[str, FolderIndex] = {}
+_INDEXES: dict[str, FolderIndex] = {}  # root -> the list in memory
+_WRITTEN: dict[str, FolderIndex] = {}  # cache file -> the list it holds
 _INDEX_LOCK = threading.Lock()
 
 
 def folder_index(path: str, workdir: str | None = None) -> FolderIndex:
   """The folder's file list: from memory or WORKDIR's cache when no directory changed since,
-  else listed now (and cached in `workdir`, a local directory, by process 0)."""
+  else listed now. With a `workdir` (a local directory), process 0 writes it there."""
   root = os.path.abspath(path) if path else ''
+  cache = _cache_file(workdir, root) if workdir and '://' not in workdir and root else None
   with _INDEX_LOCK:
     index = _INDEXES.get(root)
-    if index is not None and _unchanged(index):
-      return index
-    cache = _cache_file(workdir, root) if workdir and '://' not in workdir and root else None
-    index = _load(cache) if cache and os.path.exists(cache) else None
-    if index is None or index.root != root or not _unchanged(index):
-      index = _scan(path)
-      if cache and jax.process_index() == 0:
-        _save(index, cache)
-    _INDEXES[root] = index
+    if index is None or not _unchanged(index):
+      index = _load(cache) if cache and os.path.exists(cache) else None
+      if index is not None and index.root == root and _unchanged(index):
+        _WRITTEN[cache] = index  # read from there: nothing to write
+      else:
+        index = _scan(path)
+      _INDEXES[root] = index
+    if cache and jax.process_index() == 0 and _WRITTEN.get(cache) is not index:
+      _save(index, cache)
+      _WRITTEN[cache] = index
     return index
 
 

@@ -53,20 +53,15 @@ def apply_in_batches(
   num_batches = max(math.ceil(int(np.max(sizes)) / local_bs), 0)
   run = _jitted(fn, mesh)
   outs, labs, poss = [], [], []
-  template = None
+  # After this process's share ends, while another's goes on: empty (all invalid) batches.
+  empty = (
+    np.zeros((local_bs, *split.image_shape), np.float32),
+    np.zeros(local_bs, np.int32),
+    np.zeros(local_bs, bool),
+  )
   with contextlib.closing(split.batches(local_bs)) as batches:
     for i in range(num_batches):
-      batch = next(batches, None)
-      if batch is None:  # this process's share ended before the longest one: empty batches
-        if template is None:
-          raise ValueError(f'process {proc} has no evaluation example to shape its batches on')
-        batch = template
-      template = template or (
-        np.zeros_like(batch[0]),
-        np.zeros_like(batch[1]),
-        np.zeros(local_bs, bool),
-      )
-      x, y, valid = batch
+      x, y, valid = next(batches, empty)
       pos = (proc + n_proc * (i * local_bs + np.arange(local_bs))).astype(np.int32)
       out, y, pos, valid = run(args, *sharding.to_global((x, y, pos, valid), mesh))
       valid = np.asarray(valid)
