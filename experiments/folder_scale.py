@@ -7,8 +7,9 @@ python experiments/folder_scale.py [--sizes=6000,60000] [--steps=20] [--root=/tm
 Writes Fashion-MNIST's train images (Debian's dataset-fashion-mnist) as 96 px RGB PNGs, one
 subfolder per class, the first N for each size; then, per size, runs `python -m ssljax.main` for
 `--steps` steps with evaluation off, twice: in a fresh workdir (the folder is listed) and in a
-second one holding the first's cached file list (a restart). Reports the child's peak RSS
-(getrusage), the time to its first logged step and its wall time.
+second one holding the first's cached file list (a restart); then the input pipeline alone for
+100 steps. Reports each child's peak RSS (getrusage), the time to its first step and its wall
+time, and the input pipeline's images/s.
 """
 
 from __future__ import annotations
@@ -94,6 +95,11 @@ def run(
     '--config.report=False',
     *extra,
   ]
+  return _measured(args)
+
+
+def _measured(args: list[str]) -> dict:
+  """Runs `args`; its peak RSS, time to its first ' step 1/' line and wall time."""
   env = {**os.environ, 'PYTHONUNBUFFERED': '1', 'JAX_PLATFORMS': 'cpu'}
   start = time.perf_counter()
   proc = subprocess.Popen(
@@ -119,7 +125,29 @@ def run(
     'peak_rss_mb': round(usage.ru_maxrss / 1024, 1),  # Linux: kilobytes
     'first_step_s': round(marks['first_step'] - start, 2) if marks else None,
     'wall_s': round(end - start, 2),
+    **{k: float(v) for k, v in (ln.split()[1:3] for ln in lines if ln.startswith('measured '))},
   }
+
+
+def input_only(folder: str, steps: int) -> None:
+  """The input pipeline alone (run in a child by `--input_only`): batch 64 views at 64 px."""
+  sys.path.insert(0, REPO)
+  from ml_collections import config_flags  # noqa: F401  (the configs import it)
+
+  from ssljax import data
+  from ssljax.methods import SimCLR
+
+  config = SimCLR.default_config(64)
+  config.data.source, config.data.path = 'folder', folder
+  config.batch_size = 64
+  batches = data.build_train_iterator(config)
+  next(batches)
+  print(' step 1/', flush=True)
+  start = time.perf_counter()
+  for _ in range(steps):
+    next(batches)
+  print(f'measured input_img_per_s {steps * 64 / (time.perf_counter() - start):.1f}', flush=True)
+  batches.close()
 
 
 def main() -> None:
@@ -128,8 +156,11 @@ def main() -> None:
   parser.add_argument('--steps', type=int, default=20)
   parser.add_argument('--root', default='/tmp/folder_scale')
   parser.add_argument('--out', default=os.path.join(REPO, 'experiments/results/folder_scale.json'))
+  parser.add_argument('--input_only', default='', help=argparse.SUPPRESS)
   args, extra = parser.parse_known_args()
   extra = [e for e in extra if e != '--']
+  if args.input_only:
+    return input_only(args.input_only, 100)
   rows = []
   for n in (int(s) for s in args.sizes.split(',')):
     t = time.perf_counter()
@@ -142,16 +173,20 @@ def main() -> None:
       if f.startswith('folder_index_'):
         shutil.copy(os.path.join(first, f), second)
     cached = run(folder, second, args.steps, extra)
-    rows.append({'images': n, 'listed': listed, 'cached_list': cached})
+    alone = _measured([sys.executable, os.path.abspath(__file__), f'--input_only={folder}'])
+    rows.append({'images': n, 'listed': listed, 'cached_list': cached, 'input_only': alone})
   print(f'\n{args.steps}-step runs, batch 64 at 64 px, evaluation off ({os.cpu_count()} CPUs)')
-  print(f'{"images":>8} {"list":>7} {"peak RSS MB":>12} {"first step s":>13} {"wall s":>8}')
+  print(f'{"images":>8} {"run":>11} {"peak RSS MB":>12} {"first step s":>13} {"wall s":>8}')
   for r in rows:
-    for kind in ('listed', 'cached_list'):
+    for kind in ('listed', 'cached_list', 'input_only'):
       m = r[kind]
       print(
-        f'{r["images"]:>8} {kind:>7.7} {m["peak_rss_mb"]:>12.0f} {m["first_step_s"]:>13.1f} '
+        f'{r["images"]:>8} {kind:>11} {m["peak_rss_mb"]:>12.0f} {m["first_step_s"]:>13.1f} '
         f'{m["wall_s"]:>8.1f}'
       )
+  for r in rows:
+    rate = r['input_only']['input_img_per_s']
+    print(f'input pipeline alone, {r["images"]} images: {rate:.0f} img/s (100 steps of 64)')
   os.makedirs(os.path.dirname(args.out), exist_ok=True)
   with open(args.out, 'w') as f:
     json.dump(
