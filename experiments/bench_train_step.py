@@ -17,13 +17,15 @@ import platform
 import sys
 import time
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import jax  # noqa: E402
 from absl import app, flags  # noqa: E402
+from bench_step import build_step  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
-from ssljax import build, data, methods, models, optim, sharding  # noqa: E402
+from ssljax import data, models, sharding  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file.', lock_config=True)
 _STEPS = flags.DEFINE_integer('steps', 20, 'Timed steps (after 2 warm-up steps).')
@@ -50,29 +52,10 @@ def _repeat(batch):
 def main(argv) -> None:
   del argv
   config = _CONFIG.value
-  mesh = sharding.make_mesh()
-  sharding.check_batch_size(config.batch_size, mesh)
-  method = methods.build(config, mesh, total_steps=1000)
-  tx, schedule = optim.build_optimizer(config, total_steps=1000, warmup_steps=10)
-  channels = config.data.channels if config.data.source == 'synthetic' else None
-  synthetic = config.copy_and_resolve_references()
-  with synthetic.unlocked():
-    synthetic.data.source = 'synthetic'
-    if channels is None:
-      synthetic.data.channels = 3 if config.data.source == 'tfds' else 1
-  info = data.dataset_info(synthetic)
-  shapes = [(s.image_size, s.image_size, info.image_shape[-1]) for s in data.view_specs(synthetic)]
-  init = build.init_state(method, tx, shapes)
-  state_sharding = jax.tree.map(
-    lambda _: sharding.replicated(mesh), jax.eval_shape(init, jax.random.PRNGKey(0))
-  )
-  state = jax.jit(init, out_shardings=state_sharding)(jax.random.PRNGKey(0))
-  step = jax.jit(
-    build.make_train_step(method, tx, schedule),
-    in_shardings=(state_sharding, sharding.data_sharding(mesh)),
-    out_shardings=(state_sharding, sharding.replicated(mesh)),
-    donate_argnums=0,
-  )
+  step, state, mesh, synthetic = build_step(config)
+  shapes = [
+    (s.image_size, s.image_size, synthetic.data.channels) for s in data.view_specs(synthetic)
+  ]
   n = _STEPS.value
   on_device = sharding.to_global(next(data.build_train_iterator(synthetic)), mesh)
   seconds, state = _time_steps(step, state, _repeat(on_device), n)
