@@ -1,6 +1,10 @@
-"""The jitted train step of a config on synthetic data, as the benchmarks time it."""
+"""The jitted train step of a config on synthetic data, as the benchmarks time it, and the
+configs of the CPU cases that bench_vs_pytorch and profile_step share."""
 
 from __future__ import annotations
+
+import importlib.util
+import os
 
 import jax
 
@@ -33,3 +37,25 @@ def build_step(config):
     donate_argnums=0,
   )
   return step, state, mesh, synthetic
+
+
+def case_config(name: str):
+  """The ssljax config of a case (what the PyTorch peer is built from too)."""
+  path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'configs')
+  spec = importlib.util.spec_from_file_location(
+    'cfg', os.path.join(path, 'simclr_fashion_mnist.py')
+  )
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  c = module.get_config()
+  c.data.source, c.data.channels = 'synthetic', 1
+  if name == 'resnet18_w64':
+    c.model.width, c.batch_size, c.data.channels = 64, 64, 3
+    c.data.image_size = c.augment.image_size = 32
+  elif name == 'vit':
+    c.model.encoder, c.model.patch_size = 'vit_tiny', 4
+    c.model.vit_width, c.model.vit_depth, c.model.vit_heads = 96, 4, 3
+    c.optimizer, c.base_lr, c.weight_decay = 'adamw', 1e-3, 0.05
+  elif name != 'resnet18_w8':
+    raise SystemExit(f'unknown case {name!r}: resnet18_w8, resnet18_w64 or vit')
+  return c

@@ -33,7 +33,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import jax  # noqa: E402
 from absl import app, flags  # noqa: E402
-from bench_step import build_step  # noqa: E402
+from bench_step import build_step, case_config  # noqa: E402
 
 from ssljax import data, models, sharding  # noqa: E402
 
@@ -42,30 +42,6 @@ _STEPS = flags.DEFINE_integer('steps', 20, 'Timed steps per repeat.')
 _REPEATS = flags.DEFINE_integer('repeats', 2, 'Alternations of the two sides; each keeps its best.')
 _OUT = flags.DEFINE_string('out', 'experiments/results/bench_vs_pytorch.json', 'Results file.')
 WARMUP = 2
-
-
-def case_config(name: str):
-  """The ssljax config of a case (what the PyTorch peer is built from too)."""
-  import importlib.util
-
-  path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'configs')
-  spec = importlib.util.spec_from_file_location(
-    'cfg', os.path.join(path, 'simclr_fashion_mnist.py')
-  )
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  c = module.get_config()
-  c.data.source, c.data.channels = 'synthetic', 1
-  if name == 'resnet18_w64':
-    c.model.width, c.batch_size, c.data.channels = 64, 64, 3
-    c.data.image_size = c.augment.image_size = 32
-  elif name == 'vit':
-    c.model.encoder, c.model.patch_size = 'vit_tiny', 4
-    c.model.vit_width, c.model.vit_depth, c.model.vit_heads = 96, 4, 3
-    c.optimizer, c.base_lr, c.weight_decay = 'adamw', 1e-3, 0.05
-  elif name != 'resnet18_w8':
-    raise SystemExit(f'unknown case {name!r}: resnet18_w8, resnet18_w64 or vit')
-  return c
 
 
 # ----------------------------------------------------------------------------- ssljax side

@@ -1,0 +1,148 @@
+"""Where the time of one ssljax train step goes on this machine: a jax.profiler trace of a few
+steps of a bench_vs_pytorch case, its XLA ops summed by kind.
+
+python experiments/profile_step.py [--case=resnet18_w8] [--steps=5]
+    [--out=experiments/results/profile_step_<case>.json]
+
+Kinds, read from the compiled module: convolutions (forward, and the gradients with respect to
+the input and to the weights), dots (matmuls), reductions (BatchNorm statistics, the loss,
+gradient norms), copies and transposes, elementwise and other ops (the optimizer update among
+them). Each kind's share is its summed duration over the traced steps' wall time.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import os
+import re
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import jax  # noqa: E402
+from absl import app, flags  # noqa: E402
+from bench_step import build_step, case_config  # noqa: E402
+
+from ssljax import data, sharding  # noqa: E402
+
+_CASE = flags.DEFINE_string('case', 'resnet18_w8', 'A bench_vs_pytorch case.')
+_STEPS = flags.DEFINE_integer('steps', 5, 'Traced steps.')
+_OUT = flags.DEFINE_string('out', '', 'Results file (default results/profile_step_CASE.json).')
+
+
+_COMPUTATION = re.compile(r'^(?:ENTRY )?%(\S+) .*\{$')
+_INSTRUCTION = re.compile(r'^\s*(?:ROOT )?%(\S+) = (\w+)\[([\d,]*)\]\S* (\w[\w-]*)\(')
+
+
+def op_kinds(hlo: str, views: int) -> dict[str, str]:
+  """XLA op name -> kind, from the compiled module's text (which keeps no JAX names for the
+  fused convolutions): what its fused computation holds (a convolution, a dot, a reduce). A
+  convolution fed by a reversed kernel is the gradient with respect to the input; one whose
+  output is (views, H, W, C) with H > 3 a forward one; the rest (kernel-shaped outputs, windows
+  as large as the activations) the gradient with respect to the weights."""
+  bodies: dict[str, list[str]] = {}
+  current = None
+  for line in hlo.splitlines():
+    if m := _COMPUTATION.match(line):
+      current = bodies.setdefault(m.group(1), [])
+    elif line.startswith('}'):
+      current = None
+    elif current is not None:
+      current.append(line)
+  ops = {}  # name -> (output dims, opcode, operands, text of the op and what it calls)
+  for lines in bodies.values():
+    for line in lines:
+      if m := _INSTRUCTION.match(line):
+        name, _, shape, opcode = m.groups()
+        called = re.search(r'calls=%([\w.-]+)', line)
+        text = '\n'.join([line, *bodies.get(called.group(1), [])]) if called else line
+        operands = re.findall(r'%([\w.-]+)', line.split('(', 1)[1].split(')')[0])
+        ops[name] = ([int(d) for d in shape.split(',') if d], opcode, operands, text)
+
+  def reversed_kernel(name: str, depth: int = 2) -> bool:
+    if name not in ops or depth < 0:
+      return False
+    _, _, operands, text = ops[name]
+    return ' reverse(' in text or any(reversed_kernel(o, depth - 1) for o in operands)
+
+  kinds = {}
+  for name, (dims, opcode, operands, text) in ops.items():
+    if ' convolution(' in text:
+      if any(reversed_kernel(o) for o in operands):
+        kinds[name] = 'conv gradient wrt input'
+      elif len(dims) == 4 and dims[0] == views and dims[1] > 3:
+        kinds[name] = 'conv forward'
+      else:
+        kinds[name] = 'conv gradient wrt weights'
+    elif ' dot(' in text:
+      kinds[name] = 'dot (matmul)'
+    elif ' reduce(' in text:
+      kinds[name] = 'reductions (BatchNorm, loss, norms)'
+    elif opcode in ('copy', 'transpose') or name.startswith(('copy', 'transpose')):
+      kinds[name] = 'copy / transpose'
+    else:
+      kinds[name] = 'elementwise and other'
+  return kinds
+
+
+def main(argv) -> None:
+  del argv
+  config = case_config(_CASE.value)
+  step, state, mesh, synthetic = build_step(config)
+  batch = sharding.to_global(next(data.build_train_iterator(synthetic)), mesh)
+  for _ in range(2):
+    state, metrics = step(state, batch)
+  jax.block_until_ready(metrics)
+  directory = tempfile.mkdtemp(prefix='profile_')
+  start = time.perf_counter()
+  with jax.profiler.trace(directory):
+    for _ in range(_STEPS.value):
+      state, metrics = step(state, batch)
+    jax.block_until_ready(metrics)
+  wall = time.perf_counter() - start
+  (xspace,) = [
+    os.path.join(root, f)
+    for root, _, files in os.walk(directory)
+    for f in files
+    if f.endswith('.xplane.pb')
+  ]
+  profile = jax.profiler.ProfileData.from_file(xspace)
+  kinds = op_kinds(step.lower(state, batch).compile().as_text(), 2 * config.batch_size)
+  totals: dict[str, float] = collections.Counter()
+  ops: dict[str, float] = collections.Counter()
+  for plane in profile.planes:
+    for line in plane.lines:
+      for event in line.events:
+        stats = dict(event.stats)
+        if 'hlo_op' not in stats and 'hlo_module' not in stats:
+          continue
+        name = str(stats.get('hlo_op', event.name))
+        seconds = event.duration_ns * 1e-9
+        totals[kinds.get(name, 'elementwise and other')] += seconds
+        ops[name] += seconds
+  print(f'{_CASE.value}: {_STEPS.value} steps in {wall:.2f} s')
+  print(f'{"kind":<36} {"s/step":>8} {"share":>7}')
+  for k, s in sorted(totals.items(), key=lambda kv: -kv[1]):
+    print(f'{k:<36} {s / _STEPS.value:>8.3f} {s / wall:>7.1%}')
+  out = _OUT.value or f'experiments/results/profile_step_{_CASE.value}.json'
+  with open(out, 'w') as f:
+    json.dump(
+      {
+        'case': _CASE.value,
+        'steps': _STEPS.value,
+        'wall_s': wall,
+        'seconds_per_step_by_kind': {k: s / _STEPS.value for k, s in totals.items()},
+        'top_ops': dict(sorted(ops.items(), key=lambda kv: -kv[1])[:25]),
+      },
+      f,
+      indent=2,
+    )
+  print(f'wrote {out}')
+
+
+if __name__ == '__main__':
+  app.run(main)
