@@ -11,9 +11,16 @@ from collections.abc import Sequence
 from typing import Any
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 
+from ssljax.models import cpu_conv
+
 ModuleDef = Any
+
+
+def _on_cpu() -> bool:
+  return jax.default_backend() == 'cpu'
 
 
 class BasicBlock(nn.Module):
@@ -70,7 +77,14 @@ class ResNet(nn.Module):
 
   @nn.compact
   def __call__(self, x, *, train: bool):
-    conv = functools.partial(nn.Conv, use_bias=False, dtype=self.dtype, padding='SAME')
+    conv = functools.partial(
+      nn.Conv,
+      use_bias=False,
+      dtype=self.dtype,
+      padding='SAME',
+      # On CPU, a kernel gradient XLA:CPU runs several times faster (see cpu_conv); elsewhere lax's.
+      conv_general_dilated=cpu_conv.conv_general_dilated if _on_cpu() else None,
+    )
     # BatchNorm statistics are means over the batch axis of a global (sharded) array, so under
     # jit they are taken over the whole global batch: per-device statistics would leak which
     # examples sit together, a shortcut to the positive pair (SimCLR section 3, "Global BN").
