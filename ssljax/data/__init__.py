@@ -129,10 +129,11 @@ def eval_split(config: ml_collections.ConfigDict, split: str) -> EvalSplit:
   if not shift:
     return unshifted
 
+  severity, seed = config.data.get('shift_severity', 3), config.data.get('shift_seed', 0)
+
   def read(batch: int) -> Iterator:
     for first, (x, y, valid) in zip(itertools.count(0, batch), unshifted.batches(batch)):
       positions = jax.process_index() + jax.process_count() * (first + np.arange(batch))
-      severity, seed = config.data.get('shift_severity', 3), config.data.get('shift_seed', 0)
       yield shifts.apply(x, positions, shift=shift, severity=severity, seed=seed), y, valid
 
   return EvalSplit(unshifted.size, unshifted.image_shape, read)

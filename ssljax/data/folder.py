@@ -194,11 +194,12 @@ def _load(file: str) -> FolderIndex | None:
   try:
     with np.load(file, allow_pickle=False) as f:
       paths = lambda name: Paths(f[f'{name}_blob'], f[f'{name}_offsets'])  # noqa: E731
+      classes = paths('classes')
       return FolderIndex(
         root=paths('root')[0],
         train=Split(paths('train'), f['train_labels']),
         test=Split(paths('test'), f['test_labels']),
-        classes=tuple(paths('classes')[i] for i in range(len(paths('classes')))),
+        classes=tuple(classes[i] for i in range(len(classes))),
         channels=int(f['channels']),
         directories=paths('directories'),
         mtimes=f['mtimes'],

@@ -25,7 +25,7 @@ import numpy as np
 import tensorflow as tf
 
 from ssljax.data import augment, folder, order, random_access, sources
-from ssljax.data.types import EvalSplit
+from ssljax.data.types import EvalSplit, padded
 
 AUTOTUNE = tf.data.AUTOTUNE
 SHUFFLE_BUFFER = 10_000  # streamed sources: examples in the shuffle buffer of each process
@@ -344,7 +344,7 @@ def eval_split(config: ml_collections.ConfigDict, split: str) -> EvalSplit:
 
   def read_arrays(batch: int):
     ds = tf.data.Dataset.from_tensor_slices((images, labels))
-    return _eval_batches(ds, size, batch, images.shape[-1])
+    return _eval_batches(ds, size, batch)
 
   return EvalSplit(len(share), (size, size, images.shape[-1]), read_arrays)
 
@@ -363,10 +363,10 @@ def _tfds_eval_batches(config, split: str, max_examples: int, batch: int):
     ds = ds.take(max_examples)
   ds = ds.shard(jax.process_count(), jax.process_index())
   ds = ds.map(lambda ex: (feature.decode_example(ex[image_key]), ex[label_key]))
-  return _eval_batches(ds, int(config.data.image_size), batch, feature.shape[-1])
+  return _eval_batches(ds, int(config.data.image_size), batch)
 
 
-def _eval_batches(ds: tf.data.Dataset, size: int, batch: int, channels: int):
+def _eval_batches(ds: tf.data.Dataset, size: int, batch: int):
   """(images, labels, valid) batches of exactly `batch` rows: the last padded, invalid."""
   ds = ds.map(
     lambda image, label: (eval_resize(to_float(image), size), tf.cast(label, tf.int32)),
@@ -374,9 +374,4 @@ def _eval_batches(ds: tf.data.Dataset, size: int, batch: int, channels: int):
     deterministic=True,
   )
   for x, y in ds.batch(batch).prefetch(AUTOTUNE).as_numpy_iterator():
-    pad = batch - len(y)
-    yield (
-      np.concatenate([x, np.zeros((pad, size, size, channels), np.float32)]),
-      np.concatenate([y, np.zeros(pad, np.int32)]),
-      np.arange(batch) < len(y),
-    )
+    yield padded(x, y, batch)

@@ -111,14 +111,7 @@ def train_steps(
       out.append(pixels)
     return elements, np.stack(out)
 
-  pending = collections.deque()
-  try:
-    for step in itertools.count(start_step):
-      pending.append(submit(step))
-      if len(pending) > AHEAD:
-        yield collect(*pending.popleft())
-  finally:
-    reader.close()
+  return _ahead(reader, itertools.count(start_step), submit, collect)
 
 
 def eval_side(size: int) -> int:
@@ -158,10 +151,17 @@ def eval_batches(
     y[: len(part)] = labels[part]
     return x, y, valid
 
+  parts = (indices[first : first + batch] for first in range(0, len(indices), batch))
+  return _ahead(reader, parts, submit, collect)
+
+
+def _ahead(reader: Reader, jobs, submit: Callable, collect: Callable) -> Iterator:
+  """collect(*submit(job)) for each job in order, with AHEAD jobs submitted beyond the one being
+  collected; closes `reader` when done or closed."""
   pending = collections.deque()
   try:
-    for first in range(0, len(indices), batch):
-      pending.append(submit(indices[first : first + batch]))
+    for job in jobs:
+      pending.append(submit(job))
       if len(pending) > AHEAD:
         yield collect(*pending.popleft())
     while pending:

@@ -52,11 +52,11 @@ def check(data: ml_collections.ConfigDict) -> None:
     tfds_builder(data.name, data.data_dir)
 
 
-def folder_reader(data: ml_collections.ConfigDict, side: int, workdir: str | None = None):
+def folder_reader(data: ml_collections.ConfigDict, side: int):
   """A `random_access.Reader` of the configured folder, decoding to `side` pixels."""
   window = data.get('dicom_window')
   return folder.reader(
-    folder.folder_index(data.path, workdir),
+    folder.folder_index(data.path),
     side,
     dicom_window=None if window is None else tuple(float(v) for v in window),
     max_bad_fraction=float(data.get('max_bad_fraction', 0.001)),

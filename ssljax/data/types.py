@@ -35,6 +35,16 @@ def source_name(config: ml_collections.ConfigDict) -> str:
 Batch = tuple[np.ndarray, np.ndarray, np.ndarray]  # images, labels, valid
 
 
+def padded(images: np.ndarray, labels: np.ndarray, batch: int) -> Batch:
+  """The last, short batch of a split padded to `batch` rows with zeros, marked invalid."""
+  pad = batch - len(labels)
+  return (
+    np.concatenate([images, np.zeros((pad,) + images.shape[1:], images.dtype)]),
+    np.concatenate([labels, np.zeros(pad, labels.dtype)]),
+    np.arange(batch) < len(labels),
+  )
+
+
 @dataclasses.dataclass(frozen=True)
 class EvalSplit:
   """This process's share of an evaluation split, read a batch at a time so no more than a batch
@@ -56,14 +66,7 @@ class EvalSplit:
 
     def read(batch: int) -> Iterator[Batch]:
       for first in range(0, len(labels), batch):
-        x, y = images[first : first + batch], labels[first : first + batch]
-        pad = batch - len(y)
-        valid = np.arange(batch) < len(y)
-        yield (
-          np.concatenate([x, np.zeros((pad,) + x.shape[1:], x.dtype)]),
-          np.concatenate([y, np.zeros(pad, y.dtype)]),
-          valid,
-        )
+        yield padded(images[first : first + batch], labels[first : first + batch], batch)
 
     return cls(len(labels), tuple(images.shape[1:]), read)
 

@@ -46,28 +46,25 @@ def conv_general_dilated(
     and feature_group_count == 1
     and preferred_element_type is None
   )
-  if not plain:
-    return lax.conv_general_dilated(
-      lhs,
-      rhs,
-      window_strides,
-      padding,
-      lhs_dilation=lhs_dilation,
-      rhs_dilation=rhs_dilation,
-      dimension_numbers=dimension_numbers,
-      feature_group_count=feature_group_count,
-      precision=precision,
-      preferred_element_type=preferred_element_type,
-    )
-  strides = tuple(int(s) for s in window_strides)
-  if isinstance(padding, str):
-    padding = lax.padtype_to_pads(lhs.shape[1:3], rhs.shape[:2], strides, padding)
-  pads = tuple((int(lo), int(hi)) for lo, hi in padding)
-  if any(p < 0 for pair in pads for p in pair):  # cropping: lax's own
-    return lax.conv_general_dilated(
-      lhs, rhs, strides, pads, dimension_numbers=dimension_numbers, precision=precision
-    )
-  return _conv(lhs, rhs, strides, pads, precision)
+  if plain:
+    strides = tuple(int(s) for s in window_strides)
+    if isinstance(padding, str):
+      padding = lax.padtype_to_pads(lhs.shape[1:3], rhs.shape[:2], strides, padding)
+    pads = tuple((int(lo), int(hi)) for lo, hi in padding)
+    if all(p >= 0 for pair in pads for p in pair):  # negative pads crop: lax's own
+      return _conv(lhs, rhs, strides, pads, precision)
+  return lax.conv_general_dilated(
+    lhs,
+    rhs,
+    window_strides,
+    padding,
+    lhs_dilation=lhs_dilation,
+    rhs_dilation=rhs_dilation,
+    dimension_numbers=dimension_numbers,
+    feature_group_count=feature_group_count,
+    precision=precision,
+    preferred_element_type=preferred_element_type,
+  )
 
 
 def _lax_conv(x, w, strides, pads, precision):
