@@ -90,9 +90,46 @@ def _conv_bwd(strides, pads, precision, residuals, dy):
 _conv.defvjp(_conv_fwd, _conv_bwd)
 
 
+# Bytes of one chunk of x and dy: the kernel gradient is summed over batch chunks that stay in a
+# core's L2 cache while their nine shifted windows are copied and multiplied; 2 MB was fastest or
+# within noise of it on every ResNet-18 layer at widths 8 and 64 (2-core EPYC, 512 KB L2 per core):
+# 3-5x faster than one pass over the whole batch for the first stage at width 8.
+CHUNK_BYTES = 2 * 1024 * 1024
+
+
 def kernel_gradient(x: jax.Array, dy: jax.Array, kernel_shape, strides, pads) -> jax.Array:
   """dL/dW (kh, kw, Cin, Cout) of y = conv(x, W) given dy = dL/dy: one float32-accumulated
-  matmul per kernel offset over every output position."""
+  matmul per kernel offset over every output position, summed over cache-sized batch chunks."""
+  n = x.shape[0]
+  chunk = _chunk(n, (x[0].size + dy[0].size) * x.dtype.itemsize)
+  if chunk >= n:
+    return _kernel_gradient(x, dy, kernel_shape, strides, pads)
+  steps = -(-n // chunk)
+  if steps * chunk != n:  # zero images add nothing to the gradient
+    x = jnp.pad(x, ((0, steps * chunk - n),) + ((0, 0),) * 3)
+    dy = jnp.pad(dy, ((0, steps * chunk - n),) + ((0, 0),) * 3)
+
+  def add_chunk(total, chunk_xy):
+    return total + _kernel_gradient(*chunk_xy, kernel_shape, strides, pads), None
+
+  total, _ = lax.scan(
+    add_chunk,
+    jnp.zeros(kernel_shape, jnp.float32),
+    (x.reshape(steps, chunk, *x.shape[1:]), dy.reshape(steps, chunk, *dy.shape[1:])),
+  )
+  return total
+
+
+def _chunk(n: int, bytes_per_image: int) -> int:
+  """Images per chunk: about CHUNK_BYTES, a divisor of n when one is near (no padding copy)."""
+  want = max(1, CHUNK_BYTES // bytes_per_image)
+  if want >= n:
+    return n
+  divisor = max(d for d in range(1, want + 1) if n % d == 0)
+  return divisor if 2 * divisor >= want else want
+
+
+def _kernel_gradient(x, dy, kernel_shape, strides, pads):
   kh, kw, cin, cout = kernel_shape
   n, ho, wo, _ = dy.shape
   xp = jnp.pad(x, ((0, 0), *pads, (0, 0)))
