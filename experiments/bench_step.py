@@ -31,7 +31,7 @@ def build_step(config):
   )
   state = jax.jit(init, out_shardings=state_sharding)(jax.random.PRNGKey(0))
   step = jax.jit(
-    build.make_train_step(method, tx, schedule),
+    build.make_train_step(method, tx, schedule, build.device_views(config)),
     in_shardings=(state_sharding, sharding.data_sharding(mesh)),
     out_shardings=(state_sharding, sharding.replicated(mesh)),
     donate_argnums=0,

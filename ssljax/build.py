@@ -16,6 +16,7 @@ import ml_collections
 import optax
 
 from ssljax import data, methods, optim
+from ssljax.data import augment_device
 from ssljax.methods import Method, TrainState
 
 
@@ -71,15 +72,38 @@ def init_state(
   return init
 
 
+def device_views(config: ml_collections.ConfigDict) -> Callable[[dict], dict] | None:
+  """With config.augment.on='device': the function turning a batch of base images and their
+  elements into the batch of views, run inside the train step; None on the host path."""
+  if config.augment.get('on', 'host') != 'device':
+    return None
+  specs = data.view_specs(config)
+  seed, size = int(config.seed), int(config.data.image_size)
+
+  def views(batch: dict) -> dict:
+    made = augment_device.make_views(
+      batch['images'], batch['elements'], specs, seed=seed, image_size=size
+    )
+    return {'views': made}
+
+  return views
+
+
 def make_train_step(
-  method: Method, tx: optax.GradientTransformation, schedule: optax.Schedule
+  method: Method,
+  tx: optax.GradientTransformation,
+  schedule: optax.Schedule,
+  views: Callable[[dict], dict] | None = None,
 ) -> Callable[[TrainState, dict], tuple[TrainState, dict]]:
-  """(state, batch) -> (state, metrics): one optimizer step of `method`, to be jitted.
+  """(state, batch) -> (state, metrics): one optimizer step of `method`, to be jitted. With
+  `views` (`device_views`), the batch holds base images and the step makes their views first.
 
   metrics['finite'] says whether the loss and the gradient norm were finite (a NaN anywhere in
   the gradient makes its norm NaN)."""
 
   def train_step(state: TrainState, batch: dict) -> tuple[TrainState, dict]:
+    if views is not None:
+      batch = views(batch)
     rng, step_rng = jax.random.split(state.rng)
     grad_fn = jax.value_and_grad(method.loss, has_aux=True)
     (loss, (model_state, metrics)), grads = grad_fn(

@@ -9,6 +9,9 @@ def augment_defaults(image_size: int) -> ml_collections.ConfigDict:
   """SimCLR's augmentation knobs (Chen et al. 2020, appendix A); views override them."""
   return ml_collections.ConfigDict(
     dict(
+      # Where views are made: 'host' (tf.data on the CPUs) or 'device' (inside the jitted train
+      # step, from uint8 base images: an accelerator is never input-bound). One value for all views.
+      on='host',
       image_size=image_size,  # output side of every view (pixels)
       crop_scale=(0.08, 1.0),  # random resized crop: fraction of the image area
       crop_ratio=(3 / 4, 4 / 3),  # and aspect-ratio range

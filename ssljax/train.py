@@ -188,7 +188,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
   # ---------------------------------------------------------------- Train loop
   train_step = jax.jit(
-    build.make_train_step(method, tx, schedule),
+    build.make_train_step(method, tx, schedule, build.device_views(config)),
     in_shardings=(state_sharding, sharding.data_sharding(mesh)),
     out_shardings=(state_sharding, sharding.replicated(mesh)),
     donate_argnums=0,

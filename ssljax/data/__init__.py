@@ -75,6 +75,11 @@ def check_available(config: ml_collections.ConfigDict) -> None:
   if source in ('digits', 'synthetic'):
     return
   sources.check(config.data)
+  if config.augment.get('on', 'host') == 'device' and sources.is_streamed(config.data):
+    raise ConfigError(
+      "augment.on='device': a streamed tfds dataset has no device path yet (in-memory, folder "
+      'and synthetic sources have); fix: --config.augment.on=host'
+    )
 
 
 def dataset_info(config: ml_collections.ConfigDict, workdir: str | None = None) -> DatasetInfo:
@@ -97,11 +102,17 @@ def skipped_files(config: ml_collections.ConfigDict) -> tuple[str, ...]:
 def build_train_iterator(
   config: ml_collections.ConfigDict, *, start_step: int = 0
 ) -> Iterator[dict]:
-  """Endless process-local batches {'views': [float32 (B/P, S, S, C) in [0, 1], ...]}.
+  """Endless process-local batches {'views': [float32 (B/P, S, S, C) in [0, 1], ...]}, or with
+  config.augment.on='device' {'images', 'elements'} that the train step makes the views of
+  (`ssljax.data.base_images`).
 
   Batch `start_step` onwards equal what an uninterrupted run yields from that step (exactly for
   in-memory sources; see `pipeline` for streamed ones).
   """
+  if config.augment.get('on', 'host') == 'device':
+    from ssljax.data import base_images
+
+    return base_images.train_iterator(config, start_step=start_step)
   specs = view_specs(config)
   if source_name(config) == 'synthetic':
     return synthetic.train_iterator(config, specs, start_step=start_step)

@@ -16,6 +16,8 @@ from collections.abc import Callable
 import ml_collections
 import tensorflow as tf
 
+from ssljax.data.augment_device import blur_kernel_size
+
 try:
   tf.config.set_visible_devices([], 'GPU')
 except (RuntimeError, ValueError):  # runtime already initialised, or no such device type
@@ -46,22 +48,15 @@ def _clip(image: Image) -> Image:
   return tf.clip_by_value(image, 0.0, 1.0)
 
 
-def random_resized_crop(
-  image: Image,
-  seed,
-  *,
-  size: int,
-  scale: tuple[float, float],
-  ratio: tuple[float, float],
-  attempts: int = 10,
-) -> Image:
-  """Crop of area fraction U(scale) and log-uniform aspect in ratio, resized to (size, size).
+def crop_window(
+  shape, seed, *, scale: tuple[float, float], ratio: tuple[float, float], attempts: int = 10
+) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor, tf.Tensor]:
+  """(y, x, height, width) int32 of a random resized crop of an image of `shape` (H, W, ...).
 
-  Takes the first of `attempts` draws that fits the image, else the largest center crop within
-  the ratio range (torchvision's rule); bicubic resize, clipped back to [0, 1].
+  Area fraction U(scale) and log-uniform aspect in ratio: the first of `attempts` draws that fits
+  the image, else the largest center crop within the ratio range (torchvision's rule).
   """
   scale_seed, ratio_seed, y_seed, x_seed = _split(seed, 4)
-  shape = tf.shape(image)
   h, w = tf.cast(shape[0], tf.float32), tf.cast(shape[1], tf.float32)
   area = h * w * _uniform(scale_seed, scale[0], scale[1], [attempts])
   aspect = tf.exp(_uniform(ratio_seed, math.log(ratio[0]), math.log(ratio[1]), [attempts]))
@@ -80,7 +75,21 @@ def random_resized_crop(
   x = tf.where(found, tf.floor(_uniform(x_seed, 0.0, 1.0) * (w - cw + 1)), tf.floor((w - cw) / 2))
   y = tf.cast(tf.clip_by_value(y, 0, h - ch), tf.int32)
   x = tf.cast(tf.clip_by_value(x, 0, w - cw), tf.int32)
-  crop = tf.slice(image, [y, x, 0], [tf.cast(ch, tf.int32), tf.cast(cw, tf.int32), -1])
+  return y, x, tf.cast(ch, tf.int32), tf.cast(cw, tf.int32)
+
+
+def random_resized_crop(
+  image: Image,
+  seed,
+  *,
+  size: int,
+  scale: tuple[float, float],
+  ratio: tuple[float, float],
+  attempts: int = 10,
+) -> Image:
+  """The `crop_window` crop resized to (size, size): bicubic, clipped back to [0, 1]."""
+  y, x, ch, cw = crop_window(tf.shape(image), seed, scale=scale, ratio=ratio, attempts=attempts)
+  crop = tf.slice(image, [y, x, 0], [ch, cw, -1])
   crop = tf.ensure_shape(crop, [None, None, image.shape[-1]])  # the slice forgets the channels
   out = tf.image.resize(crop[None], [size, size], method='bicubic')[0]
   return _clip(out)
@@ -152,12 +161,6 @@ def random_grayscale(image: Image, seed, *, prob: float) -> Image:
   if image.shape[-1] == 1:
     return image
   return _with_prob(image, seed, prob, lambda x: tf.tile(tf.image.rgb_to_grayscale(x), [1, 1, 3]))
-
-
-def blur_kernel_size(side: int, kernel_frac: float) -> int:
-  """round(kernel_frac * side), made odd, at least 3."""
-  k = max(3, int(round(kernel_frac * side)))
-  return k if k % 2 else k + 1
 
 
 def gaussian_blur(

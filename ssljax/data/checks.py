@@ -30,6 +30,7 @@ def check_config(checks: Checks) -> None:
   data = checks.value('data')
   checks.absorb(shifts.check, data.get('shift', ''), data.get('shift_severity', 3))
   _check_augment(checks, 'augment', checks.value('augment'))
+  checks.choice('augment.on', ('host', 'device'))
   views = checks.value('views')
   if not isinstance(views, ml_collections.ConfigDict) or not views.keys():
     checks.fail('views', 'at least one view, e.g. dict(view1={}, view2={})', value=views)
@@ -42,6 +43,8 @@ def check_config(checks: Checks) -> None:
       checks.fail(
         f'views.{name}.{key}', f'not an augmentation setting; choose from {sorted(allowed)}'
       )
+    if 'on' in overrides:
+      checks.fail(f'views.{name}.on', 'set augment.on, once for every view', value=overrides['on'])
     _check_augment(checks, f'views.{name}', overrides, fallback='augment')
 
 
