@@ -103,9 +103,9 @@ def main(argv) -> None:
     f'{jax.device_count()} x {device.device_kind} ({platform.processor() or platform.machine()})'
   )
   print(header)
-  print(f'{"what":<45} {"images/s":>10}')
+  print(f'{"what":<50} {"images/s":>10}')
   for what, ips in rows:
-    print(f'{what:<45} {ips:>10,.0f}')
+    print(f'{what:<50} {ips:>10,.0f}')
   if mfu is not None:
     print(f'model FLOPs utilisation of the step alone: {mfu:.1%} of {_PEAK.value:g} TFLOP/s')
   result = {

@@ -190,6 +190,7 @@ def _compare_views(image: np.ndarray, spec, summary, what: str):
   return a[:, 0], b[:, 0]
 
 
+@pytest.mark.slow  # two TF traces of a whole view and 2,000 draws each
 def test_flip_grayscale_solarize_are_applied_as_often():
   ramp = np.tile(np.linspace(0, 1, 16, dtype=np.float32)[None, :, None], (16, 1, 3))
   ramp[..., 1:] *= 0.5
@@ -203,6 +204,7 @@ def test_flip_grayscale_solarize_are_applied_as_often():
   assert abs(np.mean(b < 0.5) - 0.3) < 0.04
 
 
+@pytest.mark.slow  # two TF traces of a whole view and 2,000 draws each
 def test_colour_jitter_draws_follow_the_hosts():
   """Brightness alone on a grey image: gate, factor range and its floor at 0, and on a colour
   image, the order and every factor, seen through the resulting pixel values."""
