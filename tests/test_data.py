@@ -605,3 +605,27 @@ def test_tfds_array_record_follows_global_indices_whatever_the_process_count(tmp
     it.close()
   for v in range(2):
     np.testing.assert_array_equal(np.concatenate([parts[0][v], parts[1][v]]), batches[3][v])
+
+
+@pytest.mark.parametrize('file_format', ['tfrecord', 'array_record'])
+def test_tfds_streamed_base_images_for_device_views(tmp_path, file_format):
+  """augment.on='device' on a streamed tfds dataset: tf.data decodes each image once to a uint8
+  base square 1.15x the view size, numbered by global element, and resumes where it stopped."""
+  builder = _tiny_tfds_builders()[True](data_dir=str(tmp_path))
+  builder.download_and_prepare(file_format=file_format)
+  c = base_config()
+  c.data.update(dict(source='tfds', name=builder.name, data_dir=str(tmp_path), image_size=16))
+  c.augment.image_size = 16
+  c.augment.on = 'device'
+  c.batch_size = 8
+  data.check_available(c)
+  it = data.build_train_iterator(c)
+  batches = [next(it) for _ in range(3)]
+  it.close()
+  assert batches[0]['images'].shape == (8, 18, 18, 3) and batches[0]['images'].dtype == np.uint8
+  for step, batch in enumerate(batches):
+    np.testing.assert_array_equal(batch['elements'][:, 1], np.arange(8 * step, 8 * step + 8))
+  assert batches[0]['images'].std() > 10  # real pixels, not padding
+  resumed = data.build_train_iterator(c, start_step=2)
+  np.testing.assert_array_equal(next(resumed)['images'], batches[2]['images'])
+  resumed.close()

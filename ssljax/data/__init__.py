@@ -75,11 +75,6 @@ def check_available(config: ml_collections.ConfigDict) -> None:
   if source in ('digits', 'synthetic'):
     return
   sources.check(config.data)
-  if config.augment.get('on', 'host') == 'device' and sources.is_streamed(config.data):
-    raise ConfigError(
-      "augment.on='device': a streamed tfds dataset has no device path yet (in-memory, folder "
-      'and synthetic sources have); fix: --config.augment.on=host'
-    )
 
 
 def dataset_info(config: ml_collections.ConfigDict, workdir: str | None = None) -> DatasetInfo:

@@ -4,8 +4,8 @@ index, nothing more; the train step makes the views (`ssljax.data.augment_device
 The examples follow `order.global_indices`, as on the host path, so a resumed run reads the same
 batches bit for bit. No TensorFlow: in-memory arrays (digits, idx files, synthetic) are gathered
 with numpy and folders are decoded by `random_access`'s threads (to data.image_size x
-FOLDER_MARGIN, the host path's base too, quantised to uint8). Streamed tfds datasets are refused
-by the config checks for now.
+FOLDER_MARGIN, the host path's base too, quantised to uint8). Streamed tfds datasets (ImageNet)
+are decoded by tf.data to the same base: the shorter side to that size, the centred square.
 """
 
 from __future__ import annotations
@@ -28,6 +28,10 @@ def train_iterator(config: ml_collections.ConfigDict, *, start_step: int) -> Ite
     raise ValueError(f'batch_size {batch_size} is not divisible by {processes} processes')
   if config.data.source == 'folder':
     steps = _folder_steps(config, start_step)
+  elif sources.is_streamed(config.data):
+    from ssljax.data import pipeline  # TensorFlow decodes tfds records
+
+    steps = pipeline.base_batches(config, start_step=start_step)
   else:
     steps = _array_steps(config, start_step)
   return (

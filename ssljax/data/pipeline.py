@@ -185,10 +185,11 @@ def _folder_batches(config, view_fns, start_step: int, local: int):
     steps.close()
 
 
-def _random_access_batches(config, view_fns, start_step: int, local: int):
+def _random_access_batches(config, view_fns, start_step: int, local: int, example=None):
   """Batches following `global_indices` from a tfds dataset prepared as array_record: for each
   chunk of steps a background thread reads the named records (raw bytes, by index) while tf.data
-  decodes and augments the previous chunk, as the streamed path does."""
+  decodes and augments the previous chunk, as the streamed path does. `example` replaces the
+  views (see `base_batches`)."""
   tfds = sources.import_tfds()
   builder = sources.tfds_builder(config.data.name, config.data.data_dir)
   image_key, _ = sources.tfds_keys(config.data)
@@ -197,7 +198,7 @@ def _random_access_batches(config, view_fns, start_step: int, local: int):
     split=config.data.train_split, deserialize_method=tfds.decode.DeserializeMethod.RAW_BYTES
   )
   num, seed = len(records), int(config.seed)
-  example = _example_function(view_fns, seed, int(config.data.image_size))
+  example = example or _example_function(view_fns, seed, int(config.data.image_size))
   skip = {image_key: tfds.decode.SkipDecoding()}
 
   def decode_and_augment(record, element):
@@ -232,14 +233,15 @@ def _random_access_batches(config, view_fns, start_step: int, local: int):
     reader.shutdown(wait=False, cancel_futures=True)
 
 
-def _streamed_batches(config, view_fns, start_step: int, local: int):
-  """Batches from this process's files, shuffled with the seed; see the module's note on resume."""
+def _streamed_batches(config, view_fns, start_step: int, local: int, example=None):
+  """Batches from this process's files, shuffled with the seed; see the module's note on resume.
+  `example` replaces the views (see `base_batches`)."""
   tfds = sources.import_tfds()
   builder = sources.tfds_builder(config.data.name, config.data.data_dir)
   image_key, _ = sources.tfds_keys(config.data)
   feature = builder.info.features[image_key]
   seed, batch_size = int(config.seed), int(config.batch_size)
-  example = _example_function(view_fns, seed, int(config.data.image_size))
+  example = example or _example_function(view_fns, seed, int(config.data.image_size))
   first = jax.process_index() * local
   ds = builder.as_dataset(
     split=tfds.split_for_jax_process(config.data.train_split),
@@ -274,6 +276,37 @@ def train_iterator(
     make = _in_memory_batches
   batches = make(config, _view_functions(specs), start_step, local)
   return ({'views': list(views)} for views in batches)
+
+
+def _base_example(side: int):
+  """(image, element) -> (uint8 (side, side, C) base image, element): the shorter side resized
+  to `side` (bicubic, antialiased), the centred square, as folders are read."""
+
+  @tf.function(autograph=False)
+  def example(image, element):
+    image = to_float(image)
+    shape = tf.cast(tf.shape(image), tf.float32)
+    scale = side / tf.minimum(shape[0], shape[1])
+    nh = tf.maximum(tf.cast(tf.round(shape[0] * scale), tf.int32), side)
+    nw = tf.maximum(tf.cast(tf.round(shape[1] * scale), tf.int32), side)
+    resized = tf.image.resize(image, [nh, nw], method='bicubic', antialias=True)
+    square = tf.image.crop_to_bounding_box(resized, (nh - side) // 2, (nw - side) // 2, side, side)
+    pixels = tf.round(tf.clip_by_value(square, 0.0, 1.0) * 255.0)
+    return tf.cast(pixels, tf.uint8), tf.cast(element, tf.int64)
+
+  return example
+
+
+def base_batches(
+  config: ml_collections.ConfigDict, *, start_step: int
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+  """(global elements, uint8 base images) of this process, step by step, from a streamed tfds
+  dataset, for augment.on='device': decoded and resized once, to data.image_size x FOLDER_MARGIN."""
+  local = int(config.batch_size) // jax.process_count()
+  side = int(round(config.data.image_size * sources.FOLDER_MARGIN))
+  make = _random_access_batches if sources.has_random_access(config.data) else _streamed_batches
+  for images, elements in make(config, [], start_step, local, example=_base_example(side)):
+    yield elements, images
 
 
 def labelled_batches(
