@@ -42,14 +42,15 @@ def build_step(config):
 def case_config(name: str):
   """The ssljax config of a case (what the PyTorch peer is built from too)."""
   path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'configs')
-  spec = importlib.util.spec_from_file_location(
-    'cfg', os.path.join(path, 'simclr_fashion_mnist.py')
-  )
+  name_file = 'simclr_imagenet.py' if name == 'resnet50_224' else 'simclr_fashion_mnist.py'
+  spec = importlib.util.spec_from_file_location('cfg', os.path.join(path, name_file))
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
   c = module.get_config()
   c.data.source, c.data.channels = 'synthetic', 1
-  if name == 'resnet18_w64':
+  if name == 'resnet50_224':  # configs/simclr_imagenet.py (bf16) at a batch one GPU holds
+    c.data.channels, c.batch_size, c.data.num_examples = 3, 256, 512
+  elif name == 'resnet18_w64':
     c.model.width, c.batch_size, c.data.channels = 64, 64, 3
     c.data.image_size = c.augment.image_size = 32
   elif name == 'vit':
@@ -57,5 +58,5 @@ def case_config(name: str):
     c.model.vit_width, c.model.vit_depth, c.model.vit_heads = 96, 4, 3
     c.optimizer, c.base_lr, c.weight_decay = 'adamw', 1e-3, 0.05
   elif name != 'resnet18_w8':
-    raise SystemExit(f'unknown case {name!r}: resnet18_w8, resnet18_w64 or vit')
+    raise SystemExit(f'unknown case {name!r}: resnet18_w8, resnet18_w64, vit or resnet50_224')
   return c

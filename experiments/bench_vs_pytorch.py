@@ -9,7 +9,9 @@ Needs PyTorch: `pip install -e '.[bench]'` (on a CPU-only machine its CPU wheel,
 - resnet18_w8: configs/simclr_fashion_mnist.py as it is (ResNet-18, small stem, width 8, 28 px,
   1 channel, batch 256, 64-d projection, LARS);
 - resnet18_w64: the same at width 64, 32 px, 3 channels, batch 64;
-- vit: SimCLR with a ViT of width 96, depth 4, 3 heads, patch 4 at 28 px, batch 256, AdamW.
+- vit: SimCLR with a ViT of width 96, depth 4, 3 heads, patch 4 at 28 px, batch 256, AdamW;
+- resnet50_224 (for a GPU): configs/simclr_imagenet.py, ResNet-50 at 224 px, batch 256, bf16; the
+  PyTorch side uses CUDA when present, autocast to bfloat16 and channels_last.
 Each side runs its own train step (forward over the 2N views, NT-Xent, backward, optimizer update)
 on random input already in memory: 2 warm-up steps, then --steps timed ones; the two sides
 alternate --repeats times and each keeps its best. The PyTorch peer is plain PyTorch written
@@ -41,6 +43,7 @@ _CASES = flags.DEFINE_list('cases', ['resnet18_w8', 'resnet18_w64', 'vit'], 'Cas
 _STEPS = flags.DEFINE_integer('steps', 20, 'Timed steps per repeat.')
 _REPEATS = flags.DEFINE_integer('repeats', 2, 'Alternations of the two sides; each keeps its best.')
 _OUT = flags.DEFINE_string('out', 'experiments/results/bench_vs_pytorch.json', 'Results file.')
+_BATCH = flags.DEFINE_integer('batch_size', 0, "Overrides each case's batch (0: the case's own).")
 WARMUP = 2
 
 
@@ -118,6 +121,48 @@ def torch_timer(config):
     def forward(self, x):
       return self.blocks(self.stem(x)).mean(dim=(2, 3))
 
+  class Bottleneck(nn.Module):  # torchvision.models.resnet.Bottleneck (stride on the 3x3)
+    def __init__(self, inplanes: int, planes: int, stride: int):
+      super().__init__()
+      self.conv1 = nn.Conv2d(inplanes, planes, 1, bias=False)
+      self.bn1 = nn.BatchNorm2d(planes)
+      self.conv2 = nn.Conv2d(planes, planes, 3, stride, 1, bias=False)
+      self.bn2 = nn.BatchNorm2d(planes)
+      self.conv3 = nn.Conv2d(planes, 4 * planes, 1, bias=False)
+      self.bn3 = nn.BatchNorm2d(4 * planes)
+      nn.init.zeros_(self.bn3.weight)
+      self.downsample = None
+      if stride != 1 or inplanes != 4 * planes:
+        self.downsample = nn.Sequential(
+          nn.Conv2d(inplanes, 4 * planes, 1, stride, bias=False), nn.BatchNorm2d(4 * planes)
+        )
+
+    def forward(self, x):
+      identity = x if self.downsample is None else self.downsample(x)
+      out = F.relu(self.bn1(self.conv1(x)))
+      out = F.relu(self.bn2(self.conv2(out)))
+      return F.relu(self.bn3(self.conv3(out)) + identity)
+
+  class ResNet50(nn.Module):  # torchvision.models.resnet50 without its classifier
+    def __init__(self, channels: int, width: int):
+      super().__init__()
+      self.stem = nn.Sequential(
+        nn.Conv2d(channels, width, 7, 2, 3, bias=False),
+        nn.BatchNorm2d(width),
+        nn.ReLU(),
+        nn.MaxPool2d(3, 2, 1),
+      )
+      blocks, inplanes = [], width
+      for i, n in enumerate((3, 4, 6, 3)):
+        planes = width * 2**i
+        for j in range(n):
+          blocks.append(Bottleneck(inplanes, planes, 2 if i > 0 and j == 0 else 1))
+          inplanes = 4 * planes
+      self.blocks = nn.Sequential(*blocks)
+
+    def forward(self, x):
+      return self.blocks(self.stem(x)).mean(dim=(2, 3))
+
   class Block(nn.Module):  # timm.models.vision_transformer.Block
     def __init__(self, dim: int, heads: int):
       super().__init__()
@@ -151,6 +196,8 @@ def torch_timer(config):
   channels, size, batch = int(config.data.channels), int(config.data.image_size), config.batch_size
   if m.encoder.startswith('vit'):
     encoder = ViT(channels, size, m.patch_size, m.vit_width, m.vit_depth, m.vit_heads)
+  elif m.encoder == 'resnet50':
+    encoder = ResNet50(channels, m.width)
   else:
     encoder = ResNet18(channels, m.width)
   h_dim = models.encoder_dim(config)
@@ -164,7 +211,11 @@ def torch_timer(config):
     nn.Linear(hidden, m.proj_dim, bias=False),
     last_bn,
   )
-  model = nn.Sequential(encoder, head)
+  cuda = torch.cuda.is_available()
+  device = torch.device('cuda' if cuda else 'cpu')
+  layout = torch.channels_last if cuda else torch.contiguous_format
+  model = nn.Sequential(encoder, head).to(device, memory_format=layout)
+  bf16 = cuda and m.compute_dtype == 'bfloat16'  # AMP where ssljax computes in bf16
   params = [p for p in model.parameters() if p.requires_grad]
   decay = [p for p in params if p.ndim > 1]
   rest = [p for p in params if p.ndim <= 1]
@@ -177,13 +228,15 @@ def torch_timer(config):
   else:
     optimizer = _lars(torch, decay, rest, config.base_lr, config.weight_decay, config.momentum)
   temperature = config.loss.temperature
-  x = torch.rand(2 * batch, channels, size, size)
-  labels = torch.cat([torch.arange(batch, 2 * batch), torch.arange(batch)])
-  eye = torch.eye(2 * batch, dtype=torch.bool)
+  x = torch.rand(2 * batch, channels, size, size, device=device).to(memory_format=layout)
+  labels = torch.cat([torch.arange(batch, 2 * batch), torch.arange(batch)]).to(device)
+  eye = torch.eye(2 * batch, dtype=torch.bool, device=device)
 
   def train_step():
     optimizer.zero_grad(set_to_none=True)
-    z = F.normalize(model(x), dim=1)
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+      features = model(x)
+    z = F.normalize(features.float(), dim=1)
     logits = (z @ z.T / temperature).masked_fill(eye, float('-inf'))  # NT-Xent over 2N views
     loss = F.cross_entropy(logits, labels)
     loss.backward()
@@ -235,6 +288,8 @@ def main(argv) -> None:
   rows = []
   for name in _CASES.value:
     config = case_config(name)
+    if _BATCH.value:
+      config.batch_size = _BATCH.value
     (jax_run, jax_params), (torch_run, torch_params) = ssljax_timer(config), torch_timer(config)
     timers = {'ssljax': jax_run, 'pytorch': torch_run}
     best = {side: float('inf') for side in timers}

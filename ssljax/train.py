@@ -14,13 +14,38 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from ssljax import build, data, methods, models, optim, report, restore, sharding, visualize
+from ssljax import (
+  build,
+  data,
+  health,
+  methods,
+  models,
+  optim,
+  report,
+  restore,
+  sharding,
+  visualize,
+)
 from ssljax.checkpoint import Checkpointer
 from ssljax.config_checks import Checks
 from ssljax.errors import TrainingDiverged
 from ssljax.evaluators import protocols
 from ssljax.methods import TrainState
 from ssljax.metrics import MetricWriter, progress_bar
+
+HEALTH_IMAGES = 512  # un-augmented training images the health metrics encode at each log step
+
+
+def _health_images(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh):
+  """The first training images (un-augmented, at data.image_size) on the mesh, a multiple of
+  the device count; None when the split is smaller than one per device."""
+  split = data.eval_split(config, 'train')
+  per_process = mesh.devices.size // jax.process_count()
+  local = min(HEALTH_IMAGES // jax.process_count(), split.size) // per_process * per_process
+  if local == 0:
+    return None
+  images, _ = split.take(np.arange(local))
+  return sharding.to_global(images, mesh)
 
 
 def check_loop_config(checks: Checks) -> None:
@@ -194,6 +219,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     donate_argnums=0,
   )
   writer = MetricWriter(workdir)
+  health_batch = _health_images(config, mesh)
+  health_of = jax.jit(
+    lambda state, images: health.health_metrics(
+      lambda x: method.features(state.params, state.model_state, x)
+    )(images),
+    out_shardings=sharding.replicated(mesh),
+  )
   skipped = _SkippedFiles(config, workdir, writer)
   bar = progress_bar(total_steps, start_step)
   batches = sharding.prefetch_to_mesh(
@@ -229,6 +261,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         means = {k: float(np.mean([m[k] for m in window])) for k in window[0] if k != 'finite'}
         elapsed = time.perf_counter() - t_log
         means['images_per_sec'] = (done - step_log) * config.batch_size / elapsed
+        if health_batch is not None:  # label-free: is the representation collapsing?
+          means.update(jax.device_get(health_of(state, health_batch)))
         writer.write(done, means)
         skipped.record(done)
         bar.set_postfix(loss=f'{means["loss"]:.4f}', img_s=f'{means["images_per_sec"]:,.0f}')

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ssljax import checkpoint, sharding, train, visualize
+from ssljax import checkpoint, models, sharding, train, visualize
 from ssljax.errors import ConfigError
 from ssljax.restore import load_config, restore_latest
 
@@ -39,6 +39,9 @@ def check_run_outputs(workdir, results, config):
   train_lines = [x for x in lines if 'loss' in x]
   assert [x['step'] for x in train_lines] == [1, 2, 3]
   assert all(np.isfinite(x['loss']) and x['images_per_sec'] > 0 for x in train_lines)
+  for x in train_lines:  # label-free health, on the first training images in inference mode
+    assert 1.0 <= x['health/rankme_h'] <= models.encoder_dim(config) + 1e-3
+    assert 0.0 <= x['health/std_h'] <= 1.0 + 1e-3
   evals = [x for x in lines if 'eval/knn' in x]
   assert evals[-1]['step'] == 3 and evals[-1]['eval/knn'] == on_disk['pretrained']['knn']
   assert glob.glob(os.path.join(workdir, 'tensorboard', 'events.out.tfevents.*'))

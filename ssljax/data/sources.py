@@ -14,8 +14,6 @@ import pathlib
 
 import ml_collections
 import numpy as np
-from sklearn.datasets import load_digits
-from sklearn.model_selection import train_test_split
 
 from ssljax.data import folder
 from ssljax.errors import DatasetNotFoundError
@@ -101,6 +99,9 @@ def load(data: ml_collections.ConfigDict, split: str) -> Split:
 
 @functools.lru_cache(maxsize=2)
 def _load_digits(split: str) -> Split:
+
+  from sklearn.datasets import load_digits  # here: a JAX-only machine never loads digits
+  from sklearn.model_selection import train_test_split
 
   digits = load_digits()
   images = (digits.images / 16.0).astype(np.float32)[..., None]  # (N, 8, 8, 1) in [0, 1]
