@@ -38,14 +38,18 @@ HEALTH_IMAGES = 512  # un-augmented training images the health metrics encode at
 
 def _health_images(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh):
   """The first training images (un-augmented, at data.image_size) on the mesh, a multiple of
-  the device count; None when the split is smaller than one per device."""
+  the device count; None when the split has fewer than one per device."""
   split = data.eval_split(config, 'train')
   per_process = mesh.devices.size // jax.process_count()
   local = min(HEALTH_IMAGES // jax.process_count(), split.size) // per_process * per_process
   if local == 0:
     return None
   images, _ = split.take(np.arange(local))
-  return sharding.to_global(images, mesh)
+  if len(images) == 0:
+    return None
+  # Unreadable files are left out of the split: cycle the readable ones back to `local` rows, so
+  # every process contributes the same number.
+  return sharding.to_global(np.resize(images, (local, *images.shape[1:])), mesh)
 
 
 def check_loop_config(checks: Checks) -> None:

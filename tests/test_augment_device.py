@@ -230,24 +230,26 @@ def test_blur_sigma_and_probability_follow_the_hosts():
 
 
 def test_views_depend_on_seed_element_and_view_only():
-  """The same views on 1 and 8 devices, whatever order or company the examples come in."""
-  specs = [_spec(crop_scale=(0.2, 1.0), flip=True, color_strength=1.0, blur_prob=0.5)] * 2
-  images = (np.random.default_rng(5).random((8, 20, 20, 3)) * 255).astype(np.uint8)
+  """The same views on 1 and 8 devices, whatever order or company the examples come in; keys
+  differ with the seed, the element and the view."""
+  spec = _spec(image_size=8, crop_scale=(0.2, 1.0), flip=True, color_strength=1.0, blur_prob=0.5)
+  images = (np.random.default_rng(5).random((8, 12, 12, 3)) * 255).astype(np.uint8)
   elements = ad.split_elements(np.arange(8) + (5 << 32))
-  make = jax.jit(lambda i, e: ad.make_views(i, e, specs, seed=3, image_size=16))
-  one = make(images, elements)
+  make = jax.jit(lambda i, e: ad.make_views(i, e, [spec], seed=3, image_size=8)[0])
+  one = np.asarray(make(images, elements))
   mesh = jax.sharding.Mesh(np.asarray(jax.devices()[:8]), ('data',))
   shard = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec('data'))
   eight = make(jax.device_put(images, shard), jax.device_put(elements, shard))
   reversed_ = make(images[::-1], elements[::-1])
-  for v in range(2):  # the same draws; XLA may round a differently tiled program differently
-    np.testing.assert_allclose(np.asarray(one[v]), np.asarray(eight[v]), atol=1e-6)
-    np.testing.assert_allclose(np.asarray(one[v]), np.asarray(reversed_[v])[::-1], atol=1e-6)
-  again = make(images, elements)  # the same program: bit for bit
-  np.testing.assert_array_equal(np.asarray(again[0]), np.asarray(one[0]))
-  assert not np.array_equal(np.asarray(one[0]), np.asarray(one[1]))  # views differ
-  other_seed = jax.jit(lambda i, e: ad.make_views(i, e, specs, seed=4, image_size=16))
-  assert not np.array_equal(np.asarray(other_seed(images, elements)[0]), np.asarray(one[0]))
+  # The same draws; XLA may round a differently tiled program differently.
+  np.testing.assert_allclose(one, np.asarray(eight), atol=1e-6)
+  np.testing.assert_allclose(one, np.asarray(reversed_)[::-1], atol=1e-6)
+  np.testing.assert_array_equal(np.asarray(make(images, elements)), one)  # bit for bit
+  assert len({one[i].tobytes() for i in range(8)}) == 8  # every example its own view
+  key = lambda seed, e, v: tuple(  # noqa: E731
+    np.asarray(jax.random.key_data(ad.view_key(seed, jnp.asarray(elements[e]), v))).tolist()
+  )
+  assert len({key(3, 0, 0), key(4, 0, 0), key(3, 1, 0), key(3, 0, 1)}) == 4
 
 
 def test_split_elements_keeps_64_bit_indices_apart():
