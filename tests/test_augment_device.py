@@ -136,8 +136,8 @@ def _same_distribution(a, b, what):
   'scale, ratio, shape',
   [
     ((0.08, 1.0), (3 / 4, 4 / 3), (40, 30)),
-    ((0.3, 1.0), (0.5, 2.0), (28, 28)),
-    ((0.9, 1.0), (3.0, 4.0), (30, 30)),
+    pytest.param((0.3, 1.0), (0.5, 2.0), (28, 28), marks=pytest.mark.slow),
+    pytest.param((0.9, 1.0), (3.0, 4.0), (30, 30), marks=pytest.mark.slow),
   ],
 )
 def test_crop_windows_follow_the_hosts_distribution(scale, ratio, shape):
@@ -217,6 +217,7 @@ def test_colour_jitter_draws_follow_the_hosts():
   _compare_views(colour, spec, lambda x: x[3, 5], 'jitter pixel')
 
 
+@pytest.mark.slow
 def test_blur_sigma_and_probability_follow_the_hosts():
   dot = np.zeros((32, 32, 1), np.float32)
   dot[16, 16] = 1.0
