@@ -112,6 +112,9 @@ def base_config(method: str = '', image_size: int = 32) -> ml_collections.Config
   c.grad_clip = 0.0  # > 0: clip the gradient's global norm
 
   c.log_every = 20
+  # Un-augmented training images the label-free health metrics (RankMe, normalised std of h)
+  # encode at each log step; 0 turns them off.
+  c.health_images = 512
   c.checkpoint_every = 500
   c.keep_checkpoints = 3
   c.eval_every = 0  # 0: only at the end

@@ -33,15 +33,14 @@ from ssljax.evaluators import protocols
 from ssljax.methods import TrainState
 from ssljax.metrics import MetricWriter, progress_bar
 
-HEALTH_IMAGES = 512  # un-augmented training images the health metrics encode at each log step
-
 
 def _health_images(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh):
   """The first training images (un-augmented, at data.image_size) on the mesh, a multiple of
   the device count; None when the split has fewer than one per device."""
   split = data.eval_split(config, 'train')
   per_process = mesh.devices.size // jax.process_count()
-  local = min(HEALTH_IMAGES // jax.process_count(), split.size) // per_process * per_process
+  local = min(int(config.health_images) // jax.process_count(), split.size)
+  local = local // per_process * per_process
   if local == 0:
     return None
   images, _ = split.take(np.arange(local))
@@ -58,6 +57,7 @@ def check_loop_config(checks: Checks) -> None:
   for name in ('log_every', 'checkpoint_every', 'keep_checkpoints'):
     checks.count(name, 1)
   checks.count('eval_every', 0)
+  checks.count('health_images', 0)
   checks.boolean('report')
 
 
@@ -223,7 +223,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     donate_argnums=0,
   )
   writer = MetricWriter(workdir)
-  health_batch = _health_images(config, mesh)
+  health_batch = _health_images(config, mesh) if config.health_images else None
   health_of = jax.jit(
     lambda state, images: health.health_metrics(
       lambda x: method.features(state.params, state.model_state, x)
