@@ -308,10 +308,9 @@ def make_views(
   """Every view of a batch: base images (B, H, W, C) and their elements (B, 2) uint32 ->
   [float32 (B, S_v, S_v, C)], view v of element e keyed by (seed, e, v)."""
 
-  def one(image, element, v, spec):
-    return augment_view(upsample(to_float(image), image_size), view_key(seed, element, v), spec)
+  base = jax.vmap(lambda image: upsample(to_float(image), image_size))(images)  # once, not per view
 
-  return [
-    jax.vmap(lambda im, el, v=v, spec=spec: one(im, el, v, spec))(images, elements)
-    for v, spec in enumerate(specs)
-  ]
+  def view(v: int, spec):
+    return jax.vmap(lambda im, el: augment_view(im, view_key(seed, el, v), spec))(base, elements)
+
+  return [view(v, spec) for v, spec in enumerate(specs)]
