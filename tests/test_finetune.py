@@ -172,6 +172,7 @@ def test_supervised_from_scratch_learns_digits_and_moves_every_weight(setup):
   jax.tree.map(np.testing.assert_array_equal, jax.device_get(start), before)
 
 
+@pytest.mark.slow  # ~30 s: fine-tunes, trains the supervised baseline, probes OOD
 def test_evaluate_finetune_keys_and_the_frozen_protocols_keep_weights(setup, monkeypatch):
   config, mesh, method, state, splits = setup
   config = config.copy_and_resolve_references()

@@ -33,6 +33,7 @@ def _command_line(argv):
   return evaluate.run_name(flag_values.config, flag_values.workdir)
 
 
+@pytest.mark.slow  # trains the tiny SimCLR run in this worker (~50 s)
 def test_evaluate_reproduces_the_runs_results(simclr_digits_run):
   workdir, results, _ = simclr_digits_run
   with open(os.path.join(workdir, 'results.json')) as f:
@@ -53,6 +54,7 @@ def test_evaluate_reproduces_the_runs_results(simclr_digits_run):
   assert sorted(os.listdir(os.path.join(workdir, 'checkpoints'))) == checkpoints
 
 
+@pytest.mark.slow  # trains the tiny SimCLR run in this worker (~50 s)
 def test_evaluate_takes_config_overrides(simclr_digits_run):
   workdir, _, _ = simclr_digits_run
   config = _command_line(
@@ -117,6 +119,7 @@ def test_import_ssljax_is_light_and_load_encoder_is_lazy():
   assert proc.returncode == 0, proc.stderr[-3000:]
 
 
+@pytest.mark.slow  # trains the tiny SimCLR run in this worker (~50 s)
 def test_load_encoder_gives_the_runs_features(simclr_digits_run):
   workdir, _, _ = simclr_digits_run
   apply_fn, params = ssljax.load_encoder(workdir)
@@ -151,6 +154,7 @@ def byol_config(config_file, shrink):
   return make
 
 
+@pytest.mark.slow  # trains the tiny SimCLR run in this worker (~50 s)
 def test_warm_start_loads_the_encoder_into_online_and_target(
   simclr_digits_run, tmp_path, capsys, byol_config
 ):
@@ -196,6 +200,7 @@ def test_warm_start_loads_the_encoder_into_online_and_target(
   assert restore.prepare_warm_start(config, method, abstract, source_dir) is None
 
 
+@pytest.mark.slow  # trains the tiny SimCLR run in this worker (~50 s)
 def test_warm_start_refuses_bad_sources_before_compiling(simclr_digits_run, tmp_path, byol_config):
   workdir, _, _ = simclr_digits_run
   run = str(tmp_path / 'run')
