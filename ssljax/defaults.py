@@ -4,6 +4,8 @@
 import ml_collections
 from ml_collections.config_dict import placeholder
 
+from ssljax.collapse import MIN_RANKME, MIN_STD
+
 
 def augment_defaults(image_size: int) -> ml_collections.ConfigDict:
   """SimCLR's augmentation knobs (Chen et al. 2020, appendix A); views override them."""
@@ -112,9 +114,13 @@ def base_config(method: str = '', image_size: int = 32) -> ml_collections.Config
   c.grad_clip = 0.0  # > 0: clip the gradient's global norm
 
   c.log_every = 20
-  # Un-augmented training images the label-free health metrics (RankMe, normalised std of h)
-  # encode at each log step; 0 turns them off.
-  c.health_images = 512
+  # Label-free health (ssljax.health, ssljax.collapse): at each log step, RankMe and the
+  # normalised std of h on the first `images` un-augmented training images (0: off). Below
+  # either floor the run warns once, with the method's remedies; stop_on_collapse stops it
+  # instead, without saving the collapsed state.
+  c.health = ml_collections.ConfigDict(
+    dict(images=512, min_rankme=MIN_RANKME, min_std=MIN_STD, stop_on_collapse=False)
+  )
   c.checkpoint_every = 500
   c.keep_checkpoints = 3
   c.eval_every = 0  # 0: only at the end

@@ -54,6 +54,13 @@ class TrainingDiverged(UserError):
   exit_code = 3
 
 
+class TrainingCollapsed(UserError):
+  """The label-free health metrics fell below their floors and config.health.stop_on_collapse
+  is set: the run stopped without saving that state."""
+
+  exit_code = 4
+
+
 def run_command(fn: Callable[..., T], *args, **kwargs) -> T:
   """fn(*args, **kwargs); a UserError becomes `error: <message>` on stderr and its exit code."""
   try:

@@ -8,11 +8,15 @@ evaluation would (users with few labels have no such evaluation at all).
   onto one direction. At most min(N, D).
 - The per-dimension std of the L2-normalised embeddings, times sqrt(D): about 1 when the unit
   vectors spread over every dimension, 0 when every image maps to the same vector.
+- For methods with a teacher, the teacher/student agreement (`cosine_agreement`, or DINO's
+  share of images whose student and teacher pick the same prototype): 1 with 0 rank means
+  both collapsed onto the same output.
+
+Each method's `health` (ssljax/methods/) says which embeddings it has: h always, the projector
+output z where there is one. `ssljax.collapse` turns these numbers into a warning.
 """
 
 from __future__ import annotations
-
-from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -34,11 +38,16 @@ def normalized_std(z: jax.Array) -> jax.Array:
   return jnp.mean(jnp.std(unit, axis=0)) * jnp.sqrt(z.shape[-1])
 
 
-def health_metrics(features: Callable[[jax.Array], jax.Array]) -> Callable[[jax.Array], dict]:
-  """images -> {'health/rankme_h', 'health/std_h'} for `features` (images -> h, inference)."""
+def embedding_health(name: str, z: jax.Array) -> dict[str, jax.Array]:
+  """{'health/rankme_<name>', 'health/std_<name>'} of embeddings z (N, ...), flattened per row."""
+  z = z.reshape(z.shape[0], -1)
+  return {f'health/rankme_{name}': rankme(z), f'health/std_{name}': normalized_std(z)}
 
-  def metrics(images: jax.Array) -> dict:
-    h = features(images).reshape(images.shape[0], -1)
-    return {'health/rankme_h': rankme(h), 'health/std_h': normalized_std(h)}
 
-  return metrics
+def cosine_agreement(a: jax.Array, b: jax.Array) -> jax.Array:
+  """The mean cosine similarity of matching rows of a and b (N, D): how well a student's output
+  matches its teacher's on the same images."""
+  a, b = (x.astype(jnp.float32) for x in (a, b))
+  a = a / jnp.maximum(jnp.linalg.norm(a, axis=-1, keepdims=True), 1e-12)
+  b = b / jnp.maximum(jnp.linalg.norm(b, axis=-1, keepdims=True), 1e-12)
+  return jnp.mean(jnp.sum(a * b, axis=-1))

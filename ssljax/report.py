@@ -28,7 +28,7 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from ssljax import errors
+from ssljax import collapse, errors
 
 REPORT = 'report.md'
 PLOTS = 'report'  # WORKDIR/report/: loss.png, eval.png
@@ -62,12 +62,20 @@ def write_report(workdir: str, config: Any = None, *, total_steps: int | None = 
     total_steps = int(_field(config, 'total_steps'))
 
   plots_dir = os.path.join(workdir, PLOTS)
-  train_names = [k for k in series if not k.startswith('eval/') and k not in _NOT_PLOTTED]
+  health_names = [k for k in series if k.startswith('health/')]
+  train_names = [
+    k for k in series if not k.startswith(('eval/', 'health/')) and k not in _NOT_PLOTTED
+  ]
   eval_names = [k for k in series if k.startswith('eval/')]
   loss_png = eval_png = None
   if train_names:
     loss_png = os.path.join(plots_dir, 'loss.png')
     _plot_training(series, train_names, loss_png)
+  health_png = None
+  if health_names:
+    health_png = os.path.join(plots_dir, 'health.png')
+    _plot_health(series, health_names, config, health_png)
+  collapsed = _collapse_warning(series, config)
   if eval_names:
     eval_png = os.path.join(plots_dir, 'eval.png')
     random_init = (results or {}).get('random_init') or {}
@@ -81,6 +89,8 @@ def write_report(workdir: str, config: Any = None, *, total_steps: int | None = 
   lines = [f'# {title}', '']
   lines += _summary(config, series, results, total_steps, bad_lines)
   lines += _skipped_files(workdir)
+  if collapsed:
+    lines += ['', f'**Warning: {collapsed}**']
   lines += ['', '## Results', '']
   lines += _results_table(results, series)
   lines += ['', '## Training', '']
@@ -88,6 +98,18 @@ def write_report(workdir: str, config: Any = None, *, total_steps: int | None = 
     lines.append(f'![training loss and other logged scalars]({_link(workdir, loss_png)})')
   else:
     lines.append('No training metrics logged yet.')
+  lines += ['', '## Health', '']
+  if health_png:
+    lines += [
+      f'![label-free health metrics against step]({_link(workdir, health_png)})',
+      '',
+      'Label-free, on fixed un-augmented training images in inference mode: RankMe (effective '
+      'rank) and sqrt(D) x std of the normalised h (`_h`) and projector output (`_z`), and the '
+      'teacher/student agreement. Dashed: the collapse floors (config.health).',
+    ]
+    lines += ['', f'**{collapsed}**' if collapsed else 'No collapse: every value above its floor.']
+  else:
+    lines.append('No health metrics logged (config.health.images = 0).')
   lines += ['', '## Evaluation', '']
   if eval_png:
     lines.append(f'![every evaluation metric against step]({_link(workdir, eval_png)})')
@@ -151,15 +173,7 @@ def _read_metrics(path: str) -> tuple[Series, int]:
   return series, bad
 
 
-def _field(config: Any, dotted: str, default: Any = None) -> Any:
-  """config.a.b for a ConfigDict or a plain dict, `default` when any part is missing."""
-  node = config
-  for key in dotted.split('.'):
-    try:
-      node = node[key]
-    except (KeyError, TypeError, IndexError, AttributeError):
-      return default
-  return node
+_field = collapse.field  # config.a.b for a ConfigDict or a plain dict
 
 
 def _config_json(config: Any) -> str:
@@ -365,6 +379,34 @@ def _plot_training(series: Series, names: list[str], path: str) -> None:
     _curve(ax, *series[name], name)
     ax.set_title(name, fontsize='small')
     ax.tick_params(labelsize='x-small')
+  _save(fig, path)
+
+
+def _collapse_warning(series: Series, config: Any) -> str | None:
+  """The run's collapse warning (`ssljax.collapse`) read back from its logged health metrics."""
+  rows: dict[int, dict[str, float]] = {}
+  for name in (n for n in series if collapse.floor(n, config) is not None):
+    for step, value in zip(*series[name], strict=True):
+      rows.setdefault(int(step), {})[name] = float(value)
+  return collapse.first_collapse(rows.items(), config)
+
+
+def _plot_health(series: Series, names: list[str], config: Any, path: str) -> None:
+  """One panel per health metric; the collapse floors dashed."""
+  cols = min(3, len(names))
+  rows = math.ceil(len(names) / cols)
+  fig = Figure(figsize=(4.0 * cols, 3.0 * rows), dpi=_DPI)
+  axes = fig.subplots(rows, cols, squeeze=False)
+  for ax in axes.flat[len(names) :]:
+    ax.set_axis_off()
+  for ax, name in zip(axes.flat, names, strict=False):
+    _curve(ax, *series[name], name)
+    low = collapse.floor(name, config)
+    if isinstance(low, (int, float)):
+      ax.axhline(low, linestyle='--', color='red', label='collapse floor')
+      ax.legend(fontsize='x-small')
+    ax.set_title(name[len('health/') :])
+    ax.set_xlabel('step')
   _save(fig, path)
 
 

@@ -16,8 +16,8 @@ from absl import logging
 
 from ssljax import (
   build,
+  collapse,
   data,
-  health,
   methods,
   models,
   optim,
@@ -28,7 +28,7 @@ from ssljax import (
 )
 from ssljax.checkpoint import Checkpointer
 from ssljax.config_checks import Checks
-from ssljax.errors import TrainingDiverged
+from ssljax.errors import TrainingCollapsed, TrainingDiverged
 from ssljax.evaluators import protocols
 from ssljax.methods import TrainState
 from ssljax.metrics import MetricWriter, progress_bar
@@ -39,7 +39,7 @@ def _health_images(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh):
   the device count; None when the split has fewer than one per device."""
   split = data.eval_split(config, 'train')
   per_process = mesh.devices.size // jax.process_count()
-  local = min(int(config.health_images) // jax.process_count(), split.size)
+  local = min(int(config.health.images) // jax.process_count(), split.size)
   local = local // per_process * per_process
   if local == 0:
     return None
@@ -57,7 +57,10 @@ def check_loop_config(checks: Checks) -> None:
   for name in ('log_every', 'checkpoint_every', 'keep_checkpoints'):
     checks.count(name, 1)
   checks.count('eval_every', 0)
-  checks.count('health_images', 0)
+  checks.count('health.images', 0)
+  checks.nonnegative('health.min_rankme')
+  checks.nonnegative('health.min_std')
+  checks.boolean('health.stop_on_collapse')
   checks.boolean('report')
 
 
@@ -174,6 +177,18 @@ def _check_finite(
     )
 
 
+def _stop_collapsed(message: str, last_saved: int | None, ckpt: Checkpointer) -> None:
+  """config.health.stop_on_collapse: raises TrainingCollapsed without saving this state."""
+  kept = (
+    f'the last checkpoint before it is step {last_saved} in {ckpt.directory}'
+    if last_saved is not None
+    else 'no checkpoint had been written yet'
+  )
+  raise TrainingCollapsed(
+    f'{message} Stopped (config.health.stop_on_collapse) without saving this state; {kept}.'
+  )
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Pretrains config.method, evaluates the encoder, writes WORKDIR/results.json; returns it."""
   # ---------------------------------------------------------------- Mesh
@@ -223,13 +238,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     donate_argnums=0,
   )
   writer = MetricWriter(workdir)
-  health_batch = _health_images(config, mesh) if config.health_images else None
+  health_batch = _health_images(config, mesh) if config.health.images else None
   health_of = jax.jit(
-    lambda state, images: health.health_metrics(
-      lambda x: method.features(state.params, state.model_state, x)
-    )(images),
+    lambda state, images: method.health(state.params, state.model_state, images),
     out_shardings=sharding.replicated(mesh),
   )
+  collapse_warned = False
   skipped = _SkippedFiles(config, workdir, writer)
   bar = progress_bar(total_steps, start_step)
   batches = sharding.prefetch_to_mesh(
@@ -268,6 +282,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         if health_batch is not None:  # label-free: is the representation collapsing?
           means.update(jax.device_get(health_of(state, health_batch)))
         writer.write(done, means)
+        reason = collapse.below_floor(means, config)
+        if reason and config.health.stop_on_collapse:
+          _write_report(config, workdir, total_steps)  # it shows the warning
+          _stop_collapsed(collapse.warning(done, reason, config), last_saved, ckpt)
+        if reason and not collapse_warned:
+          logging.warning('%s', collapse.warning(done, reason, config))
+          collapse_warned = True
         skipped.record(done)
         bar.set_postfix(loss=f'{means["loss"]:.4f}', img_s=f'{means["images_per_sec"]:,.0f}')
         bar.update(done - bar.n)

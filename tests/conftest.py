@@ -123,7 +123,7 @@ def shrink_config(config, *, source: str = 'synthetic'):
   config.batch_size = 16
   config.total_steps = 3
   config.log_every = 1
-  config.health_images = 0  # its compile and first read cost ~10 s a run; the tiny runs keep it
+  config.health.images = 0  # its compile and first read cost ~10 s a run; the tiny runs keep it
   config.eval = ('linear', 'linear_few', 'knn')
   config.eval_config.batch_size = 128
   config.eval_config.max_examples = 512  # of each split
@@ -190,7 +190,7 @@ def _tiny_run(tmp_path_factory, name: str, **eval_config):
 
   config = shrink_config(load_config_file(f'{name}.py'), source='digits')
   config.name = name
-  config.health_images = 64  # these runs check the health metrics
+  config.health.images = 64  # these runs check the health metrics
   config.eval_config.update(eval_config)
   root = _run_directory(tmp_path_factory)
   workdir = root / f'tiny_run_{name}'

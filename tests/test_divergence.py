@@ -1,5 +1,6 @@
 """A run that diverges stops before it saves a non-finite state: the checkpoints already on disk
-stay, the command exits with code 3 and one message, and evaluation reports the last good step."""
+stay, the command exits with code 3 and one message, and evaluation reports the last good step.
+A run whose health metrics fall below their floors warns once, or stops (code 4) when told to."""
 
 import json
 import os
@@ -62,3 +63,41 @@ def test_a_diverging_run_stops_before_saving_and_keeps_the_good_checkpoint(
   assert results['step'] == 2 and 0.0 <= results['pretrained']['knn'] <= 1.0
   with open(os.path.join(workdir, 'eval.json')) as f:
     assert json.load(f)['step'] == 2
+
+
+def test_a_collapse_warns_once_and_stop_on_collapse_keeps_the_last_checkpoint(
+  tmp_path, config_file, shrink, capsys, caplog
+):
+  """Floors above anything reachable make every log step a collapse: the run warns once and
+  finishes (the report shows it); with stop_on_collapse it exits with code 4 at the first log
+  step after a checkpoint, without saving that step."""
+  config = shrink(config_file('simclr_digits.py'))
+  config.health.images = 16
+  config.health.min_std = 1.5  # sqrt(D) x std of unit vectors is at most 1
+  config.eval = ()
+  workdir = str(tmp_path / 'warned')
+  train.train_and_evaluate(config, workdir)
+  warnings = [r.getMessage() for r in caplog.records if 'representation collapse' in r.getMessage()]
+  assert len(warnings) == 1 and warnings[0].startswith('representation collapse at step 1: ')
+  assert 'health/std_h' in warnings[0] and 'loss.temperature' in warnings[0]
+  with open(os.path.join(workdir, 'report.md')) as f:
+    report = f.read()
+  assert '**Warning: representation collapse at step 1: health/std_h' in report
+  assert os.path.exists(os.path.join(workdir, 'report', 'health.png'))
+
+  config.health.stop_on_collapse = True
+  config.log_every = 3
+  config.checkpoint_every = 2
+  workdir = str(tmp_path / 'stopped')
+  capsys.readouterr()
+  with pytest.raises(SystemExit) as exit_info:
+    errors.run_command(train.train_and_evaluate, config, workdir)
+  assert exit_info.value.code == 4
+  err = capsys.readouterr().err
+  assert 'Traceback' not in err
+  assert err.startswith('error: representation collapse at step 3: health/std_h')
+  assert f'the last checkpoint before it is step 2 in {workdir}' in err
+  assert sorted(os.listdir(os.path.join(workdir, 'checkpoints'))) == ['2']
+  assert not os.path.exists(os.path.join(workdir, 'results.json'))
+  with open(os.path.join(workdir, 'report.md')) as f:
+    assert 'representation collapse at step 3' in f.read()

@@ -39,7 +39,7 @@ def check_run_outputs(workdir, results, config):
   train_lines = [x for x in lines if 'loss' in x]
   assert [x['step'] for x in train_lines] == [1, 2, 3]
   assert all(np.isfinite(x['loss']) and x['images_per_sec'] > 0 for x in train_lines)
-  for x in train_lines if config.health_images else []:  # label-free health, inference mode
+  for x in train_lines if config.health.images else []:  # label-free health, inference mode
     assert 1.0 <= x['health/rankme_h'] <= models.encoder_dim(config) + 1e-3
     assert 0.0 <= x['health/std_h'] <= 1.0 + 1e-3
   evals = [x for x in lines if 'eval/knn' in x]

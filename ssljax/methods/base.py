@@ -11,7 +11,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from ssljax import data
+from ssljax import data, health
 from ssljax.config_checks import Checks
 from ssljax.errors import ConfigError
 
@@ -152,6 +152,12 @@ class Method:
     """h: the representation kept for downstream tasks, in inference mode."""
     variables = self.encoder_variables(params, model_state)
     return self.encoder.apply(variables, images, train=False)
+
+  def health(self, params: PyTree, model_state: PyTree, images: jax.Array) -> dict[str, jax.Array]:
+    """Label-free health on un-augmented images, in inference mode: RankMe and normalised std of
+    h (`ssljax.health`). Methods with a projector add its output's (`_z`); methods with a
+    teacher add the teacher/student agreement (`health/agreement`)."""
+    return health.embedding_health('h', self.features(params, model_state, images))
 
   def attention(self, params: PyTree, model_state: PyTree, images: jax.Array) -> jax.Array:
     """(N, heads, h, w): the last block's CLS-to-patch attention of a ViT encoder, on its grid.

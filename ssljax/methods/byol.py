@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from ssljax import defaults, ema, losses, models
+from ssljax import defaults, ema, health, losses, models
 from ssljax.methods.base import Method, dropout_rngs, stack_views, submodule_variables
 
 TARGET_PARTS = ('encoder', 'projector')  # the predictor exists only online
@@ -119,6 +119,19 @@ class BYOL(Method):
       },
     }
     return loss, (new_state, {'loss': loss, 'h_std': jnp.mean(jnp.std(h, axis=0))})
+
+  def health(self, params, model_state, images):
+    """h of the evaluated encoder, z of the online projector, and the agreement: the cosine of
+    the online prediction with the target's projection of the same image (the loss's target)."""
+    _, z, p = self.net.apply(
+      {'params': params, 'batch_stats': model_state['batch_stats']}, images, train=False
+    )
+    _, z_target = self.net.apply(model_state['target'], images, train=False, method=BYOLNet.project)
+    return {
+      **health.embedding_health('h', self.features(params, model_state, images)),
+      **health.embedding_health('z', z),
+      'health/agreement': health.cosine_agreement(p, z_target),
+    }
 
   def momentum(self, step):
     return ema.cosine_momentum(step, self.total_steps, self.config.ema.base)

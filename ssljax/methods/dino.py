@@ -10,7 +10,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from ssljax import data, defaults, ema, losses, models
+from ssljax import data, defaults, ema, health, losses, models
 from ssljax.methods.base import (
   EncoderWithHead,
   Method,
@@ -226,6 +226,19 @@ class DINO(Method):
       ),
     }
     return loss, (new_state, metrics)
+
+  def health(self, params, model_state, images):
+    """h of the evaluated network; z: the student's K prototype logits; the agreement: the
+    fraction of images whose student and (centered) teacher pick the same prototype."""
+    student = {'params': params, **_student_stats(model_state)}
+    _, z = self.net.apply(student, images, train=False)
+    _, teacher = self.teacher_net.apply(model_state['teacher'], images, train=False)
+    same = jnp.argmax(z, axis=-1) == jnp.argmax(teacher - model_state['center'], axis=-1)
+    return {
+      **health.embedding_health('h', self.features(params, model_state, images)),
+      **health.embedding_health('z', z),
+      'health/agreement': jnp.mean(same.astype(jnp.float32)),
+    }
 
   def after_step(self, params, model_state, step):
     """teacher <- m teacher + (1 - m) student, m from ema.base to 1 with a cosine (BYOL's)."""

@@ -12,7 +12,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from ssljax import defaults, ema, losses, masking, models
+from ssljax import defaults, ema, health, losses, masking, models
 from ssljax.methods.base import Method, dropout_rngs
 from ssljax.models import vit
 
@@ -222,6 +222,20 @@ class IJEPA(Method):
       'h_std': jnp.mean(jnp.std(jnp.mean(tokens, axis=1), axis=0)),
     }
     return loss, (model_state, metrics)
+
+  def health(self, params, model_state, images):
+    """h of the evaluated encoder, and the agreement: the cosine of the context encoder's and
+    the target encoder's mean-pooled features of the same whole image."""
+
+    def pooled(encoder_params):
+      return self.encoder.apply({'params': encoder_params}, images, train=False)
+
+    context, target = pooled(params['encoder']), pooled(model_state['target']['params']['encoder'])
+    h = target if self.config.eval_encoder == 'target' else context
+    return {
+      **health.embedding_health('h', h),
+      'health/agreement': health.cosine_agreement(context, target),
+    }
 
   def momentum(self, step):
     return ema.linear_momentum(

@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import ml_collections
 from jax.sharding import PartitionSpec as P
 
-from ssljax import defaults, losses, models
+from ssljax import defaults, health, losses, models
 from ssljax.methods.base import (
   EncoderWithHead,
   Method,
@@ -76,6 +76,10 @@ class SimCLR(Method):
     loss = self._nt_xent(z[:, 0], z[:, 1])
     metrics = {'loss': loss, 'h_std': jnp.mean(jnp.std(h, axis=0))}
     return loss, (dict(new_state), metrics)
+
+  def health(self, params, model_state, images):
+    h, z = self.model.apply({'params': params, **model_state}, images, train=False)
+    return {**health.embedding_health('h', h), **health.embedding_health('z', z)}
 
   def encoder_variables(self, params, model_state):
     return submodule_variables({'params': params, **model_state}, 'encoder')
