@@ -382,6 +382,18 @@ def _plot_training(series: Series, names: list[str], path: str) -> None:
   _save(fig, path)
 
 
+def _panels(count: int, height: float) -> tuple[Figure, list]:
+  """A figure of `count` panels, three to a row, each 4 wide and `height` tall; the unused
+  cells of the last row hidden. Returns (figure, the panels in order)."""
+  cols = min(3, count)
+  rows = math.ceil(count / cols)
+  fig = Figure(figsize=(4.0 * cols, height * rows), dpi=_DPI)
+  axes = list(fig.subplots(rows, cols, squeeze=False).flat)
+  for ax in axes[count:]:
+    ax.set_axis_off()
+  return fig, axes[:count]
+
+
 def _collapse_warning(series: Series, config: Any) -> str | None:
   """The run's collapse warning (`ssljax.collapse`) read back from its logged health metrics."""
   rows: dict[int, dict[str, float]] = {}
@@ -393,13 +405,8 @@ def _collapse_warning(series: Series, config: Any) -> str | None:
 
 def _plot_health(series: Series, names: list[str], config: Any, path: str) -> None:
   """One panel per health metric; the collapse floors dashed."""
-  cols = min(3, len(names))
-  rows = math.ceil(len(names) / cols)
-  fig = Figure(figsize=(4.0 * cols, 3.0 * rows), dpi=_DPI)
-  axes = fig.subplots(rows, cols, squeeze=False)
-  for ax in axes.flat[len(names) :]:
-    ax.set_axis_off()
-  for ax, name in zip(axes.flat, names, strict=False):
+  fig, axes = _panels(len(names), height=3.0)
+  for ax, name in zip(axes, names, strict=False):
     _curve(ax, *series[name], name)
     low = collapse.floor(name, config)
     if isinstance(low, (int, float)):
@@ -412,13 +419,8 @@ def _plot_health(series: Series, names: list[str], config: Any, path: str) -> No
 
 def _plot_eval(series: Series, names: list[str], random_init: dict, path: str) -> None:
   """One panel per eval/ metric, in %; the random-init accuracy as a dashed line."""
-  cols = min(3, len(names))
-  rows = math.ceil(len(names) / cols)
-  fig = Figure(figsize=(4.0 * cols, 3.2 * rows), dpi=_DPI)
-  axes = fig.subplots(rows, cols, squeeze=False)
-  for ax in axes.flat[len(names) :]:
-    ax.set_axis_off()
-  for ax, name in zip(axes.flat, names, strict=False):
+  fig, axes = _panels(len(names), height=3.2)
+  for ax, name in zip(axes, names, strict=False):
     steps, values = series[name]
     _curve(ax, steps, 100 * values, 'pretrained', marker='o')
     baseline = random_init.get(name[len('eval/') :])

@@ -123,12 +123,15 @@ class BYOL(Method):
   def health(self, params, model_state, images):
     """h of the evaluated encoder, z of the online projector, and the agreement: the cosine of
     the online prediction with the target's projection of the same image (the loss's target)."""
-    _, z, p = self.net.apply(
+    h, z, p = self.net.apply(
       {'params': params, 'batch_stats': model_state['batch_stats']}, images, train=False
     )
-    _, z_target = self.net.apply(model_state['target'], images, train=False, method=BYOLNet.project)
+    h_target, z_target = self.net.apply(
+      model_state['target'], images, train=False, method=BYOLNet.project
+    )
+    evaluated = h_target if self.config.eval_encoder == 'target' else h  # features()' encoder
     return {
-      **health.embedding_health('h', self.features(params, model_state, images)),
+      **health.embedding_health('h', evaluated),
       **health.embedding_health('z', z),
       'health/agreement': health.cosine_agreement(p, z_target),
     }

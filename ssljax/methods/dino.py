@@ -231,11 +231,12 @@ class DINO(Method):
     """h of the evaluated network; z: the student's K prototype logits; the agreement: the
     fraction of images whose student and (centered) teacher pick the same prototype."""
     student = {'params': params, **_student_stats(model_state)}
-    _, z = self.net.apply(student, images, train=False)
-    _, teacher = self.teacher_net.apply(model_state['teacher'], images, train=False)
+    h, z = self.net.apply(student, images, train=False)
+    h_teacher, teacher = self.teacher_net.apply(model_state['teacher'], images, train=False)
     same = jnp.argmax(z, axis=-1) == jnp.argmax(teacher - model_state['center'], axis=-1)
+    evaluated = h_teacher if self.config.eval_encoder == 'target' else h  # features()' encoder
     return {
-      **health.embedding_health('h', self.features(params, model_state, images)),
+      **health.embedding_health('h', evaluated),
       **health.embedding_health('z', z),
       'health/agreement': jnp.mean(same.astype(jnp.float32)),
     }
