@@ -32,9 +32,8 @@ def get_config(arg=None):
   c.dino.teacher_temp = 0.04
   c.ema.base = 0.99
   c.batch_size = 128
-  c.epochs = 3
+  c.epochs = 2  # ~103 images/s here: 20 minutes of training, 4 of evaluation
   c.warmup_epochs = 0.5
   c.base_lr = 1e-3
   c.checkpoint_every = 200
-  c.eval_every = 400
   return c

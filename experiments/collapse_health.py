@@ -19,6 +19,7 @@ import tempfile
 import time
 
 from absl import app, flags
+from scipy.stats import spearmanr  # scikit-learn's dependency
 
 from ssljax import collapse
 
@@ -58,30 +59,6 @@ RUNS = {
   'simclr_5ep': ('simclr_digits', ['--config.epochs=5'], 'sweep'),
   'simclr_lr0.1': ('simclr_digits', ['--config.base_lr=0.1'], 'sweep'),
 }
-
-
-def _spearman(x: list[float], y: list[float]) -> float:
-  """Spearman's rank correlation (average ranks for ties)."""
-
-  def ranks(v):
-    order = sorted(range(len(v)), key=lambda i: v[i])
-    r = [0.0] * len(v)
-    i = 0
-    while i < len(v):
-      j = i
-      while j + 1 < len(v) and v[order[j + 1]] == v[order[i]]:
-        j += 1
-      for k in range(i, j + 1):
-        r[order[k]] = (i + j) / 2
-      i = j + 1
-    return r
-
-  rx, ry = ranks(x), ranks(y)
-  mx, my = sum(rx) / len(rx), sum(ry) / len(ry)
-  cov = sum((a - mx) * (b - my) for a, b in zip(rx, ry, strict=True))
-  vx = sum((a - mx) ** 2 for a in rx) ** 0.5
-  vy = sum((b - my) ** 2 for b in ry) ** 0.5
-  return cov / (vx * vy) if vx and vy else float('nan')
 
 
 def first_collapse(run: dict) -> int | None:
@@ -161,7 +138,7 @@ def main(argv):
     runs = [r for r in out.values() if method in ('all', r['config'].split('_')[0])]
     if len(runs) < 3:
       continue
-    rho = _spearman([r['rankme_h'][-1] for r in runs], [r['knn'] for r in runs])
+    rho = float(spearmanr([r['rankme_h'][-1] for r in runs], [r['knn'] for r in runs])[0])
     correlations[method] = {'spearman': rho, 'runs': len(runs)}
     print(f'Spearman(final RankMe of h, k-NN), {method}: {rho:.3f} over {len(runs)} runs')
   os.makedirs(os.path.dirname(_OUT.value) or '.', exist_ok=True)

@@ -21,6 +21,7 @@ import sys
 import time
 
 from absl import app, flags
+from scipy.stats import spearmanr  # scikit-learn's dependency
 
 _ONLY = flags.DEFINE_list('only', [], 'methods to run (default: all five)')
 _RUNS = flags.DEFINE_string('runs', 'runs/presets', 'where the workdirs are kept')
@@ -34,15 +35,23 @@ BUDGET_S = 30 * 60
 
 
 def run(method: str) -> dict:
-  workdir = os.path.join(_RUNS.value, f'{method}_fashion_mnist')
+  return run_config(
+    f'configs/{method}_fashion_mnist.py', os.path.join(_RUNS.value, f'{method}_fashion_mnist')
+  )
+
+
+def run_config(config: str, workdir: str, overrides: tuple[str, ...] = ()) -> dict:
+  """`python -m ssljax.main` on `config` in a fresh `workdir`: its wall time, results, last
+  health metrics and median training speed."""
   if os.path.exists(workdir):
     shutil.rmtree(workdir)  # a fresh run: the wall time covers training and evaluation
   command = [
     sys.executable,
     '-m',
     'ssljax.main',
-    f'--config=configs/{method}_fashion_mnist.py',
+    f'--config={config}',
     f'--workdir={workdir}',
+    *overrides,
   ]
   start = time.perf_counter()
   subprocess.run(command, check=True)
@@ -91,6 +100,14 @@ def main(argv):
     ]
     ok = 'met' if passes(method, r, raw) else 'NOT met'
     print(f'{method:8s} {r["wall_s"] / 60:5.1f}m  ' + '  '.join(cells) + f'  {ok}')
+  done = [out[m] for m in METHODS if m in out and out[m]['health']]
+  if len(done) >= 3:
+    rho = float(
+      spearmanr(
+        [r['health']['health/rankme_h'] for r in done], [r['pretrained']['knn'] for r in done]
+      )[0]
+    )
+    print(f'Spearman(final RankMe of h, k-NN) over these {len(done)} runs: {rho:.3f}')
 
 
 if __name__ == '__main__':

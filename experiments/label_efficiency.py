@@ -3,6 +3,7 @@
 python experiments/label_efficiency.py --config=configs/simclr_fashion_mnist.py \
     --runs=simclr=runs/simclr_fashion_mnist,byol=runs/byol_fashion_mnist \
     [--budgets=10_per_class,100_per_class,100%] [--protocols=linear,knn,finetune] \
+    [--finetune_runs=simclr] [--baselines=experiments/results/label_efficiency_fashion_mnist.csv]
     [--max_finetune_images=120000] [--out=experiments/results/label_efficiency_fashion_mnist]
 
 Rows, every one on the same class-balanced labelled subsets (eval_config.subset_seed):
@@ -10,7 +11,11 @@ Rows, every one on the same class-balanced labelled subsets (eval_config.subset_
 - random encoder: the probes on the randomly initialised encoder of --config's architecture;
 - supervised: that architecture trained from scratch on the subset (the fine-tuning recipe from a
   random init), the row a pretrained encoder has to beat when labels are few;
-- each --runs entry: its latest checkpoint, linear / k-NN / fine-tuned.
+- each --runs entry: its latest checkpoint, linear / k-NN / fine-tuned (fine-tuned only for the
+  --finetune_runs names when that flag is given: a ViT fine-tune at 100% is hours on a CPU).
+--baselines=CSV takes the raw-pixel, random-encoder and supervised rows from an earlier output
+instead of recomputing them: they depend only on --config's data, architecture and eval_config,
+not on the runs (the supervised row is most of the time).
 --config's eval_config (k-NN k, fine-tuning recipe, seeds) applies to every row. Fine-tuning on a
 budget of n images runs min(finetune.epochs, max_finetune_images / n) epochs, so the 100% budget
 fits a CPU. Writes OUT.csv, OUT.png and OUT.md (the table, also printed).
@@ -38,12 +43,15 @@ _CONFIG = config_flags.DEFINE_config_file('config', None, 'Data, baseline model,
 _RUNS = flags.DEFINE_list('runs', [], 'NAME=RUN_DIR pretrained runs to compare.')
 _BUDGETS = flags.DEFINE_list('budgets', ['10_per_class', '100_per_class', '100%'], 'Label budgets.')
 _PROTOCOLS = flags.DEFINE_list('protocols', ['linear', 'knn', 'finetune'], 'Per pretrained run.')
+_FINETUNE_RUNS = flags.DEFINE_list('finetune_runs', None, 'Runs to fine-tune (default: all).')
+_BASELINES = flags.DEFINE_string('baselines', '', 'CSV to take the baseline rows from.')
 _MAX_FT = flags.DEFINE_integer(
   'max_finetune_images', 120_000, 'Cap on images seen per fine-tuning run.'
 )
 _OUT = flags.DEFINE_string('out', '', 'Output prefix (default experiments/results/label_...).')
 
 FEATURE_PROTOCOLS = ('linear', 'knn')
+BASELINES = ('raw pixels', 'random encoder', 'supervised')
 LABELS = {'linear': 'linear probe', 'knn': 'k-NN', 'finetune': 'fine-tune / supervised'}
 
 
@@ -98,7 +106,7 @@ def _plot(rows, budgets, counts, path):
         r['budget']: r['accuracy'] for r in rows if (r['protocol'], r['encoder']) == (p, encoder)
       }
       ys = [100 * acc[b.key] for b in budgets]
-      style = '--' if encoder in ('raw pixels', 'random encoder', 'supervised') else '-'
+      style = '--' if encoder in BASELINES else '-'
       ax.plot(xs, ys, style, marker='o', color=colors[encoder], label=encoder)
     ax.set_xscale('log')
     ax.set_xticks(xs, [f'{b.key}\n({n})' for b, n in zip(budgets, xs, strict=True)], fontsize=7)
@@ -110,37 +118,10 @@ def _plot(rows, budgets, counts, path):
   fig.savefig(path, dpi=110)
 
 
-def main(argv) -> None:
-  del argv
-  config = _CONFIG.value
-  budgets = parse_label_budgets(_BUDGETS.value, '--budgets')
-  name = os.path.splitext(os.path.basename(config_flags.get_config_filename(flags.FLAGS['config'])))
-  dataset = name[0].split('_', 1)[-1]
-  out = _OUT.value or f'experiments/results/label_efficiency_{dataset}'
-  os.makedirs(os.path.dirname(out) or '.', exist_ok=True)
-  mesh = sharding.make_mesh()
-  cache = {}
-
-  def splits_for(c):
-    """The eval splits as `c` preprocesses them (a run may use another image size); the labels,
-    hence the label subsets, are the same for every run of the dataset."""
-    key = c.data.to_json(sort_keys=True)
-    if key not in cache:
-      cache[key] = {s: data.load_eval_split(c, s) for s in ('train', 'test')}
-    return cache[key]
-
-  splits = splits_for(config)
+def baselines(config, splits, budgets, counts, mesh, add) -> None:
+  """The rows every run is compared with: raw pixels, the random encoder of --config's
+  architecture and that architecture trained from scratch on each subset."""
   seed = config.eval_config.subset_seed
-  counts = {b.key: len(b.subset(splits['train'][1], seed=seed)) for b in budgets}
-  rows = []
-
-  def add(encoder, results):
-    for (protocol, budget), acc in results.items():
-      rows.append(
-        dict(encoder=encoder, protocol=protocol, budget=budget, labels=counts[budget], accuracy=acc)
-      )
-      print(f'{encoder:>16} {protocol:>9} {budget:>14}: {100 * acc:6.2f}', flush=True)
-
   # Raw pixels: the probes on flattened images, same subsets.
   pixels = {s: (x.reshape(len(x), -1), y) for s, (x, y) in splits.items()}
   res = {}
@@ -175,12 +156,56 @@ def main(argv) -> None:
   )
   add('supervised', {('finetune', b): acc for (_, b), acc in sup.items()})
 
+
+def main(argv) -> None:
+  del argv
+  config = _CONFIG.value
+  budgets = parse_label_budgets(_BUDGETS.value, '--budgets')
+  name = os.path.splitext(os.path.basename(config_flags.get_config_filename(flags.FLAGS['config'])))
+  dataset = name[0].split('_', 1)[-1]
+  out = _OUT.value or f'experiments/results/label_efficiency_{dataset}'
+  os.makedirs(os.path.dirname(out) or '.', exist_ok=True)
+  mesh = sharding.make_mesh()
+  cache = {}
+
+  def splits_for(c):
+    """The eval splits as `c` preprocesses them (a run may use another image size); the labels,
+    hence the label subsets, are the same for every run of the dataset."""
+    key = c.data.to_json(sort_keys=True)
+    if key not in cache:
+      cache[key] = {s: data.load_eval_split(c, s) for s in ('train', 'test')}
+    return cache[key]
+
+  splits = splits_for(config)
+  seed = config.eval_config.subset_seed
+  counts = {b.key: len(b.subset(splits['train'][1], seed=seed)) for b in budgets}
+  rows = []
+
+  def add(encoder, results):
+    for (protocol, budget), acc in results.items():
+      rows.append(
+        dict(encoder=encoder, protocol=protocol, budget=budget, labels=counts[budget], accuracy=acc)
+      )
+      print(f'{encoder:>16} {protocol:>9} {budget:>14}: {100 * acc:6.2f}', flush=True)
+
+  if _BASELINES.value:
+    with open(_BASELINES.value) as f:
+      kept = [r for r in csv.DictReader(f) if r['encoder'] in BASELINES]
+    if {r['budget'] for r in kept} != set(counts) or any(
+      int(r['labels']) != counts[r['budget']] for r in kept
+    ):
+      raise app.UsageError(f'--baselines={_BASELINES.value}: other label budgets than --budgets')
+    rows += [dict(r, labels=int(r['labels']), accuracy=float(r['accuracy'])) for r in kept]
+  else:
+    baselines(config, splits, budgets, counts, mesh, add)
+
   for item in _RUNS.value:
     run_name, _, run_dir = item.partition('=')
     run_config = restore.load_config(run_dir)
     with run_config.unlocked():
       run_config.eval_config = config.eval_config
     run_method, state = restore.restore_latest(run_config, run_dir)
+    tune = _FINETUNE_RUNS.value is None or run_name in _FINETUNE_RUNS.value
     add(
       run_name,
       _evaluate(
@@ -191,7 +216,7 @@ def main(argv) -> None:
         splits_for(run_config),
         mesh,
         budgets,
-        _PROTOCOLS.value,
+        [p for p in _PROTOCOLS.value if tune or p != 'finetune'],
         counts,
       ),
     )
