@@ -28,4 +28,5 @@ def get_config(arg=None):
   c.batch_size = 2048
   c.epochs = options.epochs
   c.warmup_epochs = 40.0
+  c.loss.kind = 'smooth_l1'  # src/train.py: F.smooth_l1_loss (the lecture's l2 is the default)
   return c

@@ -16,7 +16,7 @@ def build_step(config):
   mesh = sharding.make_mesh()
   sharding.check_batch_size(config.batch_size, mesh)
   method = methods.build(config, mesh, total_steps=1000)
-  tx, schedule = optim.build_optimizer(config, total_steps=1000, warmup_steps=10)
+  tx, schedule = optim.build_optimizer(config, 1000, 10, method.held_parameters())
   channels = config.data.channels if config.data.source == 'synthetic' else None
   synthetic = config.copy_and_resolve_references()
   with synthetic.unlocked():

@@ -47,7 +47,7 @@ def build_run(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh, info) 
   (`data.DatasetInfo`): what the loop trains and what a checkpoint is restored into."""
   total_steps, warmup_steps = schedule_lengths(config, info.num_train)
   method = methods.build(config, mesh, total_steps, steps_per_epoch(config, info.num_train))
-  tx, schedule = optim.build_optimizer(config, total_steps, warmup_steps)
+  tx, schedule = optim.build_optimizer(config, total_steps, warmup_steps, method.held_parameters())
   views_shape = [
     (s.image_size, s.image_size, info.image_shape[-1]) for s in data.view_specs(config)
   ]

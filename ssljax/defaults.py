@@ -37,7 +37,7 @@ def base_config(method: str = '', image_size: int = 32) -> ml_collections.Config
   default_config (empty: none chosen)."""
   c = ml_collections.ConfigDict()
   c.name = ''  # the run's name: default workdir is runs/<name>
-  c.method = method  # simclr | byol | dino | mae | ijepa
+  c.method = method  # simclr | byol | dino | mae | ijepa | triplet
   c.seed = 0
   # Warm start: another run's workdir. A new run starts its encoder (online and every EMA copy)
   # from that run's latest encoder, by name and shape; heads start fresh (REMEDIS's pipeline).
@@ -111,7 +111,8 @@ def base_config(method: str = '', image_size: int = 32) -> ml_collections.Config
   c.momentum = 0.9
   c.b2 = 0.999  # adamw
   c.weight_decay_end = placeholder(float)  # adamw: cosine from weight_decay to this (None: fixed)
-  c.grad_clip = 0.0  # > 0: clip the gradient's global norm
+  c.grad_clip = 0.0  # > 0: clip the gradient to this norm
+  c.grad_clip_by = 'global_norm'  # or parameter_norm: each parameter's own (DINO's official)
 
   c.log_every = 20
   # Label-free health (ssljax.health, ssljax.collapse): at each log step, RankMe and the

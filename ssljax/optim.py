@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -13,6 +15,7 @@ from ssljax.config_checks import Checks
 from ssljax.errors import ConfigError
 
 OPTIMIZERS = ('lars', 'adamw')
+CLIPS = ('global_norm', 'parameter_norm')
 LR_SCALINGS = ('linear', 'sqrt', 'none')
 
 
@@ -32,6 +35,7 @@ def check_config(checks: Checks) -> None:
   if checks.value('optimizer') == 'lars' and checks.value('weight_decay_end') is not None:
     checks.fail('weight_decay_end', 'None with optimizer lars (a schedule needs adamw)', fix='None')
   checks.nonnegative('grad_clip')
+  checks.choice('grad_clip_by', CLIPS)
   if checks.value('epochs') == 0 and checks.value('total_steps') == 0:
     checks.fail('epochs', 'a run of at least one step: epochs > 0 or total_steps > 0', fix=1)
 
@@ -95,34 +99,92 @@ def lars(learning_rate, weight_decay: float, mask, momentum: float) -> optax.Gra
   )
 
 
+def clip_by_parameter_norm(max_norm: float) -> optax.GradientTransformation:
+  """Scales each parameter's gradient to norm at most `max_norm`, every array on its own: DINO's
+  clip_gradients (utils.py), coefficient max_norm / (norm + 1e-6) where it is below 1."""
+
+  def clip(g):
+    return g * jnp.minimum(1.0, max_norm / (jnp.linalg.norm(g.astype(jnp.float32)) + 1e-6))
+
+  return optax.stateless(lambda updates, params: jax.tree.map(clip, updates))
+
+
+class HoldState(NamedTuple):
+  count: jax.Array
+  inner: optax.OptState
+
+
+def hold_until(inner: optax.GradientTransformation, steps: int) -> optax.GradientTransformation:
+  """No update for the first `steps` steps and `inner`'s state left as initialised, so that its
+  moments and step count start fresh when the parameters start moving: what PyTorch's AdamW
+  does for a parameter whose gradient is None (DINO's frozen last layer)."""
+
+  def init(params):
+    return HoldState(jnp.zeros([], jnp.int32), inner.init(params))
+
+  def update(updates, state, params=None):
+    new_updates, new_inner = jax.lax.cond(
+      state.count < steps,
+      lambda: (jax.tree.map(jnp.zeros_like, updates), state.inner),
+      lambda: inner.update(updates, state.inner, params),
+    )
+    return new_updates, HoldState(optax.safe_increment(state.count), new_inner)
+
+  return optax.GradientTransformation(init, update)
+
+
 def build_optimizer(
-  config: ml_collections.ConfigDict, total_steps: int, warmup_steps: int
+  config: ml_collections.ConfigDict,
+  total_steps: int,
+  warmup_steps: int,
+  held: tuple[Callable[[Any], Any], int] | None = None,
 ) -> tuple[optax.GradientTransformation, optax.Schedule]:
   """LARS (SimCLR/BYOL recipe) or AdamW, both with the warm-up + cosine schedule.
 
-  config.grad_clip > 0 first clips the gradient's global norm (DINO, MAE).
+  config.grad_clip > 0 first clips the gradient: its global norm, or each parameter's norm
+  (config.grad_clip_by='parameter_norm', DINO's official clipping).
+  held=(mask_fn, steps): the parameters where mask_fn(params) is True do not move for `steps`
+  steps, then get an optimizer of their own that starts there (`hold_until`), its schedules read
+  at the global step (`Method.held_parameters`: DINO's frozen last layer).
   """
   schedule = learning_rate_schedule(config, total_steps, warmup_steps)
+  weight_decay = weight_decay_schedule(config, total_steps)
+  tx = _optimizer(config, schedule, weight_decay)
+  if held is not None and held[1] > 0:
+    mask_fn, steps = held
+    late = _optimizer(config, _shifted(schedule, steps), _shifted(weight_decay, steps))
+    tx = optax.multi_transform(
+      {'train': tx, 'held': hold_until(late, steps)},
+      lambda params: jax.tree.map(lambda h: 'held' if h else 'train', mask_fn(params)),
+    )
+  if config.get('grad_clip', 0.0) > 0:
+    clip = config.get('grad_clip_by', 'global_norm')
+    if clip == 'parameter_norm':
+      tx = optax.chain(clip_by_parameter_norm(config.grad_clip), tx)
+    else:
+      tx = optax.chain(optax.clip_by_global_norm(config.grad_clip), tx)
+  return tx, schedule
+
+
+def _shifted(schedule, offset: int):
+  """The schedule read `offset` steps later (a constant stays itself)."""
+  return (lambda step: schedule(step + offset)) if callable(schedule) else schedule
+
+
+def _optimizer(config, schedule, weight_decay) -> optax.GradientTransformation:
+  """config.optimizer with these learning-rate and weight-decay schedules."""
   if config.optimizer == 'lars':
     if config.get('weight_decay_end') is not None:
       raise ConfigError(
         'config.weight_decay_end: a weight-decay schedule needs config.optimizer=adamw; '
         'e.g. --config.weight_decay_end=None'
       )
-    tx = lars(schedule, config.weight_decay, decay_mask, config.momentum)
-  elif config.optimizer == 'adamw':
-    tx = optax.adamw(
-      schedule,
-      b1=config.momentum,
-      b2=config.b2,
-      weight_decay=weight_decay_schedule(config, total_steps),
-      mask=decay_mask,
+    return lars(schedule, weight_decay, decay_mask, config.momentum)
+  if config.optimizer == 'adamw':
+    return optax.adamw(
+      schedule, b1=config.momentum, b2=config.b2, weight_decay=weight_decay, mask=decay_mask
     )
-  else:
-    raise ConfigError(
-      f'config.optimizer={config.optimizer!r}: one of {", ".join(OPTIMIZERS)}; '
-      'e.g. --config.optimizer=adamw'
-    )
-  if config.get('grad_clip', 0.0) > 0:
-    tx = optax.chain(optax.clip_by_global_norm(config.grad_clip), tx)
-  return tx, schedule
+  raise ConfigError(
+    f'config.optimizer={config.optimizer!r}: one of {", ".join(OPTIMIZERS)}; '
+    'e.g. --config.optimizer=adamw'
+  )

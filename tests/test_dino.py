@@ -146,7 +146,7 @@ def tiny_dino(encoder='vit_tiny', use_bn=False):
   c = tiny_dino_config(encoder, use_bn)
   mesh = sharding.make_mesh()
   method = methods.build(c, mesh, total_steps=10, steps_per_epoch=2)
-  tx, schedule = optim.build_optimizer(c, total_steps=10, warmup_steps=0)
+  tx, schedule = optim.build_optimizer(c, 10, 0, method.held_parameters())
   shapes = [(16, 16, 1)] * 2 + [(8, 8, 1)] * 2
   init = build.init_state(method, tx, shapes)
   state = jax.jit(init)(jax.random.PRNGKey(0))
@@ -189,6 +189,29 @@ class MethodTest(parameterized.TestCase):
       grads = grad(state.params, jnp.asarray(step))
       moved = float(jnp.max(jnp.abs(grads['head']['last_layer']['kernel'])))
       assert (moved == 0.0) == frozen, (step, moved)
+
+  def test_frozen_last_layer_starts_a_fresh_adamw_at_unfreezing(self):
+    """Steps 0 and 1 (the first epoch) leave the last layer exactly as it was (no update, no
+    weight decay); step 2 is its AdamW's first step, bias-corrected from scratch: each element
+    moves by -lr(2) * (g / (|g| + 1e-8) + wd(2) * w), g its gradient clipped to norm 3."""
+    method, step, state, batch = tiny_dino()
+    c = method.config
+    s = state
+    for _ in range(2):
+      s, _ = step(s, batch)
+      np.testing.assert_array_equal(
+        s.params['head']['last_layer']['kernel'], state.params['head']['last_layer']['kernel']
+      )
+    w = s.params['head']['last_layer']['kernel']
+    new, _ = step(s, batch)
+    moved = np.asarray(new.params['head']['last_layer']['kernel'] - w)
+    lr = float(optim.learning_rate_schedule(c, 10, 0)(2))
+    wd = float(optim.weight_decay_schedule(c, 10)(2))
+    # |g / (|g| + eps)| is 1 wherever g is not tiny, so the move is -lr * (+-1 + wd * w); with the
+    # step count shared with the rest (the bug this replaces) it would be about +-3.16.
+    sign = np.sign(-moved / lr - wd * np.asarray(w))
+    np.testing.assert_allclose(moved, -lr * (sign + wd * np.asarray(w)), rtol=1e-4, atol=1e-7)
+    assert np.all(sign != 0)
 
   def test_train_step_updates_center_and_teacher(self):
     method, step, state, batch = tiny_dino()

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple
 
 import flax.linen as nn
@@ -140,6 +140,11 @@ class Method:
       for k, v in model_state.items()
     }
     return online['params'], model_state
+
+  def held_parameters(self) -> tuple[Callable[[PyTree], PyTree], int] | None:
+    """(mask_fn, steps): the parameters (mask_fn(params) True) the optimizer leaves alone for
+    the first `steps` steps and then starts fresh on (`optim.hold_until`); None: none."""
+    return None
 
   def reconstruct(
     self, params: PyTree, model_state: PyTree, images: jax.Array, rng: jax.Array

@@ -80,6 +80,7 @@ class DINO(Method):
     c.weight_decay = 0.04
     c.weight_decay_end = 0.4
     c.grad_clip = 3.0
+    c.grad_clip_by = 'parameter_norm'  # utils.clip_gradients: each parameter's norm
     c.warmup_epochs = 10.0
     return c
 
@@ -130,6 +131,18 @@ class DINO(Method):
     teacher_encoder = self.encoder.clone(drop_path=0.0) if models.is_vit(config) else self.encoder
     self.teacher_net = EncoderWithHead(encoder=teacher_encoder, head=head)
     self.freeze_last_layer_steps = int(d.freeze_last_layer_epochs * steps_per_epoch)
+
+  def held_parameters(self):
+    """The last layer, frozen for dino.freeze_last_layer_epochs: the official code sets its
+    gradient to None, so AdamW neither moves nor decays it and its moments start at unfreezing."""
+
+    def last_layer(params):
+      return jax.tree_util.tree_map_with_path(
+        lambda path, _: [getattr(k, 'key', None) for k in path[:2]] == ['head', 'last_layer'],
+        params,
+      )
+
+    return last_layer, self.freeze_last_layer_steps
 
   # ------------------------------------------------------------------ schedules
 
