@@ -32,6 +32,9 @@ REMEDIES = {
   'ijepa': 'a target momentum ema.base closer to 1 (0.996-0.999), a deeper or wider predictor '
   '(ijepa.pred_depth, ijepa.pred_width), a lower base_lr or a longer warmup_epochs',
   'mae': 'a lower base_lr or a longer warmup_epochs, and mae.norm_pix=True',
+  'triplet': "triplet.normalize=True, a smaller triplet.margin, triplet.negatives='semi_hard' "
+  "rather than 'hardest' (the hardest negatives collapse FaceNet's training early), a larger "
+  'batch_size or a lower base_lr',
 }
 
 

@@ -15,6 +15,15 @@ def _l2_normalize(x: jax.Array, eps: float = 1e-12) -> jax.Array:
   return x * jax.lax.rsqrt(jnp.maximum(jnp.sum(x * x, axis=-1, keepdims=True), eps * eps))
 
 
+def _gather(z1: jax.Array, z2: jax.Array, axis_name: str | None):
+  """(all z1, all z2, global index of this device's first row): the global batch, gathered
+  differentiably inside `jax.shard_map` (its transpose sums the gradients back)."""
+  if axis_name is None:
+    return z1, z2, 0
+  gather = lambda z: jax.lax.all_gather(z, axis_name, tiled=True)  # noqa: E731
+  return gather(z1), gather(z2), jax.lax.axis_index(axis_name) * z1.shape[0]
+
+
 def nt_xent(
   z1: jax.Array, z2: jax.Array, *, temperature: float, axis_name: str | None = None
 ) -> jax.Array:
@@ -36,12 +45,7 @@ def nt_xent(
   """
   z1, z2 = _l2_normalize(z1), _l2_normalize(z2)
   n = z1.shape[0]
-  if axis_name is None:
-    all1, all2, offset = z1, z2, 0
-  else:
-    all1 = jax.lax.all_gather(z1, axis_name, tiled=True)
-    all2 = jax.lax.all_gather(z2, axis_name, tiled=True)
-    offset = jax.lax.axis_index(axis_name) * n
+  all1, all2, offset = _gather(z1, z2, axis_name)
   big_n = all1.shape[0]
   rows = jnp.concatenate([z1, z2], axis=0)  # (2n, d): local anchors
   cols = jnp.concatenate([all1, all2], axis=0)  # (2N, d): every candidate
@@ -77,6 +81,75 @@ def triplet(
     # sqrt has an infinite gradient at 0: keep it finite when a pair coincides.
     d_pos, d_neg = (jnp.sqrt(jnp.maximum(d, 1e-12)) for d in (d_pos, d_neg))
   return jnp.mean(jax.nn.relu(d_pos - d_neg + margin))
+
+
+NEGATIVE_RULES = ('random', 'hardest', 'semi_hard')
+
+
+def batch_triplet(
+  z1: jax.Array,
+  z2: jax.Array,
+  *,
+  margin: float,
+  negatives: str = 'random',
+  normalize: bool = True,
+  rng: jax.Array | None = None,
+  axis_name: str | None = None,
+) -> jax.Array:
+  """The triplet loss over the 2N views of a batch, each view the anchor once: its positive is
+  the other view of its image, its negative one view of another image of the global batch.
+
+  negatives: how each anchor's negative is chosen among the 2N - 2 views of other images:
+    'random' (the lecture's: uniform, from `rng`), 'hardest' (the smallest squared distance to
+    the anchor) or 'semi_hard' (FaceNet, Schroff et al. 2015: the closest one farther than the
+    positive; when none is, the farthest one, as TensorFlow Addons' triplet_semihard_loss).
+    Ties go to the lowest index of the global order [view 1 of images 0..N-1; view 2 of them].
+  normalize: L2-normalize z1, z2 first, so that distances lie in [0, 4] and the margin has a
+    fixed meaning (unnormalized, the loss is lowered by scaling the embeddings up).
+  axis_name: inside `jax.shard_map`, z1 and z2 are this device's rows; every device gathers the
+    global batch (differentiably, as nt_xent does), so the candidates, the chosen negatives and
+    the loss equal the single-device ones on the global batch.
+
+  Returns the scalar mean over the 2N anchors (replicated over `axis_name` when set).
+  """
+  if negatives not in NEGATIVE_RULES:
+    raise ValueError(f'negatives={negatives!r}: one of {NEGATIVE_RULES}')
+  if normalize:
+    z1, z2 = _l2_normalize(z1), _l2_normalize(z2)
+  z1, z2 = z1.astype(jnp.float32), z2.astype(jnp.float32)
+  n = z1.shape[0]
+  all1, all2, offset = _gather(z1, z2, axis_name)
+  big_n = all1.shape[0]
+  anchors = jnp.concatenate([z1, z2], axis=0)  # (2n, d)
+  positives = jnp.concatenate([z2, z1], axis=0)
+  candidates = jnp.concatenate([all1, all2], axis=0)  # (2N, d); candidate c shows image c % N
+  local = jnp.arange(n) + offset  # global index of each local image
+  image = jnp.concatenate([local, local])  # each anchor's image
+  if negatives == 'random':
+    if rng is None:
+      raise ValueError("negatives='random' needs rng")
+    # One draw per global anchor (the same on every device), then this device's rows of it.
+    draws = jax.random.randint(rng, (2 * big_n,), 0, 2 * big_n - 2)
+    r = draws[jnp.concatenate([local, local + big_n])]  # anchors' global indices
+    other = r % (big_n - 1)  # the r-th view of another image: skip the anchor's own image
+    chosen = (r // (big_n - 1)) * big_n + other + (other >= image)
+  else:
+    a, c = jax.lax.stop_gradient(anchors), jax.lax.stop_gradient(candidates)
+    dist = jnp.sum(a * a, -1)[:, None] + jnp.sum(c * c, -1)[None, :] - 2 * a @ c.T  # (2n, 2N)
+    valid = (jnp.arange(2 * big_n) % big_n)[None, :] != image[:, None]
+    closest = jnp.argmin(jnp.where(valid, dist, jnp.inf), axis=-1)
+    if negatives == 'hardest':
+      chosen = closest
+    else:
+      d_pos = jnp.sum(jnp.square(a - jax.lax.stop_gradient(positives)), axis=-1)
+      farther = valid & (dist > d_pos[:, None])
+      semi_hard = jnp.argmin(jnp.where(farther, dist, jnp.inf), axis=-1)
+      farthest = jnp.argmax(jnp.where(valid, dist, -jnp.inf), axis=-1)
+      chosen = jnp.where(jnp.any(farther, axis=-1), semi_hard, farthest)
+  loss = triplet(anchors, positives, candidates[chosen], margin=margin)
+  if axis_name is not None:
+    loss = jax.lax.pmean(loss, axis_name)
+  return loss
 
 
 def byol(p: jax.Array, z: jax.Array) -> jax.Array:

@@ -14,6 +14,7 @@ from ssljax.methods.dino import DINO
 from ssljax.methods.ijepa import IJEPA
 from ssljax.methods.mae import MAE
 from ssljax.methods.simclr import SimCLR
+from ssljax.methods.triplet import Triplet
 
 METHODS: dict[str, type[Method]] = {
   'simclr': SimCLR,
@@ -21,6 +22,7 @@ METHODS: dict[str, type[Method]] = {
   'dino': DINO,
   'mae': MAE,
   'ijepa': IJEPA,
+  'triplet': Triplet,
 }
 
 __all__ = [
@@ -32,6 +34,7 @@ __all__ = [
   'Method',
   'SimCLR',
   'TrainState',
+  'Triplet',
   'build',
   'check_config',
   'method_class',

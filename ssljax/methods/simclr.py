@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -50,13 +51,18 @@ class SimCLR(Method):
         dtype=dtype,
       ),
     )
-    # NT-Xent runs per device: local rows against all-gathered columns (see losses.nt_xent).
-    self._nt_xent = jax.shard_map(
+    self._pair_loss = self.make_pair_loss(config, mesh)
+
+  def make_pair_loss(self, config, mesh) -> Callable[[jax.Array, jax.Array, jax.Array], jax.Array]:
+    """(z1, z2, rng) -> the contrastive loss of the two views' projections (global arrays).
+    NT-Xent runs per device: local rows against all-gathered columns (see losses.nt_xent)."""
+    nt_xent = jax.shard_map(
       functools.partial(losses.nt_xent, temperature=config.loss.temperature, axis_name='data'),
       mesh=mesh,
       in_specs=(P('data'), P('data')),
       out_specs=P(),
     )
+    return lambda z1, z2, rng: nt_xent(z1, z2)
 
   def init(self, rng, batch):
     variables = self.model.init(rng, stack_views(batch['views'][:2]), train=True)
@@ -73,7 +79,7 @@ class SimCLR(Method):
       rngs=dropout_rngs(rng),
     )
     z = z.reshape(-1, 2, z.shape[-1])
-    loss = self._nt_xent(z[:, 0], z[:, 1])
+    loss = self._pair_loss(z[:, 0], z[:, 1], rng)
     metrics = {'loss': loss, 'h_std': jnp.mean(jnp.std(h, axis=0))}
     return loss, (dict(new_state), metrics)
 
