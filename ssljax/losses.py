@@ -114,9 +114,7 @@ def batch_triplet(
   """
   if negatives not in NEGATIVE_RULES:
     raise ValueError(f'negatives={negatives!r}: one of {NEGATIVE_RULES}')
-  if normalize:
-    z1, z2 = _l2_normalize(z1), _l2_normalize(z2)
-  z1, z2 = z1.astype(jnp.float32), z2.astype(jnp.float32)
+  z1, z2 = (_l2_normalize(z) if normalize else z.astype(jnp.float32) for z in (z1, z2))
   n = z1.shape[0]
   all1, all2, offset = _gather(z1, z2, axis_name)
   big_n = all1.shape[0]
@@ -137,9 +135,8 @@ def batch_triplet(
     a, c = jax.lax.stop_gradient(anchors), jax.lax.stop_gradient(candidates)
     dist = jnp.sum(a * a, -1)[:, None] + jnp.sum(c * c, -1)[None, :] - 2 * a @ c.T  # (2n, 2N)
     valid = (jnp.arange(2 * big_n) % big_n)[None, :] != image[:, None]
-    closest = jnp.argmin(jnp.where(valid, dist, jnp.inf), axis=-1)
     if negatives == 'hardest':
-      chosen = closest
+      chosen = jnp.argmin(jnp.where(valid, dist, jnp.inf), axis=-1)
     else:
       d_pos = jnp.sum(jnp.square(a - jax.lax.stop_gradient(positives)), axis=-1)
       farther = valid & (dist > d_pos[:, None])

@@ -31,7 +31,7 @@ class Triplet(SimCLR):
 
   @classmethod
   def check_config(cls, checks):
-    super(SimCLR, cls).check_config(checks)
+    super(SimCLR, cls).check_config(checks)  # Method's checks: SimCLR's are of its config.loss
     checks.choice('triplet.negatives', losses.NEGATIVE_RULES)
     checks.positive('triplet.margin')
     checks.boolean('triplet.normalize')
