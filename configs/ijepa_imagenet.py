@@ -29,4 +29,6 @@ def get_config(arg=None):
   c.epochs = options.epochs
   c.warmup_epochs = 40.0
   c.loss.kind = 'smooth_l1'  # src/train.py: F.smooth_l1_loss (the lecture's l2 is the default)
+  c.ijepa.mask_geometry = 'official'  # src/masks/multiblock.py's MaskCollator
+  c.ijepa.tries = 20  # its redraws before the context may overlap a target
   return c

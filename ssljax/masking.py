@@ -43,6 +43,10 @@ def random_masking(noise: jax.Array, keep: int) -> tuple[jax.Array, jax.Array, j
 # ----------------------------------------------------------------------------- I-JEPA multi-block
 
 Range = tuple[float, float]
+# 'ssljax': blocks up to the full grid, scale and aspect drawn independently, a crowded image drops
+# target blocks, a capped context keeps a random subset. 'official': facebookresearch/ijepa
+# src/masks/multiblock.py, whose masks the paper's numbers come from (see multi_block_official).
+GEOMETRIES = ('ssljax', 'official')
 
 
 class BlockMasks(NamedTuple):
@@ -52,7 +56,7 @@ class BlockMasks(NamedTuple):
   step compiles once; `*_valid` marks the real entries of each padded list.
   """
 
-  context: jax.Array  # (B, Nc) int32 patch indices (row-major over the grid) the encoder sees
+  context: jax.Array  # (B, Nc) int32 patch indices (over the row-major grid) the encoder sees
   context_valid: jax.Array  # (B, Nc) bool
   targets: jax.Array  # (B, M, Nt) int32 patch indices of each target block
   targets_valid: jax.Array  # (B, M, Nt) bool: the first h*w entries of every row
@@ -62,30 +66,49 @@ class BlockMasks(NamedTuple):
   context_size: jax.Array  # (2,) int32: (h, w) of the context block (before targets are removed)
 
 
+def _largest_side(grid: tuple[int, int], official: bool) -> tuple[int, int]:
+  """The official sampler shrinks a block until it is narrower than the grid (`while h >=
+  height: h -= 1`): at most side - 1, so a block never covers the whole grid."""
+  return (grid[0] - 1, grid[1] - 1) if official else grid
+
+
 def block_size(
-  u_scale: jax.Array, u_aspect: jax.Array, grid: tuple[int, int], scale: Range, aspect: Range
+  u_scale: jax.Array,
+  u_aspect: jax.Array,
+  grid: tuple[int, int],
+  scale: Range,
+  aspect: Range,
+  *,
+  official: bool = False,
 ) -> tuple[jax.Array, jax.Array]:
   """I-JEPA's block shape from two uniform draws in [0, 1): (h, w) in patches.
 
   scale s and aspect a are drawn uniformly in their ranges; the block covers
   area = floor(s * H * W) patches as h = round(sqrt(area * a)), w = round(sqrt(area / a)), each
-  clipped to [1, side]. Works on NumPy and JAX inputs alike (jnp ops).
+  clipped to [1, side] (official: [1, side - 1], and the caller passes one draw as both).
+  Works on NumPy and JAX inputs alike (jnp ops).
   """
   gh, gw = grid
   s = scale[0] + u_scale * (scale[1] - scale[0])
   a = aspect[0] + u_aspect * (aspect[1] - aspect[0])
   area = jnp.floor(s * gh * gw + 1e-4)  # + 1e-4: 0.15 * 100 is 15 in float64 and in float32
-  h = jnp.clip(jnp.round(jnp.sqrt(area * a)), 1, gh).astype(jnp.int32)
-  w = jnp.clip(jnp.round(jnp.sqrt(area / a)), 1, gw).astype(jnp.int32)
+  top_h, top_w = _largest_side(grid, official)
+  h = jnp.clip(jnp.round(jnp.sqrt(area * a)), 1, top_h).astype(jnp.int32)
+  w = jnp.clip(jnp.round(jnp.sqrt(area / a)), 1, top_w).astype(jnp.int32)
   return h, w
 
 
-def block_sizes(grid: tuple[int, int], scale: Range, aspect: Range) -> set[tuple[int, int]]:
+def block_sizes(
+  grid: tuple[int, int], scale: Range, aspect: Range, *, official: bool = False
+) -> set[tuple[int, int]]:
   """Every (h, w) `block_size` can return, found exactly: within a range of scale the area is an
   integer, and for a fixed area h and w change only where sqrt(area * a) or sqrt(area / a)
   crosses k + 1/2; one aspect per piece between those break points finds every pair. The ranges
-  are widened by 1e-6 so float32 rounding at their ends cannot escape the set."""
+  are widened by 1e-6 so float32 rounding at their ends cannot escape the set. For the official
+  geometry (one draw sets both scale and aspect) this is a superset: every pair the independent
+  draws reach, clipped to side - 1."""
   gh, gw = grid
+  top_h, top_w = _largest_side(grid, official)
   a0, a1 = aspect[0] - 1e-6, aspect[1] + 1e-6
   first, last = (int(np.floor(x * gh * gw + 1e-4)) for x in scale)
   sizes = set()
@@ -94,21 +117,29 @@ def block_sizes(grid: tuple[int, int], scale: Range, aspect: Range) -> set[tuple
     cuts = np.concatenate([ks**2 / max(area, 1), max(area, 1) / ks**2])
     cuts = np.sort(np.concatenate([[a0, a1], cuts[(cuts > a0) & (cuts < a1)]]))
     points = np.concatenate([cuts, (cuts[1:] + cuts[:-1]) / 2])
-    h = np.clip(np.round(np.sqrt(area * points)), 1, gh).astype(int)
-    w = np.clip(np.round(np.sqrt(area / points)), 1, gw).astype(int)
+    h = np.clip(np.round(np.sqrt(area * points)), 1, top_h).astype(int)
+    w = np.clip(np.round(np.sqrt(area / points)), 1, top_w).astype(int)
     sizes.update(zip(h.tolist(), w.tolist(), strict=True))
   return sizes
 
 
-def max_block_area(grid: tuple[int, int], scale: Range, aspect: Range) -> int:
-  return max(h * w for h, w in block_sizes(grid, scale, aspect))
+def max_block_area(
+  grid: tuple[int, int], scale: Range, aspect: Range, *, official: bool = False
+) -> int:
+  return max(h * w for h, w in block_sizes(grid, scale, aspect, official=official))
 
 
-def _rectangles(u: jax.Array, size: tuple[jax.Array, jax.Array], grid) -> jax.Array:
-  """(..., 2) uniform draws -> (..., H*W) bool masks of h x w blocks at uniform positions."""
+def _rectangles(
+  u: jax.Array, size: tuple[jax.Array, jax.Array], grid, *, official: bool = False
+) -> jax.Array:
+  """(..., 2) uniform draws -> (..., H*W) bool masks of h x w blocks at uniform positions.
+
+  official: the top-left corner is `torch.randint(0, side - h)`, whose upper end is exclusive,
+  so no block ever reaches the last row or the last column."""
   (gh, gw), (h, w) = grid, size
-  top = jnp.minimum(jnp.floor(u[..., 0] * (gh - h + 1)), gh - h)[..., None]
-  left = jnp.minimum(jnp.floor(u[..., 1] * (gw - w + 1)), gw - w)[..., None]
+  rows_free, cols_free = (gh - h, gw - w) if official else (gh - h + 1, gw - w + 1)
+  top = jnp.minimum(jnp.floor(u[..., 0] * rows_free), rows_free - 1)[..., None]
+  left = jnp.minimum(jnp.floor(u[..., 1] * cols_free), cols_free - 1)[..., None]
   rows, cols = jnp.arange(gh * gw) // gw, jnp.arange(gh * gw) % gw
   return (rows >= top) & (rows < top + h) & (cols >= left) & (cols < left + w)
 
@@ -135,8 +166,11 @@ def multi_block(
   min_keep: int = 10,
   max_context: int = 0,
   tries: int = 8,
+  geometry: str = 'ssljax',
 ) -> BlockMasks:
   """I-JEPA's multi-block masks for a batch: M target blocks and one context block per image.
+
+  geometry='official' is `multi_block_official`; what follows is the 'ssljax' geometry.
 
   The target and the context block shapes are drawn once per batch (as the official collator);
   positions are drawn per image. Target patches are removed from the context, so the two never
@@ -150,16 +184,18 @@ def multi_block(
   has more context patches than that, keeps a random subset of them: a fixed-size version of
   the official truncation to the batch's smallest context.
   """
-  nt, nc = check_multi_block(
-    grid,
-    num_targets,
-    target_scale,
-    target_aspect,
-    context_scale,
-    context_aspect,
-    min_keep,
-    max_context,
+  options = dict(
+    num_targets=num_targets,
+    target_scale=target_scale,
+    target_aspect=target_aspect,
+    context_scale=context_scale,
+    context_aspect=context_aspect,
+    min_keep=min_keep,
+    max_context=max_context,
   )
+  if geometry == 'official':
+    return multi_block_official(key, batch, grid, tries=tries, **options)
+  nt, nc = check_multi_block(grid, geometry=geometry, **options)
   k_size, k_target, k_context, k_order = jax.random.split(key, 4)
   u = jax.random.uniform(k_size, (4,))
   t_size = block_size(u[0], u[1], grid, target_scale, target_aspect)
@@ -198,6 +234,78 @@ def multi_block(
   )
 
 
+def multi_block_official(
+  key: jax.Array,
+  batch: int,
+  grid: tuple[int, int],
+  *,
+  num_targets: int,
+  target_scale: Range,
+  target_aspect: Range,
+  context_scale: Range,
+  context_aspect: Range,
+  min_keep: int,
+  max_context: int = 0,
+  tries: int = 20,
+) -> BlockMasks:
+  """The official I-JEPA mask sampler's geometry (facebookresearch/ijepa, MaskCollator), with
+  static shapes:
+
+  - one uniform draw sets both a block's scale and its aspect (target and context shapes drawn
+    once per batch); a side is at most grid - 1, and a corner is drawn in [0, side - h), so no
+    block reaches the last row or column and the context never covers the whole grid;
+  - targets are placed freely; the context block avoids all of them and is redrawn until it
+    keeps more than `min_keep` patches; after `tries` failures (official: 20) it stops avoiding
+    the last target still avoided, and so on, so a crowded context overlaps targets rather than
+    losing them (here the same `tries` positions serve every level, drawn at once);
+  - every image's context is cut to the batch's smallest, keeping its first patches in row-major
+    order (`cm[:min_keep_enc]`); `max_context` > 0 caps that further. The official batch is one
+    GPU's (128 of 2048); here it is the batch this function is given.
+  """
+  nt, nc = check_multi_block(
+    grid,
+    num_targets,
+    target_scale,
+    target_aspect,
+    context_scale,
+    context_aspect,
+    min_keep,
+    max_context,
+    geometry='official',
+  )
+  k_size, k_target, k_context = jax.random.split(key, 3)
+  u = jax.random.uniform(k_size, (2,))
+  t_size = block_size(u[0], u[0], grid, target_scale, target_aspect, official=True)
+  c_size = block_size(u[1], u[1], grid, context_scale, context_aspect, official=True)
+  u_targets = jax.random.uniform(k_target, (batch, num_targets, 2))
+  targets = _rectangles(u_targets, t_size, grid, official=True)  # (B, M, L)
+  blocks = _rectangles(
+    jax.random.uniform(k_context, (tries, batch, 2)), c_size, grid, official=True
+  )
+  # allowed[:, r]: outside the first M - r targets, r = how many avoidances were given up.
+  covered = jnp.cumsum(targets, axis=1) > 0
+  covered = jnp.concatenate([jnp.zeros_like(covered[:, :1]), covered], axis=1)  # (B, M+1, L)
+  allowed = ~covered[:, ::-1]
+  keeps = jnp.sum(blocks[:, :, None] & allowed, axis=-1) > min_keep  # (T, B, M+1)
+  level = jnp.argmax(jnp.any(keeps, axis=0), axis=-1)  # (B,): r = M always keeps (checked)
+  first = jnp.argmax(jnp.take_along_axis(keeps, level[None, :, None], axis=2)[..., 0], axis=0)
+  block = jnp.take_along_axis(blocks, first[None, :, None], axis=0)[0]  # (B, L)
+  context = block & jnp.take_along_axis(allowed, level[:, None, None], axis=1)[:, 0]
+  keep = jnp.minimum(jnp.min(jnp.sum(context, axis=-1)), nc)  # the batch's smallest context
+  context = context & (jnp.cumsum(context, axis=-1) <= keep)  # its first `keep`, row-major
+  in_block = jnp.arange(nt) < t_size[0] * t_size[1]
+  return BlockMasks(
+    context=_padded_indices(context, nc, None),
+    context_valid=jnp.broadcast_to(jnp.arange(nc) < keep, (batch, nc)),
+    targets=_padded_indices(targets, nt, None),
+    targets_valid=jnp.broadcast_to(in_block, (batch, num_targets, nt)),
+    context_mask=context,
+    target_mask=targets,
+    target_size=jnp.stack(t_size),
+    context_size=jnp.stack(c_size),
+  )
+
+
 def _last_true(x: jax.Array) -> jax.Array:
   """(B, K) bool -> (B,) index of the last True (0 when none)."""
   k = x.shape[-1]
@@ -213,9 +321,17 @@ def check_multi_block(
   context_aspect: Range,
   min_keep: int,
   max_context: int,
+  geometry: str = 'ssljax',
 ) -> tuple[int, int]:
   """(Nt, Nc): the static lengths of the padded target and context lists, after checking that
   the config can work on this grid; errors name the config.ijepa fields."""
+  if geometry not in GEOMETRIES:
+    raise ConfigError(f'config.ijepa.mask_geometry must be one of {GEOMETRIES}, got {geometry!r}')
+  official = geometry == 'official'
+  if official and min(grid) < 2:
+    raise ConfigError(
+      f'config.ijepa.mask_geometry=official needs a grid of 2x2 or more, got {grid}'
+    )
   for name, (lo, hi) in (('target_scale', target_scale), ('context_scale', context_scale)):
     if not 0 < lo <= hi <= 1:
       raise ConfigError(f'config.ijepa.{name} must satisfy 0 < low <= high <= 1, got {(lo, hi)}')
@@ -224,17 +340,19 @@ def check_multi_block(
       raise ConfigError(f'config.ijepa.{name} must satisfy 0 < low <= high, got {(lo, hi)}')
   if num_targets < 1:
     raise ConfigError(f'config.ijepa.num_targets must be at least 1, got {num_targets}')
-  contexts = [h * w for h, w in block_sizes(grid, context_scale, context_aspect)]
+  contexts = [h * w for h, w in block_sizes(grid, context_scale, context_aspect, official=official)]
   nc = min(max_context, max(contexts)) if max_context else max(contexts)
   if max_context and max_context < min_keep:
     raise ConfigError(
       f'config.ijepa.max_context={max_context} caps the context below '
       f'config.ijepa.min_keep={min_keep}: raise max_context (0: no cap) or lower min_keep'
     )
-  if min(contexts) < min_keep:
+  # official: the context must keep more than min_keep, or its sampler never stops redrawing
+  if min(contexts) < min_keep + official:
+    more = 'more than ' if official else ''
     raise ConfigError(
-      f'config.ijepa.min_keep={min_keep} context patches do not fit in a context block of '
-      f'{min(contexts)} patches on a {grid[0]}x{grid[1]} grid: lower min_keep or raise '
-      'context_scale'
+      f'config.ijepa.min_keep={min_keep}: {more}{min_keep} context patches do not fit in a '
+      f'context block of {min(contexts)} patches on a {grid[0]}x{grid[1]} grid '
+      f'({geometry} geometry): lower min_keep or raise context_scale'
     )
-  return max_block_area(grid, target_scale, target_aspect), nc
+  return max_block_area(grid, target_scale, target_aspect, official=official), nc

@@ -116,6 +116,7 @@ def shrink_config(config, *, source: str = 'synthetic'):
     config.mae.decoder_width, config.mae.decoder_depth, config.mae.decoder_heads = 16, 1, 2
   if 'ijepa' in config:
     config.ijepa.pred_width, config.ijepa.pred_depth, config.ijepa.pred_heads = 8, 1, 2
+    config.ijepa.min_keep = 4  # a 4x4 grid: the official geometry's context is 3x3
   config.model.width = 4
   config.model.proj_dim = 8
   config.model.proj_hidden = 16

@@ -131,6 +131,135 @@ def test_a_grid_too_small_for_min_keep_is_refused():
     masking.check_multi_block((8, 8), 4, (0.3, 0.2), ASPECT, CONTEXT, (1.0, 1.0), 10, 0)
 
 
+def official_collator_reference(
+  rng, batches, batch, grid, num_targets, tscale, taspect, cscale, min_keep, tries=20
+):
+  """facebookresearch/ijepa's MaskCollator rewritten in NumPy loops from its description: one
+  uniform for a block's scale and aspect, sides shrunk below the grid, corners drawn with an
+  exclusive upper end, the context redrawn until it keeps more than min_keep (dropping the last
+  avoided target after every `tries` failures), contexts cut to the batch minimum."""
+  gh, gw = grid
+
+  def size(scale, aspect):
+    u = rng.random()
+    keep = int(gh * gw * (scale[0] + u * (scale[1] - scale[0])))
+    a = aspect[0] + u * (aspect[1] - aspect[0])
+    h, w = int(round(np.sqrt(keep * a))), int(round(np.sqrt(keep / a)))
+    return min(h, gh - 1), min(w, gw - 1)
+
+  def rectangle(h, w):
+    m = np.zeros(grid, bool)
+    top, left = rng.integers(0, gh - h), rng.integers(0, gw - w)
+    m[top : top + h, left : left + w] = True
+    return m
+
+  out = []
+  for _ in range(batches):
+    (th, tw), (ch, cw) = size(tscale, taspect), size(cscale, (1.0, 1.0))
+    targets, contexts = [], []
+    for _ in range(batch):
+      ts = [rectangle(th, tw) for _ in range(num_targets)]
+      relaxed, failures = 0, 0
+      while True:
+        ctx = rectangle(ch, cw)
+        for t in ts[: num_targets - relaxed]:
+          ctx &= ~t
+        if ctx.sum() > min_keep:
+          break
+        failures += 1
+        if failures == tries:
+          relaxed, failures = relaxed + 1, 0
+      targets.append(ts)
+      contexts.append(ctx)
+    keep = min(int(c.sum()) for c in contexts)
+    for ctx in contexts:  # the first `keep` in row-major order
+      ctx.ravel()[np.flatnonzero(ctx)[keep:]] = False
+    out.append((np.array(targets), np.array(contexts), (th, tw)))
+  return out
+
+
+def official_statistics(targets, contexts):
+  """Per batch: its context length; per row of the grid: how often a target / the context
+  covers it; how often a context overlaps a target."""
+  return dict(
+    context=contexts.reshape(contexts.shape[0], contexts.shape[1], -1).sum(-1)[:, 0],
+    target_rows=targets.any(axis=-1).mean(axis=(0, 1, 2)),
+    context_rows=contexts.any(axis=-1).mean(axis=(0, 1)),
+    overlap=(contexts[:, :, None] & targets).any(axis=(2, 3, 4)),
+  )
+
+
+@pytest.mark.parametrize(
+  'grid,cscale,min_keep',
+  [((14, 14), CONTEXT, 10), ((8, 8), (0.5, 0.6), 12)],  # ImageNet's; crowded, 4 context places
+)
+def test_official_geometry_matches_a_numpy_port_of_the_collator(grid, cscale, min_keep):
+  gh, gw = grid
+  options = dict(
+    num_targets=4,
+    target_scale=TARGET,
+    target_aspect=ASPECT,
+    context_scale=cscale,
+    context_aspect=(1.0, 1.0),
+    min_keep=min_keep,
+    tries=20,
+  )
+  draw = jax.jit(
+    jax.vmap(lambda k: masking.multi_block(k, 16, grid, geometry='official', **options))
+  )
+  m = jax.device_get(draw(jax.random.split(jax.random.PRNGKey(0), 300)))
+  shapes = {(int(h), int(w)) for h, w in m.target_size}
+  assert max(max(s) for s in shapes) <= min(gh, gw) - 1 and len(shapes) > 1
+  targets = m.target_mask.reshape(300, 16, 4, gh, gw)
+  contexts = m.context_mask.reshape(300, 16, gh, gw)
+  # the last row and column are in no block; the context is never the whole grid
+  assert not targets[..., -1, :].any() and not targets[..., -1].any()
+  assert not contexts[..., -1, :].any() and not contexts[..., -1].any()
+  n = m.context_valid.sum(-1)
+  assert np.all(n == n[:, :1]) and np.all(n > min_keep) and np.all(n < gh * gw)
+  # every target listed whole, in row-major order; the context list is its mask, row-major
+  area = np.prod(m.target_size, axis=-1)
+  np.testing.assert_array_equal(
+    m.targets_valid.sum(-1), np.broadcast_to(area[:, None, None], n.shape + (4,))
+  )
+  for b, i in [(0, 0), (7, 3), (299, 15)]:
+    np.testing.assert_array_equal(m.context[b, i, : n[b, 0]], np.flatnonzero(m.context_mask[b, i]))
+    for j in range(4):
+      ids = m.targets[b, i, j][m.targets_valid[b, i, j]]
+      np.testing.assert_array_equal(ids, np.flatnonzero(m.target_mask[b, i, j]))
+      r0, r1, c0, c1 = bounding_box(targets[b, i, j])
+      assert (r1 - r0, c1 - c0) == tuple(m.target_size[b])
+
+  reference = official_collator_reference(
+    np.random.default_rng(0), 300, 16, grid, 4, TARGET, ASPECT, cscale, min_keep
+  )
+  assert {s for _, _, s in reference} <= masking.block_sizes(grid, TARGET, ASPECT, official=True)
+  ours = official_statistics(targets, contexts)
+  theirs = official_statistics(
+    np.array([t for t, _, _ in reference]), np.array([c for _, c, _ in reference])
+  )
+  for key, tolerance in (('context', None), ('target_rows', 0.03), ('context_rows', 0.03)):
+    a, b = ours[key].astype(float), theirs[key].astype(float)
+    if tolerance is None:  # means of 300 batches: within 4 standard errors
+      se = np.hypot(a.std() / np.sqrt(len(a)), b.std() / np.sqrt(len(b)))
+      assert abs(a.mean() - b.mean()) <= 4 * se + 1e-9, (key, a.mean(), b.mean())
+    else:
+      np.testing.assert_allclose(a, b, atol=tolerance, err_msg=key)
+  assert abs(ours['overlap'].mean() - theirs['overlap'].mean()) < 0.03
+  if grid == (8, 8):
+    assert theirs['overlap'].mean() > 0.05  # the crowded case does give up avoiding targets
+
+
+def test_official_geometry_needs_more_than_min_keep_in_the_context():
+  # 8x8, context 0.5-0.6: a 6x6 block; official needs more than min_keep, ssljax min_keep
+  args = ((8, 8), 4, TARGET, ASPECT, (0.5, 0.6), (1.0, 1.0), 36, 0)
+  assert masking.check_multi_block(*args)[1] == 36
+  with pytest.raises(ValueError, match='more than 36'):
+    masking.check_multi_block(*args, geometry='official')
+  with pytest.raises(ValueError, match='mask_geometry'):
+    masking.check_multi_block(*args, geometry='paper')
+
+
 def ijepa_reference(pred, target, kind, valid):
   """The two formulas looped over in float64."""
   pred, target = np.asarray(pred, np.float64), np.asarray(target, np.float64)

@@ -87,6 +87,7 @@ def _mask_options(config: ml_collections.ConfigDict) -> dict:
     min_keep=c.min_keep,
     max_context=c.max_context,
     tries=c.tries,
+    geometry=c.mask_geometry,
   )
 
 
@@ -122,6 +123,9 @@ class IJEPA(Method):
         min_keep=10,  # context patches every image keeps
         max_context=0,  # > 0: at most this many context patches (a random subset); 0: no cap
         tries=8,  # redraws for an image whose context would keep fewer than min_keep
+        # 'ssljax' (see masking.multi_block) | 'official' (masking.multi_block_official: the
+        # official sampler's quirks, which the ImageNet numbers come from)
+        mask_geometry='ssljax',
         pred_width=384,
         pred_depth=12,
         pred_heads=0,  # 0: the encoder's number of heads (as the official code)
@@ -152,6 +156,7 @@ class IJEPA(Method):
       *[checks.pair(f'ijepa.{k}', 0, low_open=True) for k in ('target_aspect', 'context_aspect')],
       checks.count('ijepa.min_keep', 1),
       checks.count('ijepa.max_context', 0),
+      checks.choice('ijepa.mask_geometry', masking.GEOMETRIES),
     ]
     checks.count('ijepa.tries', 1)
     checks.count('ijepa.pred_width', 1)
