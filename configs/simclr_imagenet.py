@@ -13,6 +13,7 @@ def get_config(arg=None):
   del arg
   c = SimCLR.default_config()
   config_blocks.imagenet(c)
+  c.model.pixel_mean = c.model.pixel_std = ()  # none: the official inputs are [0, 1] pixels
   c.model.encoder = 'resnet50'
   c.model.stem = 'imagenet'
   c.model.width = 64

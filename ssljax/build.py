@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
-from ssljax import data, methods, optim
+from ssljax import data, methods, models, optim
 from ssljax.data import augment_device
 from ssljax.methods import Method, TrainState
 
@@ -45,6 +45,7 @@ def schedule_lengths(config: ml_collections.ConfigDict, num_train: int) -> tuple
 def build_run(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh, info) -> Run:
   """The run `config` describes on `mesh`, for a dataset described by `info`
   (`data.DatasetInfo`): what the loop trains and what a checkpoint is restored into."""
+  models.check_channels(config, info.image_shape[-1])
   total_steps, warmup_steps = schedule_lengths(config, info.num_train)
   method = methods.build(config, mesh, total_steps, steps_per_epoch(config, info.num_train))
   tx, schedule = optim.build_optimizer(config, total_steps, warmup_steps, method.held_parameters())

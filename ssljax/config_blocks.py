@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import ml_collections
 
+from ssljax.models import pixels
+
 FASHION_MNIST_DIR = '/usr/share/datasets/fashion-mnist'  # Debian's dataset-fashion-mnist
 
 
@@ -33,7 +35,8 @@ def imagenet(c: ml_collections.ConfigDict) -> None:
   """ILSVRC-2012 from tfds (prepared once with `tfds build imagenet2012`, see README.md), 224 px,
   pod-sized logging and checkpoints. The probes use every image of both splits: each is encoded
   a batch at a time and only its features stay on the host, as float16 (5 GB for the train
-  split's 1.28M x 2048)."""
+  split's 1.28M x 2048). Pixels standardized with ImageNet's per-channel statistics, as the
+  official BYOL, DINO, MAE and I-JEPA inputs are."""
   c.data.source = 'tfds'
   c.data.name = 'imagenet2012'
   c.data.test_split = 'validation'
@@ -42,6 +45,7 @@ def imagenet(c: ml_collections.ConfigDict) -> None:
   c.checkpoint_every = 2500
   c.eval_config.batch_size = 1024
   c.eval_config.feature_dtype = 'float16'
+  c.model.pixel_mean, c.model.pixel_std = pixels.IMAGENET_MEAN, pixels.IMAGENET_STD
 
 
 def fashion_mnist(c: ml_collections.ConfigDict) -> None:

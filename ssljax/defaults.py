@@ -89,10 +89,12 @@ def base_config(method: str = '', image_size: int = 32) -> ml_collections.Config
       drop_path=0.0,  # stochastic depth at the last block (linear from 0 at the first)
       pool='cls',  # h = the CLS token | mean of the patch tokens
       cls_token=True,  # False: patch tokens only (I-JEPA), needs pool='mean'
-      # Pixels in [0, 1] enter as (x - mean) / std: about ImageNet's per-channel mean and std,
-      # which the official code normalizes with (ResNets begin with BatchNorm and need none).
-      pixel_mean=0.5,
-      pixel_std=0.25,
+      # Pixels in [0, 1] enter as (x - mean) / std, one value for every channel or one per
+      # channel (models.pixels.IMAGENET_MEAN / _STD; `python -m ssljax.data.check --path=DIR`
+      # prints a folder's). () is the encoder's default: ViTs (0.5,) / (0.25,), about
+      # ImageNet's; ResNets none, their stem's BatchNorm rescales (as SimCLR's official code).
+      pixel_mean=(),
+      pixel_std=(),
       vit_width=0,  # 0: the named size's; else override width / depth / heads (small data)
       vit_depth=0,
       vit_heads=0,

@@ -31,10 +31,9 @@ def _full_splits(repo: str) -> Setting:
 
 
 def _imagenet_pixels(repo: str, source: str) -> list[Setting]:
-  why = 'one scalar for every channel until per-channel statistics land (issue 19, item 6)'
   return [
-    Setting('model.pixel_mean', (0.485, 0.456, 0.406), f'{repo} {source}', 0.5, why),
-    Setting('model.pixel_std', (0.229, 0.224, 0.225), f'{repo} {source}', 0.25, why),
+    Setting('model.pixel_mean', (0.485, 0.456, 0.406), f'{repo} {source}'),
+    Setting('model.pixel_std', (0.229, 0.224, 0.225), f'{repo} {source}'),
   ]
 
 
@@ -104,6 +103,8 @@ RECIPES: dict[str, list[Setting]] = {
     Setting('augment.crop_scale', (0.08, 1.0), f'{SIMCLR} data_util.py area_range'),
     Setting('augment.color_strength', 1.0, f'{SIMCLR} run.py --color_jitter_strength'),
     Setting('augment.blur_prob', 0.5, f'{SIMCLR} data_util.py random_blur'),
+    Setting('model.pixel_mean', (), f'{SIMCLR} data_util.py: [0, 1] pixels, none'),
+    Setting('model.pixel_std', (), f'{SIMCLR} data_util.py: [0, 1] pixels, none'),
     _full_splits(SIMCLR),
   ],
   'byol_imagenet.py:300': _byol(300, 0.3, 1e-6, 0.99),

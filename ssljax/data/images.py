@@ -55,10 +55,11 @@ def read_image(path: str, *, dicom_window: tuple[float, float] | None = None) ->
     raise BadImageError(path, str(e) or type(e).__name__) from e
 
 
-def describe(path: str) -> dict:
+def describe(path: str, pixels: np.ndarray | None = None) -> dict:
   """{'size': 'WxH', 'mode': e.g. 'L 8-bit', 'RGB 8-bit', 'I;16', 'DICOM CT 12-bit'} of a
-  readable file (decoded in full, so a broken one raises BadImageError)."""
-  pixels = read_image(path)
+  readable file (decoded in full unless its `pixels` are given, so a broken one raises
+  BadImageError)."""
+  pixels = read_image(path) if pixels is None else pixels
   h, w = pixels.shape[:2]
   if os.path.splitext(path)[1].lower() in DICOM_SUFFIXES:
     ds = import_pydicom().dcmread(path, stop_before_pixels=True)

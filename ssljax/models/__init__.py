@@ -8,6 +8,7 @@ import ml_collections
 from ssljax import data
 from ssljax.config_checks import Checks
 from ssljax.errors import ConfigError
+from ssljax.models import pixels
 from ssljax.models import resnet as resnet_lib
 from ssljax.models import vit as vit_lib
 from ssljax.models.heads import DINOHead, MLPHead
@@ -17,10 +18,12 @@ __all__ = [
   'ENCODERS',
   'MLPHead',
   'build_encoder',
+  'check_channels',
   'check_config',
   'compute_dtype',
   'encoder_dim',
   'is_vit',
+  'pixel_stats',
 ]
 
 ENCODERS = (*resnet_lib.ARCHS, *vit_lib.VIT_SIZES)
@@ -42,10 +45,52 @@ def is_vit(config: ml_collections.ConfigDict) -> bool:
   return config.model.encoder.startswith('vit')
 
 
+def pixel_stats(config: ml_collections.ConfigDict) -> tuple[tuple[float, ...], tuple[float, ...]]:
+  """(mean, std) the encoder standardizes pixels with; () picks the encoder's default: a ViT
+  has no BatchNorm to rescale raw [0, 1] pixels (DINO collapsed without), a ResNet's stem has."""
+  vit = is_vit(config)
+  mean = _values(config.model.pixel_mean) or ((0.5,) if vit else (0.0,))
+  std = _values(config.model.pixel_std) or ((0.25,) if vit else (1.0,))
+  return mean, std
+
+
+def _values(value) -> tuple:
+  """A tuple of the field's numbers (a bare number, as configs before per-channel saved it)."""
+  return (value,) if isinstance(value, int | float) else tuple(value)
+
+
+def _check_pixel_stats(checks: Checks) -> None:
+  lengths = []
+  for field, example in (('pixel_mean', pixels.IMAGENET_MEAN), ('pixel_std', pixels.IMAGENET_STD)):
+    value = checks.value(f'model.{field}')
+    value = (value,) if isinstance(value, int | float) else value
+    numbers = isinstance(value, tuple | list) and all(
+      isinstance(v, int | float) and not isinstance(v, bool) for v in value
+    )
+    allowed = 'numbers: one for every channel or one per channel'
+    if checks.require(numbers, f'model.{field}', allowed, example):
+      lengths.append(len(value))
+      if field == 'pixel_std' and not all(v > 0 for v in value):
+        checks.fail('model.pixel_std', 'positive numbers', example)
+  if len(lengths) == 2 and min(lengths) > 1 and lengths[0] != lengths[1]:
+    checks.fail('model.pixel_std', f'as many values as model.pixel_mean ({lengths[0]})')
+
+
+def check_channels(config: ml_collections.ConfigDict, channels: int) -> None:
+  """The pixel statistics fit the data's channels (known once the data is described)."""
+  for field, values in zip(('pixel_mean', 'pixel_std'), pixel_stats(config), strict=True):
+    if len(values) not in (1, channels):
+      raise ConfigError(
+        f'config.model.{field} has {len(values)} values for {channels}-channel images: give '
+        f'one for every channel or {channels}; e.g. --config.model.{field}="{values[:1]}"'
+      )
+
+
 def check_config(checks: Checks) -> None:
   """Records every problem of config.model: names, sizes, a ViT patch that tiles every view."""
   if not checks.choice('model.encoder', ENCODERS):
     return
+  _check_pixel_stats(checks)
   checks.choice('model.compute_dtype', DTYPES)
   checks.count('model.proj_hidden', 0)
   checks.count('model.proj_dim', 1)
@@ -61,7 +106,6 @@ def check_config(checks: Checks) -> None:
   if checks.value('model.pool') == 'cls' and checks.value('model.cls_token') is False:
     checks.fail('model.pool', 'cls needs a CLS token (config.model.cls_token=True)', fix='mean')
   checks.number('model.drop_path', 0, 1, high_open=True)
-  checks.positive('model.pixel_std')
   sizes_ok = all([checks.count(f'model.{k}', 0) for k in ('vit_width', 'vit_depth', 'vit_heads')])
   if sizes_ok:
     m = checks.config.model
@@ -96,6 +140,7 @@ def _check_patch_size(checks: Checks) -> None:
 def build_encoder(config: ml_collections.ConfigDict):
   """The encoder f named by config.model.encoder; its output is h."""
   m = config.model
+  mean, std = pixel_stats(config)
   if is_vit(config):
     # The position embedding is made for the training views' side (config.augment.image_size);
     # other inputs (eval images, DINO's local crops) get it resized to their grid.
@@ -107,14 +152,21 @@ def build_encoder(config: ml_collections.ConfigDict):
       drop_path=m.drop_path,
       pool=m.pool,
       dtype=compute_dtype(config),
-      pixel_mean=m.pixel_mean,
-      pixel_std=m.pixel_std,
+      pixel_mean=mean,
+      pixel_std=std,
       width=m.vit_width,
       depth=m.vit_depth,
       num_heads=m.vit_heads,
       use_cls=m.cls_token,
     )
-  return resnet_lib.resnet(m.encoder, width=m.width, stem=m.stem, dtype=compute_dtype(config))
+  return resnet_lib.resnet(
+    m.encoder,
+    width=m.width,
+    stem=m.stem,
+    dtype=compute_dtype(config),
+    pixel_mean=mean,
+    pixel_std=std,
+  )
 
 
 def encoder_dim(config: ml_collections.ConfigDict) -> int:

@@ -14,7 +14,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from ssljax.models import cpu_conv
+from ssljax.models import cpu_conv, pixels
 
 ModuleDef = Any
 
@@ -74,6 +74,8 @@ class ResNet(nn.Module):
   width: int = 64
   stem: str = 'imagenet'
   dtype: Any = jnp.float32
+  pixel_mean: tuple[float, ...] = (0.0,)  # standardized per channel before the stem
+  pixel_std: tuple[float, ...] = (1.0,)
 
   @nn.compact
   def __call__(self, x, *, train: bool):
@@ -91,7 +93,7 @@ class ResNet(nn.Module):
     norm = functools.partial(
       nn.BatchNorm, use_running_average=not train, momentum=0.9, epsilon=1e-5, dtype=self.dtype
     )
-    x = x.astype(self.dtype)
+    x = pixels.standardize(x, self.pixel_mean, self.pixel_std).astype(self.dtype)
     if self.stem == 'imagenet':
       x = conv(self.width, (7, 7), (2, 2), name='stem_conv')(x)
       x = nn.relu(norm(name='stem_bn')(x))
@@ -117,13 +119,21 @@ ARCHS = {
 
 
 def resnet(
-  name: str, *, width: int = 64, stem: str = 'imagenet', dtype: Any = jnp.float32
+  name: str,
+  *,
+  width: int = 64,
+  stem: str = 'imagenet',
+  dtype: Any = jnp.float32,
+  pixel_mean: tuple[float, ...] = (0.0,),
+  pixel_std: tuple[float, ...] = (1.0,),
 ) -> ResNet:
   """Builds a ResNet by name ('resnet18', 'resnet34', 'resnet50', 'resnet101')."""
   if name not in ARCHS:
     raise ValueError(f'model.encoder {name!r} is not a ResNet; choose one of {sorted(ARCHS)}')
   stages, block = ARCHS[name]
-  return ResNet(stages, block, width=width, stem=stem, dtype=dtype)
+  return ResNet(
+    stages, block, width=width, stem=stem, dtype=dtype, pixel_mean=pixel_mean, pixel_std=pixel_std
+  )
 
 
 def feature_dim(name: str, width: int) -> int:

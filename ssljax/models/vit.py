@@ -16,6 +16,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ssljax.models import pixels
+
 VIT_SIZES = {
   'vit_tiny': (192, 12, 3),  # (width, depth, heads)
   'vit_small': (384, 12, 6),
@@ -187,8 +189,8 @@ class ViT(nn.Module):
   pos_embed: str = 'learned'  # learned | sincos
   drop_path: float = 0.0
   pool: str = 'cls'  # cls | mean
-  pixel_mean: float = 0.0  # embed standardizes pixels: (x - pixel_mean) / pixel_std
-  pixel_std: float = 1.0
+  pixel_mean: tuple[float, ...] = (0.0,)  # embed standardizes pixels per channel
+  pixel_std: tuple[float, ...] = (1.0,)
   use_cls: bool = True
   dtype: Any = jnp.float32
 
@@ -244,7 +246,7 @@ class ViT(nn.Module):
     gh, gw = grid_shape(images.shape[1], images.shape[2], self.patch_size)
     # Without BatchNorm nothing rescales raw [0, 1] pixels: standardized, the differences between
     # images are not drowned by the constant CLS and position tokens (DINO collapsed without it).
-    x = (images.astype(jnp.float32) - self.pixel_mean) / self.pixel_std
+    x = pixels.standardize(images, self.pixel_mean, self.pixel_std)
     x = self.patch_embed(x.astype(self.dtype))
     x = x.reshape(x.shape[0], gh * gw, self.width)
     return (x + self._patch_pos(gh, gw).astype(self.dtype)).astype(jnp.float32)
@@ -303,8 +305,8 @@ def vit(
   drop_path: float = 0.0,
   pool: str = 'cls',
   dtype: Any = jnp.float32,
-  pixel_mean: float = 0.0,
-  pixel_std: float = 1.0,
+  pixel_mean: tuple[float, ...] = (0.0,),
+  pixel_std: tuple[float, ...] = (1.0,),
   width: int = 0,
   depth: int = 0,
   num_heads: int = 0,
