@@ -170,6 +170,26 @@ def base_config(method: str = '', image_size: int = 32) -> ml_collections.Config
           seed=0,  # head init, batch order, augmentations; and the supervised baseline's init
         )
       ),
+      # 'linear_sgd' in config.eval: the papers' linear protocol (evaluators/linear_sgd.py).
+      linear_sgd=ml_collections.ConfigDict(
+        dict(
+          preset='auto',  # simclr | byol | dino | mae; auto: the method's (I-JEPA: mae)
+          # None: the preset's value
+          optimizer=placeholder(str),  # sgd (Nesterov) | momentum | lars
+          base_lr=placeholder(float),  # times B / 256
+          weight_decay=placeholder(float),
+          epochs=placeholder(float),
+          warmup_epochs=placeholder(float),
+          batch_size=placeholder(int),  # global; the devices must divide it
+          head_norm=placeholder(bool),  # BatchNorm without affine before the head (MAE)
+          last_blocks=placeholder(int),  # ViTs: concatenate the CLS of the last n blocks (DINO 4)
+          head_init_std=placeholder(float),  # 0: zeros (SimCLR)
+          min_steps=100,
+          crop_scale=placeholder(tuple),  # None: config.augment's
+          flip=placeholder(bool),  # None: config.augment's
+          seed=0,
+        )
+      ),
     )
   )
   # Pictures under WORKDIR/pictures at every evaluation (ssljax.visualize).

@@ -26,6 +26,11 @@ class Setting(NamedTuple):
   why: str = ''  # why it differs
 
 
+def _linear(repo: str, source: str) -> Setting:
+  """The paper's linear protocol: eval_config.linear_sgd's preset for the method (and k-NN)."""
+  return Setting('eval', ('linear_sgd', 'knn'), f'{repo} {source}: its linear protocol')
+
+
 def _full_splits(repo: str) -> Setting:
   return Setting('eval_config.max_examples', 0, f'{repo}: every label of the train split')
 
@@ -47,6 +52,7 @@ _BYOL_COMMON = [
   Setting('views.view2.blur_prob', 0.1, f'{BYOL} utils/augmentations.py'),
   Setting('views.view2.solarize_prob', 0.2, f'{BYOL} utils/augmentations.py'),
   Setting('augment.color_jitter', (0.4, 0.4, 0.2, 0.1), f'{BYOL} utils/augmentations.py'),
+  _linear(BYOL, 'configs/eval.py'),
   _full_splits(BYOL),
   *_imagenet_pixels(BYOL, 'utils/dataset.py'),
 ]
@@ -82,6 +88,7 @@ _DINO_COMMON = [
   Setting('views.local.count', 8, f'{DINO} main_dino.py --local_crops_number'),
   Setting('views.local.crop_scale', (0.05, 0.4), f'{DINO} main_dino.py --local_crops_scale'),
   Setting('views.local.image_size', 96, f'{DINO} main_dino.py DataAugmentationDINO'),
+  _linear(DINO, 'eval_linear.py'),
   _full_splits(DINO),
   *_imagenet_pixels(DINO, 'main_dino.py DataAugmentationDINO'),
 ]
@@ -105,6 +112,7 @@ RECIPES: dict[str, list[Setting]] = {
     Setting('augment.blur_prob', 0.5, f'{SIMCLR} data_util.py random_blur'),
     Setting('model.pixel_mean', (), f'{SIMCLR} data_util.py: [0, 1] pixels, none'),
     Setting('model.pixel_std', (), f'{SIMCLR} data_util.py: [0, 1] pixels, none'),
+    _linear(SIMCLR, 'README.md (v1 linear eval)'),
     _full_splits(SIMCLR),
   ],
   'byol_imagenet.py:300': _byol(300, 0.3, 1e-6, 0.99),
@@ -140,8 +148,8 @@ RECIPES: dict[str, list[Setting]] = {
     Setting(
       'eval',
       'fine-tuning (the headline number) and linear',
-      f'{MAE} FINETUNE.md',
-      ('linear', 'linear_few', 'knn'),
+      f'{MAE} FINETUNE.md, main_linprobe.py',
+      ('linear_sgd', 'knn'),
       'the MAE fine-tune recipe is not built yet (issue 19, item 3)',
     ),
     _full_splits(MAE),

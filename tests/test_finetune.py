@@ -31,6 +31,8 @@ def _tiny_vit_config():
   ft = c.eval_config.finetune
   ft.base_lr = 0.02  # x 64 / 256; enough for a few epochs from scratch
   ft.epochs, ft.min_steps = 5.0, 10
+  ls = c.eval_config.linear_sgd
+  ls.preset, ls.last_blocks, ls.batch_size, ls.epochs, ls.min_steps = 'dino', 2, 64, 1.0, 5
   return c
 
 
@@ -73,7 +75,7 @@ def test_layer_decay_scales_by_hand():
     part = name.split('/')[1] if name.startswith('encoder/') else 'head'
     assert scale == want.get(part, 1.0), name
   assert {n.split('/')[1] for n in flat if n.startswith('encoder/')} == set(want)
-  assert flat['head/kernel'] == flat['head/bias'] == 1.0
+  assert flat['head/fc/kernel'] == flat['head/fc/bias'] == 1.0
 
 
 def test_layer_decay_scales_the_adamw_step():
@@ -121,7 +123,7 @@ def test_weight_decay_skips_biases_norms_and_tokens():
     'encoder/blocks_0/mlp/fc1/kernel',
     'encoder/blocks_0/mlp/fc2/kernel',
     'encoder/patch_embed/kernel',
-    'head/kernel',
+    'head/fc/kernel',
   ]
 
 
@@ -176,7 +178,8 @@ def test_supervised_from_scratch_learns_digits_and_moves_every_weight(setup):
 def test_evaluate_finetune_keys_and_the_frozen_protocols_keep_weights(setup, monkeypatch):
   config, mesh, method, state, splits = setup
   config = config.copy_and_resolve_references()
-  config.eval = ('knn', 'finetune', 'supervised')  # knn: the cheapest frozen protocol
+  # knn: the cheapest feature protocol; linear_sgd: DINO's, on the CLS of both blocks
+  config.eval = ('knn', 'finetune', 'supervised', 'linear_sgd')
   config.eval_config.label_budgets = ('10_per_class',)
   config.eval_config.ood_data = dict(shift='contrast')
   params_before = jax.device_get((state.params, state.model_state))
@@ -185,7 +188,7 @@ def test_evaluate_finetune_keys_and_the_frozen_protocols_keep_weights(setup, mon
     config, method, state.params, state.model_state, splits, mesh, supervised_cache=cache
   )
   assert len(cache) == 1
-  keys = ['knn@10_per_class', 'finetune@10_per_class', 'supervised@10_per_class']
+  keys = [f'{k}@10_per_class' for k in ('knn', 'finetune', 'supervised', 'linear_sgd')]
   assert sorted(results) == sorted(keys + [k + '/ood' for k in keys])
   assert all(0.0 <= v <= 1.0 for v in results.values())
   # Neither the probe nor fine-tuning (which donates its own copy) touched the pretrained weights.

@@ -9,6 +9,10 @@ gives the architecture, the number pretraining has to beat. Recipes (the optimiz
   final norm and the head as layer depth + 1, so the layers nearest the input move least).
 Linear warm-up then cosine to 0; random resized crop + flip on the labelled images; BatchNorm
 statistics over the global batch in train mode. No mixup / cutmix / RandAugment.
+
+With `frozen=True` the same loop is the papers' linear protocol (`evaluators.linear_sgd`): the
+encoder runs in inference mode under stop_gradient and only the head (optionally behind a
+non-affine BatchNorm, on the CLS of the last n ViT blocks) learns.
 """
 
 from __future__ import annotations
@@ -38,7 +42,8 @@ PyTree = Any
 
 # (base lr at batch 256, weight decay) when eval_config.finetune leaves them None. AdamW's lr is
 # for small data and batches (MAE fine-tunes ImageNet with 5e-4-1e-3 at batch 1024).
-RECIPES = {'sgd': (0.1, 1e-4), 'lars': (0.1, 1e-6), 'adamw': (4e-3, 0.05)}
+# sgd is Nesterov's, momentum the heavy ball's (DINO's linear protocol).
+RECIPES = {'sgd': (0.1, 1e-4), 'momentum': (0.1, 0.0), 'lars': (0.1, 1e-6), 'adamw': (4e-3, 0.05)}
 
 
 def check_config(checks: Checks, prefix: str = 'eval_config.finetune') -> None:
@@ -70,19 +75,54 @@ def check_settings(ft: ml_collections.ConfigDict) -> None:
 
 _EMBEDDING = ('patch_embed', 'cls_token', 'pos_embed')  # ViT layer 0; no weight decay on tokens
 _BLOCK = re.compile(r'blocks_(\d+)')
-_head_init = nn.initializers.truncated_normal(2e-5)  # MAE's head init: starts near zero logits
+FINETUNE_HEAD_STD = 2e-5  # MAE's fine-tune head init: starts near zero logits
+
+
+class LinearHead(nn.Module):
+  """[non-affine BatchNorm (MAE's linear probe) ->] Dense, its kernel N(0, init_std) truncated."""
+
+  num_classes: int
+  norm: bool = False
+  init_std: float = FINETUNE_HEAD_STD
+
+  @nn.compact
+  def __call__(self, h: jax.Array, *, train: bool) -> jax.Array:
+    if self.norm:
+      h = nn.BatchNorm(
+        use_running_average=not train, use_bias=False, use_scale=False, epsilon=1e-6, momentum=0.9
+      )(h)
+    init = (
+      nn.initializers.truncated_normal(self.init_std) if self.init_std else nn.initializers.zeros
+    )
+    return nn.Dense(self.num_classes, kernel_init=init, name='fc')(h)
 
 
 class Classifier(nn.Module):
-  """logits = head(f(x)): the encoder (its variables under 'encoder') and a linear head on h."""
+  """logits = head(f(x)): the encoder (its variables under 'encoder') and a linear head on h.
+
+  frozen: the encoder in inference mode under stop_gradient (a linear protocol); its features
+  are h, or with last_blocks > 1 the CLS tokens of a ViT's last blocks concatenated (DINO)."""
 
   encoder: nn.Module
   num_classes: int
+  frozen: bool = False
+  head_norm: bool = False
+  last_blocks: int = 1
+  head_init_std: float = FINETUNE_HEAD_STD
+
+  def features(self, x: jax.Array, *, train: bool) -> jax.Array:
+    if not self.frozen:
+      return self.encoder(x, train=train).astype(jnp.float32)
+    if self.last_blocks > 1:
+      h = self.encoder.last_cls(x, self.last_blocks)
+    else:
+      h = self.encoder(x, train=False)
+    return jax.lax.stop_gradient(h.astype(jnp.float32))
 
   @nn.compact
   def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
-    h = self.encoder(x, train=train).astype(jnp.float32)
-    return nn.Dense(self.num_classes, kernel_init=_head_init, name='head')(h)
+    head = LinearHead(self.num_classes, self.head_norm, self.head_init_std, name='head')
+    return head(self.features(x, train=train), train=train)
 
 
 def vit_layer_id(path: tuple[str, ...], depth: int) -> int:
@@ -140,12 +180,24 @@ class Recipe:
   label_smoothing: float
 
   def tx(self, learning_rate, params: PyTree) -> optax.GradientTransformation:
-    """The optimizer at `learning_rate` (a traced scalar: the schedule runs on the host)."""
+    """The optimizer at `learning_rate` (a traced scalar: the schedule runs on the host); a
+    frozen encoder's parameters get no update and no optimizer state."""
+    if self.model.frozen:
+      labels = {k: 'frozen' if k == 'encoder' else 'head' for k in params}
+      # The head's transform sees the encoder as multi_transform passes it: a MaskedNode.
+      masked = {
+        k: optax.transforms.MaskedNode() if k == 'encoder' else v for k, v in params.items()
+      }
+      head = self._tx(learning_rate, masked)
+      return optax.multi_transform({'head': head, 'frozen': optax.set_to_zero()}, labels)
+    return self._tx(learning_rate, params)
+
+  def _tx(self, learning_rate, params: PyTree) -> optax.GradientTransformation:
     mask = weight_decay_mask(params)
-    if self.optimizer == 'sgd':
+    if self.optimizer in ('sgd', 'momentum'):
       tx = optax.chain(
         optax.add_decayed_weights(self.weight_decay, mask),
-        optax.sgd(learning_rate, momentum=self.momentum, nesterov=True),
+        optax.sgd(learning_rate, momentum=self.momentum, nesterov=self.optimizer == 'sgd'),
       )
     elif self.optimizer == 'lars':
       tx = optim.lars(learning_rate, self.weight_decay, mask, self.momentum)
@@ -245,17 +297,28 @@ def random_encoder_variables(
   return dict(jax.jit(init, out_shardings=out)(jax.random.PRNGKey(seed)))
 
 
-def resolve_recipe(encoder: nn.Module, num_classes: int, ft: ml_collections.ConfigDict) -> Recipe:
-  """The Recipe for `encoder` (already through `finetune_encoder`) from eval_config.finetune."""
+def resolve_recipe(
+  encoder: nn.Module, num_classes: int, ft: ml_collections.ConfigDict, frozen: bool = False
+) -> Recipe:
+  """The Recipe for `encoder` (already through `finetune_encoder`) from eval_config.finetune
+  (or the resolved eval_config.linear_sgd, frozen)."""
   check_settings(ft)
   is_vit = isinstance(encoder, vit_lib.ViT)
   name = ft.optimizer
   if name == 'auto':
     name = 'adamw' if is_vit else 'sgd'
   weight_decay = RECIPES[name][1] if ft.weight_decay is None else float(ft.weight_decay)
-  layer_decay = float(ft.layer_decay) if is_vit else 1.0
+  layer_decay = float(ft.layer_decay) if is_vit and not frozen else 1.0
+  classifier = Classifier(
+    encoder,
+    int(num_classes),
+    frozen=frozen,
+    head_norm=bool(ft.get('head_norm', False)),
+    last_blocks=int(ft.get('last_blocks', 1)),
+    head_init_std=float(ft.get('head_init_std', FINETUNE_HEAD_STD)),
+  )
   return Recipe(
-    model=Classifier(encoder, int(num_classes)),
+    model=classifier,
     optimizer=name,
     weight_decay=weight_decay,
     momentum=float(ft.momentum),
@@ -304,13 +367,14 @@ def finetune(
   ft: ml_collections.ConfigDict,
   eval_batch_size: int,
   tf_augment: bool = True,
+  frozen: bool = False,
 ) -> FineTuneResult:
   """Fine-tunes `encoder` from `encoder_variables` with a new linear head; top-1 on each test set.
 
   `train` is this process's labelled images (float32 in [0, 1], as `load_eval_split` gives) and
   labels, `num_train` the global count; `tests` maps a name to this process's share of a test
   split (an `EvalSplit`, or arrays). `ft` is eval_config.finetune. The caller's arrays are
-  never modified or donated.
+  never modified or donated. `frozen`: only the head learns (`evaluators.linear_sgd`).
   """
   sharding.check_batch_size(int(ft.batch_size), mesh, 'eval_config.finetune.batch_size')
   images, labels = train
@@ -319,18 +383,33 @@ def finetune(
       f'this process holds none of the {num_train} labelled images: use a larger label budget'
     )
   encoder = finetune_encoder(encoder, ft)
-  recipe = resolve_recipe(encoder, num_classes, ft)
+  recipe = resolve_recipe(encoder, num_classes, ft, frozen)
   lrs = schedule(ft, num_train, recipe.optimizer)
   rng, head_rng = jax.random.split(jax.random.PRNGKey(int(ft.seed)))
   h = jax.eval_shape(
-    lambda v: encoder.apply(v, jnp.zeros((1, *images.shape[1:])), train=False), encoder_variables
+    lambda v: recipe.model.apply(
+      {
+        'params': {'encoder': v['params']},
+        **{k: {'encoder': t} for k, t in v.items() if k != 'params'},
+      },
+      jnp.zeros((2, *images.shape[1:])),
+      train=False,
+      method=Classifier.features,
+    ),
+    encoder_variables,
   )
+  m = recipe.model
   with jax.threefry_partitionable(False):  # eager and replicated: the classic one is faster
-    head = nn.Dense(num_classes, kernel_init=_head_init).init(head_rng, jnp.zeros(h.shape))
+    head = LinearHead(num_classes, m.head_norm, m.head_init_std).init(
+      head_rng, jnp.zeros(h.shape), train=False
+    )
   params = {'encoder': encoder_variables['params'], 'head': head['params']}
   model_state = {
     col: {'encoder': tree} for col, tree in encoder_variables.items() if col != 'params'
   }
+  for col, tree in head.items():
+    if col != 'params':
+      model_state.setdefault(col, {})['head'] = tree
   state = State(
     jnp.zeros((), jnp.int32), params, model_state, recipe.tx(0.0, params).init(params), rng
   )

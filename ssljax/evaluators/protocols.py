@@ -24,6 +24,7 @@ from ssljax.data import shifts
 from ssljax.data.types import EvalSplit
 from ssljax.errors import ConfigError
 from ssljax.evaluators import finetune as finetune_lib
+from ssljax.evaluators import linear_sgd
 from ssljax.evaluators.batched import apply_in_batches
 from ssljax.evaluators.knn import knn_accuracy
 from ssljax.evaluators.label_subset import LabelBudget, parse_label_budgets, per_class_subset
@@ -63,11 +64,14 @@ FEATURE_PROTOCOLS: dict[str, tuple[Callable[[ml_collections.ConfigDict], str], C
   'linear_few': (lambda ec: f'linear_{ec.few_per_class}_per_class', _linear_few, False),
   'knn': (lambda ec: 'knn', _knn, True),
 }
-# name -> (key, start from the pretrained encoder (else a random init)); always per label budget
-TRAINING_PROTOCOLS: dict[str, tuple[Callable[[ml_collections.ConfigDict], str], bool]] = {
-  'finetune': (lambda ec: 'finetune', True),
-  'supervised': (lambda ec: 'supervised', False),
+# name -> (key, start from the pretrained encoder (else a random init), encoder frozen); always
+# per label budget
+TRAINING_PROTOCOLS: dict[str, tuple[Callable[[ml_collections.ConfigDict], str], bool, bool]] = {
+  'finetune': (lambda ec: 'finetune', True, False),
+  'supervised': (lambda ec: 'supervised', False, False),
+  'linear_sgd': (lambda ec: 'linear_sgd', True, True),
 }
+FINETUNES = ('finetune', 'supervised')  # the protocols eval_config.finetune sets
 
 
 def _one_test(fn: Callable) -> Callable:
@@ -132,8 +136,10 @@ def check_eval_config(checks: Checks) -> None:
   fails in seconds before pretraining rather than after it."""
   config = checks.config
   if checks.absorb(check_protocols, config.eval):
-    if any(name in TRAINING_PROTOCOLS for name in config.eval):
+    if any(name in FINETUNES for name in config.eval):
       finetune_lib.check_config(checks)
+    if 'linear_sgd' in config.eval:
+      linear_sgd.check_config(checks)
   ec = config.eval_config
   checks.count('eval_config.few_per_class', 1)
   checks.count('eval_config.subset_seed', 0)
@@ -163,9 +169,12 @@ def check_eval_batch_sizes(checks: Checks, mesh: jax.sharding.Mesh) -> None:
   checks.absorb(
     sharding.check_batch_size, checks.config.eval_config.batch_size, mesh, 'eval_config.batch_size'
   )
-  if any(name in TRAINING_PROTOCOLS for name in checks.config.eval):
+  if any(name in FINETUNES for name in checks.config.eval):
     batch = checks.config.eval_config.finetune.batch_size
     checks.absorb(sharding.check_batch_size, batch, mesh, 'eval_config.finetune.batch_size')
+  if 'linear_sgd' in checks.config.eval:
+    batch = linear_sgd.settings(checks.config).batch_size
+    checks.absorb(sharding.check_batch_size, batch, mesh, 'eval_config.linear_sgd.batch_size')
 
 
 def finetune_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
@@ -288,8 +297,10 @@ class _Run:
     tests = {name: self.features(name) for name in self.tests}
     return fn((x, y), tests, self.num_classes, self.ec)
 
-  def run_training(self, pretrained: bool, budget: LabelBudget | None) -> dict[str, float]:
-    ft = finetune_config(self.config)
+  def run_training(
+    self, pretrained: bool, frozen: bool, budget: LabelBudget | None
+  ) -> dict[str, float]:
+    ft = linear_sgd.settings(self.config) if frozen else finetune_config(self.config)
     idx = self.subset(budget)
     self.features('train')
     chosen = self._positions['train'] if idx is None else self._positions['train'][idx]
@@ -332,6 +343,7 @@ class _Run:
       ft=ft,
       eval_batch_size=self.ec.batch_size,
       tf_augment=self.config.data.source != 'synthetic',
+      frozen=frozen,
     )
     if not pretrained:
       self.supervised_cache.put(key, result.accuracy)
@@ -370,8 +382,8 @@ def evaluate(
         (b, functools.partial(run.run_features, fn, b)) for b in (budgets if budgeted else [None])
       ]
     else:
-      key, pretrained = TRAINING_PROTOCOLS[name]
-      runs = [(b, functools.partial(run.run_training, pretrained, b)) for b in budgets]
+      key, pretrained, frozen = TRAINING_PROTOCOLS[name]
+      runs = [(b, functools.partial(run.run_training, pretrained, frozen, b)) for b in budgets]
     for budget, protocol in runs:
       name_key = key(ec) + (f'@{budget.key}' if budget is not None else '')
       for suffix, accuracy in protocol().items():

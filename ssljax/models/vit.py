@@ -266,8 +266,18 @@ class ViT(nn.Module):
     is padded (see Attention). With return_attention also returns the last block's attention
     probabilities (N, heads, T, T) in float32.
     """
+    x, valid = self._with_cls(tokens, valid, self.use_cls if add_cls is None else add_cls)
+    attn = None
+    for block in self.blocks:
+      x, attn = block(x, train=train, valid=valid)
+    x = self.norm(x).astype(jnp.float32)
+    return (x, attn) if return_attention else x
+
+  def _with_cls(
+    self, tokens: jax.Array, valid: jax.Array | None, add_cls: bool
+  ) -> tuple[jax.Array, jax.Array | None]:
     x = tokens.astype(self.dtype)
-    if self.use_cls if add_cls is None else add_cls:
+    if add_cls:
       cls = self.cls_token
       if self.pos_embed == 'learned':
         cls = cls + self.pos_table[:, :1]  # sincos: CLS has a zero position embedding
@@ -275,11 +285,21 @@ class ViT(nn.Module):
       x = jnp.concatenate([cls, x], axis=1)
       if valid is not None:
         valid = jnp.concatenate([jnp.ones_like(valid[:, :1]), valid], axis=1)
-    attn = None
-    for block in self.blocks:
-      x, attn = block(x, train=train, valid=valid)
-    x = self.norm(x).astype(jnp.float32)
-    return (x, attn) if return_attention else x
+    return x, valid
+
+  def last_cls(self, images: jax.Array, n: int) -> jax.Array:
+    """DINO's linear-probe features (eval_linear.py, get_intermediate_layers): the CLS token
+    after each of the last n blocks, each through the final norm, concatenated: (N, n * D).
+    Inference mode; n = 1 is the CLS of h."""
+    if not self.use_cls or not 1 <= n <= self.depth:
+      raise ValueError(f'last_cls needs a CLS token and 1 <= n <= {self.depth}, got n={n}')
+    x, _ = self._with_cls(self.embed(images), None, True)
+    out = []
+    for i, block in enumerate(self.blocks):
+      x, _ = block(x, train=False, valid=None)
+      if i >= self.depth - n:
+        out.append(self.norm(x[:, 0]).astype(jnp.float32))
+    return jnp.concatenate(out, axis=-1)
 
   def tokens(self, images: jax.Array, *, train: bool) -> jax.Array:
     """The final-normed patch tokens (N, L, D) of the whole image, CLS (if any) dropped."""
