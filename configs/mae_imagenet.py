@@ -18,4 +18,12 @@ def get_config(arg=None):
   c.batch_size = 4096
   c.epochs = config_blocks.parse_arg(arg, epochs=800).epochs
   c.warmup_epochs = 40.0
+  # The headline number is fine-tuning (FINETUNE.md, main_finetune.py), then the linear probe.
+  c.eval = ('finetune', 'linear_sgd', 'knn')
+  ft = c.eval_config.finetune
+  ft.epochs, ft.warmup_epochs, ft.batch_size = 100.0, 5.0, 1024
+  ft.optimizer, ft.base_lr, ft.weight_decay = 'adamw', 5e-4, 0.05
+  ft.layer_decay, ft.drop_path, ft.label_smoothing = 0.65, 0.1, 0.1
+  ft.mixup, ft.cutmix, ft.random_erasing = 0.8, 1.0, 0.25
+  ft.crop_scale, ft.flip = (0.08, 1.0), True
   return c

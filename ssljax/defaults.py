@@ -167,6 +167,10 @@ def base_config(method: str = '', image_size: int = 32) -> ml_collections.Config
           drop_path=0.1,  # ViTs: stochastic depth while fine-tuning
           crop_scale=placeholder(tuple),  # random resized crop (area); None: config.augment's
           flip=placeholder(bool),  # random horizontal flip; None: config.augment's
+          mixup=0.0,  # Beta alpha of mixup (MAE: 0.8); 0: off
+          cutmix=0.0,  # Beta alpha of cutmix (MAE: 1.0); 0: off
+          mix_switch_prob=0.5,  # both on: the chance a batch uses cutmix
+          random_erasing=0.0,  # the chance an image gets an erased rectangle (MAE: 0.25)
           seed=0,  # head init, batch order, augmentations; and the supervised baseline's init
         )
       ),

@@ -147,11 +147,27 @@ RECIPES: dict[str, list[Setting]] = {
     Setting('augment.color_strength', 0.0, f'{MAE} main_pretrain.py transform_train'),
     Setting(
       'eval',
-      'fine-tuning (the headline number) and linear',
-      f'{MAE} FINETUNE.md, main_linprobe.py',
-      ('linear_sgd', 'knn'),
-      'the MAE fine-tune recipe is not built yet (issue 19, item 3)',
+      ('finetune', 'linear_sgd', 'knn'),
+      f'{MAE} FINETUNE.md, main_linprobe.py: fine-tuning (the headline) and its linear protocol',
     ),
+    *[
+      Setting(f'eval_config.finetune.{field}', value, f'{MAE} {source}')
+      for field, value, source in (
+        ('epochs', 100.0, 'FINETUNE.md'),
+        ('warmup_epochs', 5.0, 'main_finetune.py --warmup_epochs'),
+        ('batch_size', 1024, 'FINETUNE.md (effective batch)'),
+        ('optimizer', 'adamw', 'main_finetune.py'),
+        ('base_lr', 5e-4, 'FINETUNE.md --blr'),
+        ('weight_decay', 0.05, 'FINETUNE.md'),
+        ('layer_decay', 0.65, 'FINETUNE.md (ViT-B)'),
+        ('drop_path', 0.1, 'FINETUNE.md'),
+        ('label_smoothing', 0.1, 'main_finetune.py --smoothing'),
+        ('mixup', 0.8, 'FINETUNE.md'),
+        ('cutmix', 1.0, 'FINETUNE.md'),
+        ('random_erasing', 0.25, 'FINETUNE.md --reprob'),
+        ('crop_scale', (0.08, 1.0), 'util/datasets.py create_transform'),
+      )
+    ],
     _full_splits(MAE),
     *_imagenet_pixels(MAE, 'main_pretrain.py transform_train'),
   ],

@@ -8,7 +8,8 @@ gives the architecture, the number pretraining has to beat. Recipes (the optimiz
   block i scaled by decay**(depth - i), the patch embedding, CLS and positions as layer 0, the
   final norm and the head as layer depth + 1, so the layers nearest the input move least).
 Linear warm-up then cosine to 0; random resized crop + flip on the labelled images; BatchNorm
-statistics over the global batch in train mode. No mixup / cutmix / RandAugment.
+statistics over the global batch in train mode. Mixup, cutmix and random erasing in the step when
+set (`evaluators.mixing`, MAE's recipe: 0.8, 1.0, 0.25); no RandAugment yet.
 
 With `frozen=True` the same loop is the papers' linear protocol (`evaluators.linear_sgd`): the
 encoder runs in inference mode under stop_gradient and only the head (optionally behind a
@@ -35,6 +36,7 @@ from ssljax import data, optim, sharding
 from ssljax.config_checks import Checks
 from ssljax.data.types import EvalSplit
 from ssljax.defaults import augment_defaults
+from ssljax.evaluators import mixing
 from ssljax.evaluators.batched import apply_in_batches
 from ssljax.models import vit as vit_lib
 
@@ -60,6 +62,10 @@ def check_config(checks: Checks, prefix: str = 'eval_config.finetune') -> None:
   checks.number(f('layer_decay'), 0, 1, low_open=True)
   checks.number(f('label_smoothing'), 0, 1, high_open=True)
   checks.number(f('drop_path'), 0, 1, high_open=True)
+  checks.nonnegative(f('mixup'))
+  checks.nonnegative(f('cutmix'))
+  checks.probability(f('mix_switch_prob'))
+  checks.probability(f('random_erasing'))
   checks.pair(f('crop_scale'), 0, 1, low_open=True, optional=True, fix=(0.08, 1.0))
   if checks.value(f('flip')) is not None:
     checks.boolean(f('flip'))
@@ -178,6 +184,8 @@ class Recipe:
   layer_decay: float  # 1.0: none
   depth: int  # ViT blocks (layer decay)
   label_smoothing: float
+  mix: mixing.MixSettings = mixing.MixSettings()  # mixup, cutmix, erasing; smoothing inside
+  pixel_stats: tuple = ((0.0,), (1.0,))  # the encoder's input standardization (erasing's noise)
 
   def tx(self, learning_rate, params: PyTree) -> optax.GradientTransformation:
     """The optimizer at `learning_rate` (a traced scalar: the schedule runs on the host); a
@@ -222,6 +230,9 @@ def _train_step(recipe: Recipe, state: State, batch, learning_rate):
   x, y = batch
   rng, dropout_rng = jax.random.split(state.rng)
   num_classes = recipe.model.num_classes
+  mix = recipe.mix._replace(smoothing=recipe.label_smoothing)
+  mix_rng = jax.random.fold_in(dropout_rng, 1)
+  x, targets = mixing.regularize(mix_rng, x, y, num_classes, mix, recipe.pixel_stats)
 
   def loss_fn(params):
     logits, updates = recipe.model.apply(
@@ -231,7 +242,6 @@ def _train_step(recipe: Recipe, state: State, batch, learning_rate):
       mutable=['batch_stats'],
       rngs={'dropout': dropout_rng},
     )
-    targets = optax.smooth_labels(jax.nn.one_hot(y, num_classes), recipe.label_smoothing)
     loss = jnp.mean(optax.softmax_cross_entropy(logits, targets))
     return loss, (dict(updates), jnp.mean(jnp.argmax(logits, -1) == y))
 
@@ -317,6 +327,16 @@ def resolve_recipe(
     last_blocks=int(ft.get('last_blocks', 1)),
     head_init_std=float(ft.get('head_init_std', FINETUNE_HEAD_STD)),
   )
+  mix = mixing.MixSettings(
+    mixup=float(ft.mixup),
+    cutmix=float(ft.cutmix),
+    switch_prob=float(ft.mix_switch_prob),
+    erasing=float(ft.random_erasing),
+  )
+  stats = (
+    tuple(getattr(encoder, 'pixel_mean', (0.0,))),
+    tuple(getattr(encoder, 'pixel_std', (1.0,))),
+  )
   return Recipe(
     model=classifier,
     optimizer=name,
@@ -325,6 +345,8 @@ def resolve_recipe(
     layer_decay=layer_decay,
     depth=int(encoder.depth) if is_vit else 0,
     label_smoothing=float(ft.label_smoothing),
+    mix=mix,
+    pixel_stats=stats,
   )
 
 
