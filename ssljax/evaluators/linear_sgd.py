@@ -49,8 +49,12 @@ FIELDS = tuple(PRESETS['mae'])
 
 
 def preset_name(config: ml_collections.ConfigDict) -> str:
-  name = config.eval_config.linear_sgd.preset
-  return METHOD_PRESETS.get(config.method, 'mae') if name == 'auto' else name
+  return preset_name_for(config.method, config.eval_config.linear_sgd.preset)
+
+
+def preset_name_for(method: str, preset: str) -> str:
+  """The preset `preset` names for `method` ('auto': the method's own)."""
+  return METHOD_PRESETS.get(method, 'mae') if preset == 'auto' else preset
 
 
 def settings(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
