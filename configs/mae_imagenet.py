@@ -25,5 +25,6 @@ def get_config(arg=None):
   ft.optimizer, ft.base_lr, ft.weight_decay = 'adamw', 5e-4, 0.05
   ft.layer_decay, ft.drop_path, ft.label_smoothing = 0.65, 0.1, 0.1
   ft.mixup, ft.cutmix, ft.random_erasing = 0.8, 1.0, 0.25
+  ft.randaugment = 'rand-m9-mstd0.5-inc1'
   ft.crop_scale, ft.flip = (0.08, 1.0), True
   return c

@@ -171,6 +171,7 @@ def base_config(method: str = '', image_size: int = 32) -> ml_collections.Config
           cutmix=0.0,  # Beta alpha of cutmix (MAE: 1.0); 0: off
           mix_switch_prob=0.5,  # both on: the chance a batch uses cutmix
           random_erasing=0.0,  # the chance an image gets an erased rectangle (MAE: 0.25)
+          randaugment='',  # timm's name, e.g. rand-m9-mstd0.5-inc1 (MAE's); '': off
           seed=0,  # head init, batch order, augmentations; and the supervised baseline's init
         )
       ),

@@ -165,6 +165,7 @@ RECIPES: dict[str, list[Setting]] = {
         ('mixup', 0.8, 'FINETUNE.md'),
         ('cutmix', 1.0, 'FINETUNE.md'),
         ('random_erasing', 0.25, 'FINETUNE.md --reprob'),
+        ('randaugment', 'rand-m9-mstd0.5-inc1', 'main_finetune.py --aa'),
         ('crop_scale', (0.08, 1.0), 'util/datasets.py create_transform'),
       )
     ],

@@ -96,8 +96,9 @@ def test_the_fine_tune_step_trains_on_mixed_erased_batches():
   c.data.image_size = c.augment.image_size = 8
   ft = protocols.finetune_config(c)
   ft.epochs, ft.min_steps, ft.mixup, ft.cutmix, ft.random_erasing = 0.0, 5, 0.8, 1.0, 0.25
+  ft.randaugment = 'rand-m9-mstd0.5-inc1'
   recipe = finetune_lib.resolve_recipe(Tiny(), 10, ft)
-  assert recipe.mix == mixing.MixSettings(mixup=0.8, cutmix=1.0, erasing=0.25)
+  assert recipe.mix == mixing.MixSettings(0.8, 1.0, 0.5, 0.25, 0.0, (2, 9.0, 0.5))
   mesh = sharding.make_mesh()
   train, test = (data.load_eval_split(c, s) for s in ('train', 'test'))
   start = finetune_lib.random_encoder_variables(Tiny(), (8, 8, 1), 0, mesh)
@@ -106,3 +107,11 @@ def test_the_fine_tune_step_trains_on_mixed_erased_batches():
     eval_batch_size=64,
   )  # fmt: skip
   assert result.steps == 5 and np.isfinite(result.train_loss)
+
+
+def test_randaugment_names_parse_as_timm_writes_them():
+  assert mixing.parse_randaugment('') == ()
+  assert mixing.parse_randaugment('rand-m9-mstd0.5-inc1') == (2, 9.0, 0.5)
+  assert mixing.parse_randaugment('rand-m7-n3-inc1') == (3, 7.0, 0.5)
+  with pytest.raises(ValueError, match=r"randaugment='rand-m9'.*-inc1"):
+    mixing.parse_randaugment('rand-m9')

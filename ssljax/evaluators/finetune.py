@@ -8,8 +8,8 @@ gives the architecture, the number pretraining has to beat. Recipes (the optimiz
   block i scaled by decay**(depth - i), the patch embedding, CLS and positions as layer 0, the
   final norm and the head as layer depth + 1, so the layers nearest the input move least).
 Linear warm-up then cosine to 0; random resized crop + flip on the labelled images; BatchNorm
-statistics over the global batch in train mode. Mixup, cutmix and random erasing in the step when
-set (`evaluators.mixing`, MAE's recipe: 0.8, 1.0, 0.25); no RandAugment yet.
+statistics over the global batch in train mode. RandAugment, random erasing, mixup and cutmix
+in the step when set (`evaluators.mixing`; MAE's recipe: rand-m9-mstd0.5-inc1, 0.25, 0.8, 1.0).
 
 With `frozen=True` the same loop is the papers' linear protocol (`evaluators.linear_sgd`): the
 encoder runs in inference mode under stop_gradient and only the head (optionally behind a
@@ -66,6 +66,7 @@ def check_config(checks: Checks, prefix: str = 'eval_config.finetune') -> None:
   checks.nonnegative(f('cutmix'))
   checks.probability(f('mix_switch_prob'))
   checks.probability(f('random_erasing'))
+  checks.absorb(mixing.parse_randaugment, checks.value(f('randaugment')), f('randaugment'))
   checks.pair(f('crop_scale'), 0, 1, low_open=True, optional=True, fix=(0.08, 1.0))
   if checks.value(f('flip')) is not None:
     checks.boolean(f('flip'))
@@ -332,6 +333,7 @@ def resolve_recipe(
     cutmix=float(ft.cutmix),
     switch_prob=float(ft.mix_switch_prob),
     erasing=float(ft.random_erasing),
+    randaugment=mixing.parse_randaugment(ft.randaugment),
   )
   stats = (
     tuple(getattr(encoder, 'pixel_mean', (0.0,))),

@@ -74,6 +74,7 @@ def settings(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     cutmix=0.0,
     mix_switch_prob=0.5,
     random_erasing=0.0,
+    randaugment='',
     seed=int(ls.seed),
     crop_scale=tuple(config.augment.crop_scale if ls.crop_scale is None else ls.crop_scale),
     flip=bool(config.augment.flip if ls.flip is None else ls.flip),

@@ -9,15 +9,20 @@ from the papers and timm's definitions (timm.data.mixup, timm.data.random_erasin
   choice of mixup or cutmix per batch);
 - random erasing (Zhong et al. 2020): with probability p one rectangle per image, area 2-33% of
   the image and aspect in [0.3, 3.3] (log-uniform), filled with per-pixel noise that is N(0, 1)
-  after the encoder standardizes its input (timm's mode 'pixel').
+  after the encoder standardizes its input (timm's mode 'pixel');
+- RandAugment first (`evaluators.randaugment`), named as timm names it ('rand-m9-mstd0.5-inc1').
 """
 
 from __future__ import annotations
 
+import re
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+
+from ssljax.errors import ConfigError
+from ssljax.evaluators import randaugment
 
 
 class MixSettings(NamedTuple):
@@ -26,10 +31,32 @@ class MixSettings(NamedTuple):
   switch_prob: float = 0.5  # with both on: the chance a batch uses cutmix
   erasing: float = 0.0  # probability an image gets an erased rectangle
   smoothing: float = 0.0  # label smoothing folded into the targets
+  randaugment: tuple = ()  # (ops, magnitude, magnitude std) from parse_randaugment; (): off
 
   @property
   def mixes(self) -> bool:
     return self.mixup > 0 or self.cutmix > 0
+
+
+_RANDAUGMENT = re.compile(r'rand(?P<parts>(-(m|mstd|n)[0-9.]+)*)-inc1')
+
+
+def parse_randaugment(name: str, field: str = 'eval_config.finetune.randaugment') -> tuple:
+  """timm's 'rand-m9-mstd0.5-inc1' -> (ops 2, magnitude 9.0, std 0.5); '' -> () (off). Only the
+  increasing ops exist here ('-inc1' required)."""
+  if name == '':
+    return ()
+  match = _RANDAUGMENT.fullmatch(name) if isinstance(name, str) else None
+  if not match:
+    raise ConfigError(
+      f"config.{field}={name!r}: '' or timm's rand-m<magnitude>[-mstd<std>][-n<ops>]-inc1; "
+      f'e.g. --config.{field}=rand-m9-mstd0.5-inc1'
+    )
+  values = dict(n=2.0, m=9.0, mstd=0.5)
+  for part in filter(None, match['parts'].split('-')):
+    key = re.match(r'[a-z]+', part)[0]
+    values[key] = float(part[len(key) :])
+  return (int(values['n']), values['m'], values['mstd'])
 
 
 def smooth_one_hot(labels: jax.Array, num_classes: int, smoothing: float) -> jax.Array:
@@ -126,9 +153,14 @@ def regularize(
   s: MixSettings,
   pixel_stats: tuple[tuple[float, ...], tuple[float, ...]],
 ) -> tuple[jax.Array, jax.Array]:
-  """The fine-tune batch as the recipe trains on it: erased (per image), then mixed (per batch);
-  returns the images and their soft targets."""
-  k_erase, k_mix = jax.random.split(key)
+  """The fine-tune batch as the recipe trains on it: RandAugment and erasing (per image), then
+  mixed (per batch); returns the images and their soft targets."""
+  k_erase, k_mix, k_rand = jax.random.split(key, 3)
+  if s.randaugment:
+    ops, magnitude, std = s.randaugment
+    images = randaugment.rand_augment_batch(
+      k_rand, images, num_ops=ops, magnitude=magnitude, magnitude_std=std
+    )
   if s.erasing > 0:
     images = erase(k_erase, images, s.erasing, *pixel_stats)
   if s.mixes:
