@@ -1,6 +1,7 @@
 """Every evaluation protocol on one finished run, with the wall time each took (issue 19): the
 L-BFGS probe (`linear`), the papers' linear protocol (`linear_sgd`, its presets), fine-tuning
-as before and with MAE's regularizers (mixup 0.8, cutmix 1.0, erasing 0.25, layer decay 0.65).
+as before and with MAE's recipe (RandAugment m9, erasing 0.25, mixup 0.8, cutmix 1.0, layer
+decay 0.65).
 
 python experiments/eval_protocols.py --workdir=RUN [--budget=100_per_class]
 
@@ -27,7 +28,7 @@ _WORKDIR = flags.DEFINE_string('workdir', None, 'a finished run', required=True)
 _BUDGET = flags.DEFINE_string('budget', '100_per_class', 'labelled train images for every protocol')
 _BATCH = flags.DEFINE_integer('batch', 64, 'batch of the SGD protocols')
 _EPOCHS = flags.DEFINE_float('epochs', 30.0, 'passes over the labelled subset (SGD protocols)')
-_PRESETS = flags.DEFINE_list('presets', ['auto', 'mae', 'dino'], 'linear_sgd presets to run')
+_PRESETS = flags.DEFINE_list('presets', ['mae', 'dino', 'simclr'], 'linear_sgd presets to run')
 
 
 def _rows(config) -> dict[str, tuple[str, dict]]:
@@ -43,9 +44,9 @@ def _rows(config) -> dict[str, tuple[str, dict]]:
   rows['finetune'] = ('finetune', {'finetune': {'epochs': _EPOCHS.value}})
   mae = dict(
     epochs=_EPOCHS.value, mixup=0.8, cutmix=1.0, random_erasing=0.25, layer_decay=0.65,
-    label_smoothing=0.1, drop_path=0.1, crop_scale=(0.08, 1.0),
+    label_smoothing=0.1, drop_path=0.1, crop_scale=(0.08, 1.0), randaugment='rand-m9-mstd0.5-inc1',
   )  # fmt: skip
-  rows['finetune (MAE regularizers)'] = ('finetune', {'finetune': mae})
+  rows['finetune (MAE recipe)'] = ('finetune', {'finetune': mae})
   return rows
 
 
