@@ -15,7 +15,8 @@ Rows, every one on the same class-balanced labelled subsets (eval_config.subset_
   --finetune_runs names when that flag is given: a ViT fine-tune at 100% is hours on a CPU).
 --baselines=CSV takes the raw-pixel, random-encoder and supervised rows from an earlier output
 instead of recomputing them: they depend only on --config's data, architecture and eval_config,
-not on the runs (the supervised row is most of the time).
+not on the runs (the supervised row is most of the time); with --keep_runs its rows of the runs
+not named in --runs stay too, so one new method's rows join an earlier table.
 --config's eval_config (k-NN k, fine-tuning recipe, seeds) applies to every row. Fine-tuning on a
 budget of n images runs min(finetune.epochs, max_finetune_images / n) epochs, so the 100% budget
 fits a CPU. Writes OUT.csv, OUT.png and OUT.md (the table, also printed).
@@ -45,6 +46,9 @@ _BUDGETS = flags.DEFINE_list('budgets', ['10_per_class', '100_per_class', '100%'
 _PROTOCOLS = flags.DEFINE_list('protocols', ['linear', 'knn', 'finetune'], 'Per pretrained run.')
 _FINETUNE_RUNS = flags.DEFINE_list('finetune_runs', None, 'Runs to fine-tune (default: all).')
 _BASELINES = flags.DEFINE_string('baselines', '', 'CSV to take the baseline rows from.')
+_KEEP_RUNS = flags.DEFINE_bool(
+  'keep_runs', False, 'With --baselines: keep its rows of runs not in --runs too (add a method).'
+)
 _MAX_FT = flags.DEFINE_integer(
   'max_finetune_images', 120_000, 'Cap on images seen per fine-tuning run.'
 )
@@ -189,8 +193,13 @@ def main(argv) -> None:
       print(f'{encoder:>16} {protocol:>9} {budget:>14}: {100 * acc:6.2f}', flush=True)
 
   if _BASELINES.value:
+    names = {item.partition('=')[0] for item in _RUNS.value}
     with open(_BASELINES.value) as f:
-      kept = [r for r in csv.DictReader(f) if r['encoder'] in BASELINES]
+      kept = [
+        r
+        for r in csv.DictReader(f)
+        if r['encoder'] in BASELINES or (_KEEP_RUNS.value and r['encoder'] not in names)
+      ]
     if {r['budget'] for r in kept} != set(counts) or any(
       int(r['labels']) != counts[r['budget']] for r in kept
     ):
