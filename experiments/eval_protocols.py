@@ -29,6 +29,10 @@ _BUDGET = flags.DEFINE_string('budget', '100_per_class', 'labelled train images 
 _BATCH = flags.DEFINE_integer('batch', 64, 'batch of the SGD protocols')
 _EPOCHS = flags.DEFINE_float('epochs', 30.0, 'passes over the labelled subset (SGD protocols)')
 _PRESETS = flags.DEFINE_list('presets', ['mae', 'dino', 'simclr'], 'linear_sgd presets to run')
+_LINEAR_LR = flags.DEFINE_float(
+  'linear_base_lr', None, "linear_sgd's base lr (x B/256) instead of the presets'"
+)
+_ONLY = flags.DEFINE_list('only', [], 'rows to run (names as printed; default all)')
 
 
 def _rows(config) -> dict[str, tuple[str, dict]]:
@@ -40,6 +44,9 @@ def _rows(config) -> dict[str, tuple[str, dict]]:
     overrides = {'preset': preset, 'batch_size': _BATCH.value, 'epochs': _EPOCHS.value}
     if name == 'dino':
       overrides['last_blocks'] = 4 if has_cls else 1  # the CLS of the last 4 blocks (ViT-S)
+    if _LINEAR_LR.value is not None:
+      overrides['base_lr'] = _LINEAR_LR.value
+      name = f'{name}, base lr {_LINEAR_LR.value:g}'
     rows[f'linear_sgd ({name})'] = ('linear_sgd', {'linear_sgd': overrides})
   rows['finetune'] = ('finetune', {'finetune': {'epochs': _EPOCHS.value}})
   mae = dict(
@@ -47,7 +54,7 @@ def _rows(config) -> dict[str, tuple[str, dict]]:
     label_smoothing=0.1, drop_path=0.1, crop_scale=(0.08, 1.0), randaugment='rand-m9-mstd0.5-inc1',
   )  # fmt: skip
   rows['finetune (MAE recipe)'] = ('finetune', {'finetune': mae})
-  return rows
+  return {k: v for k, v in rows.items() if not _ONLY.value or k in _ONLY.value}
 
 
 def main(argv):
@@ -71,9 +78,12 @@ def main(argv):
     (accuracy,) = results.values()
     out['rows'][name] = {'accuracy': accuracy, 'wall_s': round(time.perf_counter() - start, 1)}
     print(f'{name:32s} {100 * accuracy:6.2f}  {out["rows"][name]["wall_s"]:7.1f} s', flush=True)
-  name = os.path.basename(os.path.normpath(run))
+  path = f'experiments/results/eval_protocols_{os.path.basename(os.path.normpath(run))}.json'
+  if os.path.exists(path):  # rows of an earlier invocation stay (--only adds rows)
+    with open(path) as f:
+      out['rows'] = {**json.load(f)['rows'], **out['rows']}
   os.makedirs('experiments/results', exist_ok=True)
-  with open(f'experiments/results/eval_protocols_{name}.json', 'w') as f:
+  with open(path, 'w') as f:
     json.dump(out, f, indent=1)
 
 

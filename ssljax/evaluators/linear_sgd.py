@@ -16,6 +16,10 @@ fine-tuning loop (`finetune.finetune(..., frozen=True)`); L-BFGS on standardized
   N(0, 0.01) truncated.
 Every preset trains on random resized crops (area 0.08-1) and flips, as the official code does;
 eval_config.linear_sgd.crop_scale / flip change that (small data: the pretraining's).
+The presets' learning rates are for their batches and their 80-100 epochs of ImageNet: at a
+CPU-sized batch the x B/256 scaling shrinks the step (LARS's, whose trust ratio moves a weight by
+about lr / 1000 of its norm a step, most), so small data wants base_lr set beside the preset
+(experiments/eval_protocols.py measures it).
 """
 
 from __future__ import annotations
