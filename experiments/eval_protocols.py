@@ -46,7 +46,7 @@ def _rows(config) -> dict[str, tuple[str, dict]]:
       overrides['last_blocks'] = 4 if has_cls else 1  # the CLS of the last 4 blocks (ViT-S)
     if _LINEAR_LR.value is not None:
       overrides['base_lr'] = _LINEAR_LR.value
-      name = f'{name}, base lr {_LINEAR_LR.value:g}'
+      name = f'{name} at base lr {_LINEAR_LR.value:g}'
     rows[f'linear_sgd ({name})'] = ('linear_sgd', {'linear_sgd': overrides})
   rows['finetune'] = ('finetune', {'finetune': {'epochs': _EPOCHS.value}})
   mae = dict(
