@@ -5,32 +5,22 @@ experiments/results/collapse_health.json)."""
 
 import json
 import os
-import subprocess
-import sys
 
 import pytest
 
 from ssljax import collapse
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
 WARNING = 'representation collapse at step'
 
 
-def _main(workdir: str, config: str, *overrides: str) -> subprocess.CompletedProcess:
-  """`python -m ssljax.main` as the README runs it, with optimised XLA code (the fast tier's
-  unoptimised-code flag would make a full run several times slower) on one CPU device."""
-  env = {**os.environ, 'XLA_FLAGS': ''}
-  command = [
-    sys.executable,
-    '-m',
-    'ssljax.main',
-    f'--config=configs/{config}',
-    f'--workdir={workdir}',
-  ]
-  return subprocess.run(
-    [*command, *overrides], cwd=ROOT, env=env, capture_output=True, text=True, check=True
-  )
+def _main(start_main, workdir: str, config: str, *overrides: str) -> str:
+  """The output (stdout and stderr) of `python -m ssljax.main` on one CPU device, as the README
+  runs it: conftest's start_main, whose environment drops the fast tier's unoptimised-code flag
+  (a full run would be several times slower)."""
+  run = start_main(workdir, f'--config=configs/{config}', *overrides, devices=1)
+  out, _ = run.communicate(timeout=900)
+  assert run.returncode == 0, out[-3000:]
+  return out
 
 
 def _health_rows(workdir: str) -> list[dict]:
@@ -40,10 +30,10 @@ def _health_rows(workdir: str) -> list[dict]:
 
 
 @pytest.mark.slow  # the whole quickstart (~2 minutes on 2 cores)
-def test_the_quickstart_trains_without_a_collapse_warning(tmp_path):
+def test_the_quickstart_trains_without_a_collapse_warning(tmp_path, start_main):
   workdir = str(tmp_path / 'quickstart')
-  run = _main(workdir, 'simclr_digits.py', "--config.eval=('knn',)")
-  assert WARNING not in run.stderr
+  out = _main(start_main, workdir, 'simclr_digits.py', "--config.eval=('knn',)")
+  assert WARNING not in out
   with open(os.path.join(workdir, 'report.md')) as f:
     assert WARNING not in f.read()
   rows = _health_rows(workdir)
@@ -56,9 +46,10 @@ def test_the_quickstart_trains_without_a_collapse_warning(tmp_path):
 
 
 @pytest.mark.slow  # ~1 minute: 80 DINO steps on digits
-def test_a_dino_run_made_to_collapse_warns_once_with_dinos_remedies(tmp_path):
+def test_a_dino_run_made_to_collapse_warns_once_with_dinos_remedies(tmp_path, start_main):
   workdir = str(tmp_path / 'collapsing')
-  run = _main(
+  out = _main(
+    start_main,
     workdir,
     'dino_digits.py',
     '--config.dino.use_bn=False',
@@ -68,8 +59,8 @@ def test_a_dino_run_made_to_collapse_warns_once_with_dinos_remedies(tmp_path):
     "--config.eval=('knn',)",
     '--config.eval_config.random_init=False',
   )
-  warnings = [line for line in run.stderr.splitlines() if WARNING in line]
-  assert len(warnings) == 1, run.stderr[-3000:]
+  warnings = [line for line in out.splitlines() if WARNING in line]
+  assert len(warnings) == 1, out[-3000:]
   assert 'health/rankme_z' in warnings[0]
   for remedy in ('teacher_temp', 'center_momentum'):
     assert remedy in warnings[0]
