@@ -34,13 +34,17 @@ _STEPS = flags.DEFINE_integer('steps', 5, 'Traced steps.')
 _OUT = flags.DEFINE_string('out', '', 'Results file (default results/profile_step_CASE.json).')
 
 
+LOOP = 'loop (counted in its body)'
 _COMPUTATION = re.compile(r'^(?:ENTRY )?%(\S+) .*\{$')
 _INSTRUCTION = re.compile(r'^\s*(?:ROOT )?%(\S+) = (\w+)\[([\d,]*)\]\S* (\w[\w-]*)\(')
 
 
 def op_kinds(hlo: str, views: int) -> dict[str, str]:
   """XLA op name -> kind, from the compiled module's text (which keeps no JAX names for the
-  fused convolutions): what its fused computation holds (a convolution, a dot, a reduce). A
+  fused convolutions): what its fused computation holds (a convolution, a dot, a reduce). The ops
+  in the body of cpu_conv's chunked kernel-gradient loop (matmuls and window copies) are the
+  gradient with respect to the weights; the loops themselves are left out (the trace times the
+  ops of their bodies). A
   convolution fed by a reversed kernel is the gradient with respect to the input; one whose
   output is (views, H, W, C) with H > 3 a forward one; the rest (kernel-shaped outputs, windows
   as large as the activations) the gradient with respect to the weights."""
@@ -71,7 +75,14 @@ def op_kinds(hlo: str, views: int) -> dict[str, str]:
 
   kinds = {}
   for name, (dims, opcode, operands, text) in ops.items():
-    if ' convolution(' in text:
+    op_name = re.search(r'op_name="([^"]*)"', text.split('\n', 1)[0])
+    in_loop = op_name is not None and '/while/body/' in op_name.group(1)
+    if opcode == 'while':  # the trace times its body's ops one by one: counted there
+      kinds[name] = LOOP
+    elif in_loop and 'transpose(' in op_name.group(1) and '_conv' in op_name.group(1):
+      # cpu_conv's kernel gradient: matmuls over batch chunks and the windows they read
+      kinds[name] = 'conv gradient wrt weights'
+    elif ' convolution(' in text:
       if any(reversed_kernel(o) for o in operands):
         kinds[name] = 'conv gradient wrt input'
       elif len(dims) == 4 and dims[0] == views and dims[1] > 3:
@@ -121,6 +132,8 @@ def main(argv) -> None:
         if 'hlo_op' not in stats and 'hlo_module' not in stats:
           continue
         name = str(stats.get('hlo_op', event.name))
+        if kinds.get(name) == LOOP:
+          continue
         seconds = event.duration_ns * 1e-9
         totals[kinds.get(name, 'elementwise and other')] += seconds
         ops[name] += seconds
