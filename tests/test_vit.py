@@ -153,6 +153,32 @@ class ViTTest(parameterized.TestCase):
       np.testing.assert_allclose(h, h_ref, rtol=1e-4, atol=1e-4)
       np.testing.assert_allclose(attn, attn_ref, rtol=1e-4, atol=1e-5)
 
+  def test_qkv_projection_layouts_agree(self):
+    """The CPU layout (three per-head projections) gives the same q, k, v and gradients as the
+    one wide matmul sliced three ways that GPUs and TPUs keep."""
+    x = images((3, 5, 12), seed=4)
+    wide, per_head = (vit.QkvProjection(3, heads_first=h) for h in (False, True))
+    params = wide.init(jax.random.PRNGKey(0), x)
+    params = jax.tree.map(lambda a: a + 0.1 * jnp.ones_like(a), params)  # a nonzero bias
+    out_wide, out_heads = wide.apply(params, x), per_head.apply(params, x)
+    for a, b in zip(out_wide, out_heads, strict=True):
+      chex.assert_shape((a, b), ((3, 5, 3, 4), (3, 3, 5, 4)))
+      np.testing.assert_allclose(a.transpose(0, 2, 1, 3), b, rtol=1e-6, atol=1e-6)
+    # q, k, v are columns [0, D), [D, 2D), [2D, 3D) of x @ kernel + bias (timm's qkv Linear).
+    dense = x @ params['params']['kernel'] + params['params']['bias']
+    np.testing.assert_allclose(out_wide[1].reshape(3, 5, 12), dense[..., 12:24], rtol=1e-5)
+    weights = [images(o.shape, seed=i) for i, o in enumerate(out_heads)]
+
+    def loss(p, x, module, heads_first):
+      outs = module.apply(p, x)
+      if not heads_first:
+        outs = [o.transpose(0, 2, 1, 3) for o in outs]
+      return sum(jnp.sum(w * o) for w, o in zip(weights, outs, strict=True))
+
+    g_wide = jax.grad(loss, argnums=(0, 1))(params, x, wide, False)
+    g_heads = jax.grad(loss, argnums=(0, 1))(params, x, per_head, True)
+    chex.assert_trees_all_close(g_wide, g_heads, rtol=1e-5, atol=1e-5)
+
   @parameterized.parameters(
     ('vit_small', 384, 21_665_664),
     ('vit_base', 768, 85_798_656),
@@ -367,7 +393,9 @@ class ViTTest(parameterized.TestCase):
     variables = jax.eval_shape(lambda x: model.init(jax.random.PRNGKey(0), x, train=False), x)
     assert {v.dtype for v in jax.tree.leaves(variables)} == {jnp.dtype(jnp.float32)}
     jaxpr = str(jax.make_jaxpr(lambda v, x: model.apply(v, x, train=False))(variables, x))
-    assert 'bf16[2,65,96]' in jaxpr  # the qkv activations run in bfloat16
+    # The qkv activations run in bfloat16: one (N, T, 3D) matmul, or per head (N, heads, T, D/heads)
+    # on the CPU backend.
+    assert 'bf16[2,65,96]' in jaxpr or 'bf16[2,2,65,16]' in jaxpr
     h, attn = jax.eval_shape(
       lambda v, x: model.apply(v, x, train=False, return_attention=True), variables, x
     )

@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ssljax.models import pixels
+from ssljax.models import activations, pixels
 
 VIT_SIZES = {
   'vit_tiny': (192, 12, 3),  # (width, depth, heads)
@@ -105,6 +105,35 @@ def drop_path(x: jax.Array, rate: float, rng: jax.Array) -> jax.Array:
   return jnp.where(mask, x / keep, jnp.zeros_like(x))
 
 
+class QkvProjection(nn.Module):
+  """timm's fused qkv Linear: kernel (D, 3D) and bias (3D,), columns ordered (3, heads, head_dim).
+
+  Returns q, k, v as (N, T, heads, head_dim) from one matmul sliced three ways, or with
+  `heads_first` as (N, heads, T, head_dim) from three per-head projections: the layout attention
+  multiplies in. On 2 CPU cores the slices cost a copy of each forward and a padded sum of the
+  three gradients backward (10% of a small ViT's SimCLR step); the models choose `heads_first` on
+  the CPU backend only, so GPUs and TPUs keep the one wide matmul. Same parameters either way.
+  """
+
+  num_heads: int
+  heads_first: bool = False
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+    n, t, d = x.shape
+    kernel = self.param('kernel', _dense_init, (d, 3 * d))
+    bias = self.param('bias', nn.initializers.zeros, (3 * d,))
+    x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
+    if self.heads_first:
+      kernel = kernel.reshape(d, 3, self.num_heads, d // self.num_heads)
+      bias = bias.reshape(3, self.num_heads, 1, d // self.num_heads)
+      return tuple(jnp.einsum('ntd,dhk->nhtk', x, kernel[:, i]) + bias[i] for i in range(3))
+    qkv = jax.lax.dot_general(x, kernel, (((2,), (0,)), ((), ()))) + bias.reshape(1, 1, -1)
+    qkv = qkv.reshape(n, t, 3, self.num_heads, d // self.num_heads)
+    return qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
+
+
 class Attention(nn.Module):
   """Multi-head self-attention; returns the output and the float32 attention probabilities.
 
@@ -120,16 +149,16 @@ class Attention(nn.Module):
   def __call__(self, x: jax.Array, valid: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
     n, t, d = x.shape
     head_dim = d // self.num_heads
-    dense = lambda f, name: nn.Dense(f, dtype=self.dtype, kernel_init=_dense_init, name=name)
-    # timm's layout: qkv(x).reshape(N, T, 3, heads, head_dim).
-    qkv = dense(3 * d, 'qkv')(x).reshape(n, t, 3, self.num_heads, head_dim)
-    q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
-    logits = jnp.einsum('nqhd,nkhd->nhqk', q, k, preferred_element_type=jnp.float32)
+    heads_first = jax.default_backend() == 'cpu'
+    q, k, v = QkvProjection(self.num_heads, heads_first, dtype=self.dtype, name='qkv')(x)
+    spec = (lambda s: f'nh{s}d') if heads_first else (lambda s: f'n{s}hd')
+    logits = jnp.einsum(f'{spec("q")},{spec("k")}->nhqk', q, k, preferred_element_type=jnp.float32)
     if valid is not None:
       logits = jnp.where(valid[:, None, None, :], logits, jnp.finfo(jnp.float32).min)
     attn = jax.nn.softmax(logits * head_dim**-0.5, axis=-1)  # softmax in float32
-    out = jnp.einsum('nhqk,nkhd->nqhd', attn.astype(self.dtype), v).reshape(n, t, d)
-    return dense(d, 'proj')(out), attn
+    out = jnp.einsum(f'nhqk,{spec("k")}->nqhd', attn.astype(self.dtype), v).reshape(n, t, d)
+    dense = nn.Dense(d, dtype=self.dtype, kernel_init=_dense_init, name='proj')
+    return dense(out), attn
 
 
 class Mlp(nn.Module):
@@ -142,7 +171,7 @@ class Mlp(nn.Module):
   def __call__(self, x: jax.Array) -> jax.Array:
     d = x.shape[-1]
     x = nn.Dense(self.hidden_dim, dtype=self.dtype, kernel_init=_dense_init, name='fc1')(x)
-    x = nn.gelu(x, approximate=False)  # PyTorch's nn.GELU is the exact (erf) form
+    x = activations.gelu(x)  # PyTorch's nn.GELU is the exact (erf) form
     return nn.Dense(d, dtype=self.dtype, kernel_init=_dense_init, name='fc2')(x)
 
 
