@@ -79,7 +79,7 @@ def op_kinds(hlo: str, views: int) -> dict[str, str]:
     in_loop = op_name is not None and '/while/body/' in op_name.group(1)
     if opcode == 'while':  # the trace times its body's ops one by one: counted there
       kinds[name] = LOOP
-    elif in_loop and 'transpose(' in op_name.group(1) and '_conv' in op_name.group(1):
+    elif in_loop and 'transpose(' in op_name.group(1) and 'conv' in op_name.group(1).lower():
       # cpu_conv's kernel gradient: matmuls over batch chunks and the windows they read
       kinds[name] = 'conv gradient wrt weights'
     elif ' convolution(' in text:
