@@ -282,9 +282,6 @@ def _lars(torch, decay, rest, lr: float, weight_decay: float, momentum: float):
   return LARS([{'params': decay, 'adapt': True}, {'params': rest, 'adapt': False}], {})
 
 
-# ----------------------------------------------------------------------------- main
-
-
 # ----------------------------------------------------------------------------- one process a side
 
 
@@ -315,6 +312,9 @@ class _SideProcess:
     self._connection.send(None)
     self._process.join()
     return self._n_params
+
+
+# ----------------------------------------------------------------------------- main
 
 
 def main(argv) -> None:

@@ -41,13 +41,12 @@ _INSTRUCTION = re.compile(r'^\s*(?:ROOT )?%(\S+) = (\w+)\[([\d,]*)\]\S* (\w[\w-]
 
 def op_kinds(hlo: str, views: int) -> dict[str, str]:
   """XLA op name -> kind, from the compiled module's text (which keeps no JAX names for the
-  fused convolutions): what its fused computation holds (a convolution, a dot, a reduce). The ops
-  in the body of cpu_conv's chunked kernel-gradient loop (matmuls and window copies) are the
-  gradient with respect to the weights; the loops themselves are left out (the trace times the
-  ops of their bodies). A
+  fused convolutions): what its fused computation holds (a convolution, a dot, a reduce). A
   convolution fed by a reversed kernel is the gradient with respect to the input; one whose
   output is (views, H, W, C) with H > 3 a forward one; the rest (kernel-shaped outputs, windows
-  as large as the activations) the gradient with respect to the weights."""
+  as large as the activations) the gradient with respect to the weights. So are the ops in the
+  body of cpu_conv's chunked kernel-gradient loop (matmuls and the windows they copy); the loops
+  themselves are LOOP, left out of the sums (the trace times each op of their bodies)."""
   bodies: dict[str, list[str]] = {}
   current = None
   for line in hlo.splitlines():

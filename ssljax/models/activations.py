@@ -20,8 +20,8 @@ def _normal_cdf(x: jax.Array) -> jax.Array:
 def gelu(x: jax.Array) -> jax.Array:
   """Exact (erf) GELU, x * Phi(x), as PyTorch's nn.GELU; its derivative Phi(x) + x * phi(x) is
   computed from x in one pass backward. Autodiff of the erf form keeps exp(-x^2 / 2) from the
-  forward pass and takes several passes over the ViT MLP's widest activation: on 2 CPU cores that
-  cost 12% of a small ViT's SimCLR step (experiments/bench_vs_pytorch.py, case vit)."""
+  forward pass and takes several passes over the ViT MLP's widest activation: on 2 CPU cores this
+  form made a small ViT's SimCLR step about 10% faster (experiments/bench_vs_pytorch.py, vit)."""
   return x * _normal_cdf(x)
 
 
