@@ -74,11 +74,11 @@ def op_kinds(hlo: str, views: int) -> dict[str, str]:
 
   kinds = {}
   for name, (dims, opcode, operands, text) in ops.items():
-    op_name = re.search(r'op_name="([^"]*)"', text.split('\n', 1)[0])
-    in_loop = op_name is not None and '/while/body/' in op_name.group(1)
+    found = re.search(r'op_name="([^"]*)"', text.split('\n', 1)[0])
+    op_name = found.group(1) if found else ''
     if opcode == 'while':  # the trace times its body's ops one by one: counted there
       kinds[name] = LOOP
-    elif in_loop and 'transpose(' in op_name.group(1) and 'conv' in op_name.group(1).lower():
+    elif '/while/body/' in op_name and 'transpose(' in op_name and 'conv' in op_name.lower():
       # cpu_conv's kernel gradient: matmuls over batch chunks and the windows they read
       kinds[name] = 'conv gradient wrt weights'
     elif ' convolution(' in text:
