@@ -23,6 +23,8 @@ stem without max-pool, zero-initialised last BN of each block), timm's VisionTra
 blocks, fused qkv, exact GELU, LayerNorm eps 1e-6, CLS token), SimCLR's projection head (Linear,
 BN, ReLU, Linear, BN), NT-Xent over the 2N views, LARS as SimCLR uses it (trust coefficient 1e-3,
 no decay or adaptation for biases and norms) or AdamW.
+Both sides run with the host allocator `python -m ssljax.main` picks (ssljax.host_allocator:
+tcmalloc when installed); SSLJAX_MALLOC=system runs both with glibc's malloc.
 """
 
 from __future__ import annotations
@@ -31,17 +33,23 @@ import json
 import multiprocessing
 import os
 import platform
+import resource
 import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+if __name__ == '__main__':  # the allocator `python -m ssljax.main` runs with (SSLJAX_MALLOC)
+  from ssljax import host_allocator
+
+  host_allocator.reexec()
+
 import jax  # noqa: E402
 from absl import app, flags  # noqa: E402
 from bench_step import build_step, case_config  # noqa: E402
 
-from ssljax import data, models, sharding  # noqa: E402
+from ssljax import data, host_allocator, models, sharding  # noqa: E402
 
 _CASES = flags.DEFINE_list('cases', ['resnet18_w8', 'resnet18_w64', 'vit'], 'Cases to run.')
 _STEPS = flags.DEFINE_integer('steps', 20, 'Timed steps per repeat.')
@@ -286,11 +294,18 @@ def _lars(torch, decay, rest, lr: float, weight_decay: float, momentum: float):
 
 
 def _serve(side: str, config, connection) -> None:
-  """Worker: builds one side's timer, then answers each number of steps with their seconds."""
+  """Worker: builds one side's timer, then answers each number of steps with (their seconds,
+  this process's page faults per step, its CPU-seconds in the kernel per step), warm-up
+  included in the two counts."""
   run, n_params = (ssljax_timer if side == 'ssljax' else torch_timer)(config)
   connection.send(n_params)
   while (steps := connection.recv()) is not None:
-    connection.send(run(steps))
+    before = resource.getrusage(resource.RUSAGE_SELF)
+    seconds = run(steps)
+    after = resource.getrusage(resource.RUSAGE_SELF)
+    per_step = 1 / (steps + WARMUP)
+    faults = (after.ru_minflt - before.ru_minflt) * per_step
+    connection.send((seconds, faults, (after.ru_stime - before.ru_stime) * per_step))
 
 
 class _SideProcess:
@@ -304,7 +319,7 @@ class _SideProcess:
     self._process.start()
     self._n_params = self._connection.recv()
 
-  def time(self, steps: int) -> float:
+  def time(self, steps: int) -> tuple[float, float, float]:
     self._connection.send(steps)
     return self._connection.recv()
 
@@ -327,12 +342,15 @@ def main(argv) -> None:
     if _BATCH.value:
       config.batch_size = _BATCH.value
     sides = {side: _SideProcess(side, config) for side in ('ssljax', 'pytorch')}
-    best = {side: float('inf') for side in sides}
+    best = {side: (float('inf'),) for side in sides}
     for _ in range(_REPEATS.value):
       for side, process in sides.items():
         best[side] = min(best[side], process.time(_STEPS.value))
     jax_params, torch_params = (sides[side].close() for side in ('ssljax', 'pytorch'))
-    ips = {side: _STEPS.value * config.batch_size / s for side, s in best.items()}
+    ips = {side: _STEPS.value * config.batch_size / b[0] for side, b in best.items()}
+    # Where the host allocator shows: page faults and kernel CPU-seconds per step of each side.
+    kernel = {f'{side}_faults_per_step': round(b[1]) for side, b in best.items()}
+    kernel |= {f'{side}_kernel_s_per_step': b[2] for side, b in best.items()}
     m = config.model
     what = (
       f'{m.encoder} w{m.vit_width if m.encoder.startswith("vit") else m.width}, '
@@ -341,24 +359,39 @@ def main(argv) -> None:
     )
     params = {'ssljax_params': int(jax_params), 'pytorch_params': int(torch_params)}
     rows.append(
-      {'case': name, 'what': what, **ips, 'ratio': ips['ssljax'] / ips['pytorch'], **params}
+      {
+        'case': name,
+        'what': what,
+        **ips,
+        'ratio': ips['ssljax'] / ips['pytorch'],
+        **params,
+        **kernel,
+      }
     )
     print(
       f'{name}: {what}: ssljax {ips["ssljax"]:.0f} img/s, PyTorch {ips["pytorch"]:.0f}', flush=True
     )
   machine = f'{platform.machine()} {os.cpu_count()} CPUs, {jax.devices()[0].device_kind}'
+  allocator = host_allocator.active()
   print(
-    f'\nSimCLR train step, images/s ({machine}; jax {jax.__version__}, torch {torch.__version__})'
+    f'\nSimCLR train step, images/s ({machine}; jax {jax.__version__}, torch {torch.__version__}; '
+    f'{allocator} malloc on both sides)'
   )
-  print(f'{"case":<14} {"ssljax":>8} {"PyTorch":>8} {"ratio":>6}  network (parameters)')
+  print(
+    f'{"case":<14} {"ssljax":>8} {"PyTorch":>8} {"ratio":>6} {"faults/step":>15} '
+    f'{"kernel s/step":>13}  network (parameters)'
+  )
   for r in rows:
+    faults = f'{r["ssljax_faults_per_step"]:,} / {r["pytorch_faults_per_step"]:,}'
+    kernel = f'{r["ssljax_kernel_s_per_step"]:.2f} / {r["pytorch_kernel_s_per_step"]:.2f}'
     print(
-      f'{r["case"]:<14} {r["ssljax"]:>8.0f} {r["pytorch"]:>8.0f} {r["ratio"]:>6.2f}  {r["what"]} '
-      f'({r["ssljax_params"]:,} / {r["pytorch_params"]:,})'
+      f'{r["case"]:<14} {r["ssljax"]:>8.0f} {r["pytorch"]:>8.0f} {r["ratio"]:>6.2f} {faults:>15} '
+      f'{kernel:>13}  {r["what"]} ({r["ssljax_params"]:,} / {r["pytorch_params"]:,})'
     )
   os.makedirs(os.path.dirname(_OUT.value) or '.', exist_ok=True)
   with open(_OUT.value, 'w') as f:
     result = {'machine': machine, 'jax': jax.__version__, 'torch': torch.__version__}
+    result['allocator'] = allocator
     json.dump({**result, 'steps': _STEPS.value, 'rows': rows}, f, indent=2)
 
 

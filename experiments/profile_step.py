@@ -23,11 +23,16 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+if __name__ == '__main__':  # the allocator `python -m ssljax.main` runs with (SSLJAX_MALLOC)
+  from ssljax import host_allocator
+
+  host_allocator.reexec()
+
 import jax  # noqa: E402
 from absl import app, flags  # noqa: E402
 from bench_step import build_step, case_config  # noqa: E402
 
-from ssljax import data, sharding  # noqa: E402
+from ssljax import data, host_allocator, sharding  # noqa: E402
 
 _CASE = flags.DEFINE_string('case', 'resnet18_w8', 'A bench_vs_pytorch case.')
 _STEPS = flags.DEFINE_integer('steps', 5, 'Traced steps.')
@@ -147,6 +152,7 @@ def main(argv) -> None:
         'case': _CASE.value,
         'steps': _STEPS.value,
         'wall_s': wall,
+        'allocator': host_allocator.active(),
         'seconds_per_step_by_kind': {k: s / _STEPS.value for k, s in totals.items()},
         'top_ops': dict(sorted(ops.items(), key=lambda kv: -kv[1])[:25]),
       },

@@ -16,6 +16,11 @@ import sys
 
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 
+if __name__ == '__main__':  # before JAX starts: see ssljax.host_allocator
+  from ssljax import host_allocator
+
+  host_allocator.reexec()
+
 import jax  # noqa: E402
 import ml_collections  # noqa: E402
 from absl import app, flags, logging  # noqa: E402
