@@ -38,16 +38,22 @@ def find_tcmalloc() -> str | None:
   return ctypes.util.find_library('tcmalloc_minimal') or ctypes.util.find_library('tcmalloc')
 
 
+def _restart_wanted(environ: Mapping[str, str]) -> bool:
+  """Linux, not turned off, and no allocator preloaded yet (so the restart happens once)."""
+  preload = environ.get('LD_PRELOAD', '')
+  return (
+    sys.platform.startswith('linux')
+    and environ.get(ENV, 'auto') != 'system'
+    and not any(name in preload for name in _PRELOADED)
+  )
+
+
 def preload_env(environ: Mapping[str, str], library: str | None) -> dict[str, str] | None:
   """The environment to restart with so that `library` is the allocator, or None to go on as is
   (not Linux, none found, turned off, another allocator already preloaded, or already restarted)."""
-  if not sys.platform.startswith('linux') or not library:
-    return None
-  if environ.get(ENV, 'auto') == 'system':
+  if not library or not _restart_wanted(environ):
     return None
   preload = environ.get('LD_PRELOAD', '')
-  if any(name in preload for name in _PRELOADED):
-    return None
   env = dict(environ)
   env['LD_PRELOAD'] = f'{library}:{preload}' if preload else library
   for key, value in _QUIET.items():
@@ -58,6 +64,8 @@ def preload_env(environ: Mapping[str, str], library: str | None) -> dict[str, st
 def reexec() -> None:
   """Restart this command under tcmalloc when that applies (see preload_env); else return.
   Call it first thing in an entry point: the restart replaces the process (same PID)."""
+  if not _restart_wanted(os.environ):  # before the search: ldconfig takes ~0.2 s when none is found
+    return
   env = preload_env(os.environ, find_tcmalloc())
   if env is not None:
     sys.stdout.flush()
