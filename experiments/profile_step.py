@@ -155,6 +155,16 @@ def main(argv) -> None:
         'allocator': host_allocator.active(),
         'seconds_per_step_by_kind': {k: s / _STEPS.value for k, s in totals.items()},
         'top_ops': dict(sorted(ops.items(), key=lambda kv: -kv[1])[:25]),
+        'top_ops_by_kind_s_per_step': {
+          kind: dict(
+            [
+              (name, s / _STEPS.value)
+              for name, s in sorted(ops.items(), key=lambda kv: -kv[1])
+              if kinds.get(name, 'elementwise and other') == kind
+            ][:12]
+          )
+          for kind in totals
+        },
       },
       f,
       indent=2,
