@@ -41,7 +41,8 @@ _OUT = flags.DEFINE_string('out', '', 'Results file (default results/profile_ste
 
 LOOP = 'loop (counted in its body)'
 _COMPUTATION = re.compile(r'^(?:ENTRY )?%(\S+) .*\{$')
-_INSTRUCTION = re.compile(r'^\s*(?:ROOT )?%(\S+) = (\w+)\[([\d,]*)\]\S* (\w[\w-]*)\(')
+# name = shape opcode(: an array shape, or a tuple's (a while loop's state, a multi-output fusion's)
+_INSTRUCTION = re.compile(r'^\s*(?:ROOT )?%(\S+) = (?:\w+\[([\d,]*)\]\S*|\(.*?\)) (\w[\w-]*)\(')
 
 
 def op_kinds(hlo: str, views: int) -> dict[str, str]:
@@ -65,11 +66,11 @@ def op_kinds(hlo: str, views: int) -> dict[str, str]:
   for lines in bodies.values():
     for line in lines:
       if m := _INSTRUCTION.match(line):
-        name, _, shape, opcode = m.groups()
+        name, shape, opcode = m.groups()
         called = re.search(r'calls=%([\w.-]+)', line)
         text = '\n'.join([line, *bodies.get(called.group(1), [])]) if called else line
         operands = re.findall(r'%([\w.-]+)', line.split('(', 1)[1].split(')')[0])
-        ops[name] = ([int(d) for d in shape.split(',') if d], opcode, operands, text)
+        ops[name] = ([int(d) for d in (shape or '').split(',') if d], opcode, operands, text)
 
   def reversed_kernel(name: str, depth: int = 2) -> bool:
     if name not in ops or depth < 0:
