@@ -42,8 +42,8 @@ class BatchNorm(nn.Module):
     bias = self.param('bias', self.bias_init, features, jnp.float32)
     dtype = self.dtype or jnp.promote_types(x.dtype, jnp.float32)
     if self.use_running_average:
-      a = scale * jax.lax.rsqrt(ra_var.value + self.epsilon)
-      return (x * a + (bias - ra_mean.value * a)).astype(dtype)
+      rstd = jax.lax.rsqrt(ra_var.value + self.epsilon)
+      return _normalize(x, ra_mean.value, rstd, scale, bias).astype(dtype)
     y, mean, var = batch_norm(x, scale, bias, self.epsilon)
     if not self.is_initializing():
       ra_mean.value = self.momentum * ra_mean.value + (1 - self.momentum) * mean
@@ -69,14 +69,18 @@ def _sums(x: jax.Array, y: jax.Array | None = None) -> jax.Array:
   return jnp.sum(x, axis=tuple(range(x.ndim - 1)))
 
 
+def _normalize(x, mean, rstd, scale, bias):
+  """(x - mean) * rstd * scale + bias in float32, as one multiply-add per element."""
+  a = scale * rstd
+  return x.astype(jnp.float32) * a + (bias - mean * a)
+
+
 def _forward(x, scale, bias, epsilon):
   count = x.size // x.shape[-1]
   mean = _sums(x) / count
   var = jnp.maximum(_sums(x, x) / count - mean * mean, 0.0)
   rstd = jax.lax.rsqrt(var + epsilon)
-  a = scale * rstd
-  y = x.astype(jnp.float32) * a + (bias - mean * a)
-  return (y, mean, var), (x, scale, mean, rstd)
+  return (_normalize(x, mean, rstd, scale, bias), mean, var), (x, scale, mean, rstd)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
