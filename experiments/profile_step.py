@@ -128,8 +128,7 @@ def main(argv) -> None:
   ]
   profile = jax.profiler.ProfileData.from_file(xspace)
   kinds = op_kinds(step.lower(state, batch).compile().as_text(), 2 * config.batch_size)
-  totals: dict[str, float] = collections.Counter()
-  ops: dict[str, float] = collections.Counter()
+  ops_by_kind: dict[str, collections.Counter] = collections.defaultdict(collections.Counter)
   for plane in profile.planes:
     for line in plane.lines:
       for event in line.events:
@@ -139,9 +138,9 @@ def main(argv) -> None:
         name = str(stats.get('hlo_op', event.name))
         if kinds.get(name) == LOOP:
           continue
-        seconds = event.duration_ns * 1e-9
-        totals[kinds.get(name, 'elementwise and other')] += seconds
-        ops[name] += seconds
+        ops_by_kind[kinds.get(name, 'elementwise and other')][name] += event.duration_ns * 1e-9
+  totals = {kind: sum(kind_ops.values()) for kind, kind_ops in ops_by_kind.items()}
+  ops = sum(ops_by_kind.values(), collections.Counter())
   print(f'{_CASE.value}: {_STEPS.value} steps in {wall:.2f} s')
   print(f'{"kind":<36} {"s/step":>8} {"share":>7}')
   for k, s in sorted(totals.items(), key=lambda kv: -kv[1]):
@@ -155,16 +154,10 @@ def main(argv) -> None:
         'wall_s': wall,
         'allocator': host_allocator.active(),
         'seconds_per_step_by_kind': {k: s / _STEPS.value for k, s in totals.items()},
-        'top_ops': dict(sorted(ops.items(), key=lambda kv: -kv[1])[:25]),
+        'top_ops': dict(ops.most_common(25)),
         'top_ops_by_kind_s_per_step': {
-          kind: dict(
-            [
-              (name, s / _STEPS.value)
-              for name, s in sorted(ops.items(), key=lambda kv: -kv[1])
-              if kinds.get(name, 'elementwise and other') == kind
-            ][:12]
-          )
-          for kind in totals
+          kind: {name: s / _STEPS.value for name, s in kind_ops.most_common(12)}
+          for kind, kind_ops in ops_by_kind.items()
         },
       },
       f,
