@@ -51,6 +51,7 @@ def case_config(name: str):
   # The step alone, on views already made, as the PyTorch peer times it (the Fashion-MNIST config
   # makes its views inside the step since cc3f780; bench_train_step times that path too).
   c.augment.on = 'host'
+  c.model.stage_widths = ()  # every case is the standard ResNet (width doubling per stage)
   if name == 'resnet50_224':  # configs/simclr_imagenet.py (bf16) at a batch one GPU holds
     c.data.channels, c.batch_size, c.data.num_examples = 3, 256, 512
   elif name == 'resnet18_w64':

@@ -42,6 +42,7 @@ BAD = [
   ('simclr_digits', ['--config.log_every=0'], 'log_every=0'),
   ('simclr_digits', ['--config.method=dino'], 'configs/dino_digits.py'),
   ('simclr_digits', ['--config.model.compute_dtype=float16'], "compute_dtype='float16'"),
+  ('simclr_digits', ['--config.model.stage_widths=(8, 16, 32)'], 'stage_widths=(8, 16, 32)'),
   ('byol_digits', ['--config.ema.base=1.5'], 'ema.base=1.5'),
   ('byol_digits', ['--config.views.view2.solarize_prob=-0.1'], 'views.view2.solarize_prob=-0.1'),
   ('byol_digits', ['--config.method=mae'], 'configs/mae_digits.py'),

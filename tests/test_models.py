@@ -17,12 +17,12 @@ def n_params(tree):
   return sum(x.size for x in jax.tree.leaves(tree))
 
 
-def resnet_param_count(stages, bottleneck, width, in_ch, stem):
+def resnet_param_count(stages, bottleneck, width, in_ch, stem, widths=None):
   """Parameters of a ResNet trunk (no classifier) from layer shapes: conv k*k*cin*cout, BN 2c."""
   total = (49 if stem == 'imagenet' else 9) * in_ch * width + 2 * width
   cin = width
   for i, blocks in enumerate(stages):
-    f = width * 2**i
+    f = widths[i] if widths else width * 2**i
     for j in range(blocks):
       if bottleneck:
         cout = 4 * f
@@ -60,6 +60,22 @@ class ResNetTest(parameterized.TestCase):
     chex.assert_shape(h, (3, resnet.feature_dim('resnet18', 8)))
     chex.assert_tree_all_finite(h)
     assert resnet.feature_dim('resnet50', 64) == 2048
+
+  @parameterized.parameters(((8, 16, 32, 128),), ((12, 12, 24, 48),))
+  def test_stage_widths_set_each_stage_and_h(self, widths):
+    model = resnet.resnet('resnet18', width=8, stem='small', stage_widths=widths)
+    x = jnp.ones((2, 16, 16, 1))
+    variables = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), x, train=False))
+    count = n_params(variables['params'])
+    assert count == resnet_param_count((2, 2, 2, 2), False, 8, 1, 'small', widths)
+    h = jax.eval_shape(lambda v: model.apply(v, x, train=False), variables)
+    assert h.shape == (2, widths[-1]) == (2, resnet.feature_dim('resnet18', 8, widths))
+    default = resnet.resnet('resnet18', width=8, stem='small', stage_widths=(8, 16, 32, 64))
+    same = jax.eval_shape(lambda: default.init(jax.random.PRNGKey(0), x, train=False))
+    plain = resnet.resnet('resnet18', width=8, stem='small')
+    assert jax.tree.map(lambda a: a.shape, same) == jax.tree.map(
+      lambda a: a.shape, jax.eval_shape(lambda: plain.init(jax.random.PRNGKey(0), x, train=False))
+    )
 
   def test_bfloat16_compute_keeps_float32_params(self):
     # Shapes and dtypes only (eval_shape): bfloat16 convolutions are slow on CPU.

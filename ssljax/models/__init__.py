@@ -99,6 +99,16 @@ def check_config(checks: Checks) -> None:
   if not is_vit(checks.config):
     checks.choice('model.stem', ('small', 'imagenet'))
     checks.count('model.width', 1)
+    stages = len(resnet_lib.ARCHS[checks.value('model.encoder')][0])
+    widths = checks.value('model.stage_widths')
+    checks.require(
+      widths == ()
+      or (isinstance(widths, tuple | list) and len(widths) == stages)
+      and all(isinstance(w, int) and not isinstance(w, bool) and w > 0 for w in widths),
+      'model.stage_widths',
+      f'() or {stages} positive channel counts, one per stage',
+      fix=tuple(8 * 2**i for i in range(stages)),
+    )
     return
   checks.choice('model.pos_embed', ('learned', 'sincos'))
   checks.choice('model.pool', ('cls', 'mean'))
@@ -163,6 +173,7 @@ def build_encoder(config: ml_collections.ConfigDict):
     m.encoder,
     width=m.width,
     stem=m.stem,
+    stage_widths=tuple(m.stage_widths),
     dtype=compute_dtype(config),
     pixel_mean=mean,
     pixel_std=std,
@@ -172,4 +183,5 @@ def build_encoder(config: ml_collections.ConfigDict):
 def encoder_dim(config: ml_collections.ConfigDict) -> int:
   if is_vit(config):
     return vit_lib.feature_dim(config.model.encoder, config.model.vit_width)
-  return resnet_lib.feature_dim(config.model.encoder, config.model.width)
+  m = config.model
+  return resnet_lib.feature_dim(m.encoder, m.width, tuple(m.stage_widths))

@@ -69,6 +69,7 @@ class ResNet(nn.Module):
   block: ModuleDef
   width: int = 64
   stem: str = 'imagenet'
+  stage_widths: Sequence[int] = ()  # () : width, 2 width, 4 width, ...
   dtype: Any = jnp.float32
   pixel_mean: tuple[float, ...] = (0.0,)  # standardized per channel before the stem
   pixel_std: tuple[float, ...] = (1.0,)
@@ -105,10 +106,11 @@ class ResNet(nn.Module):
       x = nn.relu(norm(name='stem_bn')(x))
     else:
       raise ValueError(f"model.stem must be 'imagenet' or 'small', got {self.stem!r}")
-    for i, blocks in enumerate(self.stage_sizes):
+    widths = stage_channels(self.stage_sizes, self.width, self.stage_widths)
+    for i, (blocks, filters) in enumerate(zip(self.stage_sizes, widths, strict=True)):
       for j in range(blocks):
         strides = 2 if i > 0 and j == 0 else 1
-        x = self.block(self.width * 2**i, strides, conv=conv, norm=norm)(x)
+        x = self.block(filters, strides, conv=conv, norm=norm)(x)
     return jnp.mean(x, axis=(1, 2)).astype(jnp.float32)
 
 
@@ -120,11 +122,17 @@ ARCHS = {
 }
 
 
+def stage_channels(stage_sizes: Sequence[int], width: int, widths: Sequence[int] = ()) -> tuple:
+  """Channels of each stage's 3x3 convolutions: `widths` if given, else width doubling per stage."""
+  return tuple(widths) or tuple(width * 2**i for i in range(len(stage_sizes)))
+
+
 def resnet(
   name: str,
   *,
   width: int = 64,
   stem: str = 'imagenet',
+  stage_widths: Sequence[int] = (),
   dtype: Any = jnp.float32,
   pixel_mean: tuple[float, ...] = (0.0,),
   pixel_std: tuple[float, ...] = (1.0,),
@@ -134,11 +142,18 @@ def resnet(
     raise ValueError(f'model.encoder {name!r} is not a ResNet; choose one of {sorted(ARCHS)}')
   stages, block = ARCHS[name]
   return ResNet(
-    stages, block, width=width, stem=stem, dtype=dtype, pixel_mean=pixel_mean, pixel_std=pixel_std
+    stages,
+    block,
+    width=width,
+    stem=stem,
+    stage_widths=tuple(stage_widths),
+    dtype=dtype,
+    pixel_mean=pixel_mean,
+    pixel_std=pixel_std,
   )
 
 
-def feature_dim(name: str, width: int) -> int:
+def feature_dim(name: str, width: int, widths: Sequence[int] = ()) -> int:
   """Width of h: the channels of the last stage."""
   stages, block = ARCHS[name]
-  return width * 2 ** (len(stages) - 1) * (4 if block is Bottleneck else 1)
+  return stage_channels(stages, width, widths)[-1] * (4 if block is Bottleneck else 1)
