@@ -37,17 +37,21 @@ def test_kernel_gradient_is_its_definition(stride):
   np.testing.assert_allclose(np.asarray(got), want, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize('stride', [1, 2])
 @pytest.mark.parametrize('n, per_chunk', [(6, 4), (5, 4), (3, 1)])
-def test_kernel_gradient_summed_over_batch_chunks(monkeypatch, n, per_chunk):
+def test_kernel_gradient_summed_over_batch_chunks(monkeypatch, n, per_chunk, stride):
   """Chunks of 3 of 6 images (a divisor), 4 of 5 padded with zeros to 8, one image at a time:
-  all the same sum over the batch as the definition."""
+  all the same sum over the batch as the definition (asymmetric pads, a 3x2 kernel)."""
   rng = np.random.default_rng(1)
   x = rng.normal(size=(n, 6, 6, 2)).astype(np.float32)
-  dy = rng.normal(size=(n, 3, 3, 5)).astype(np.float32)
+  ho, wo = (7 - 3) // stride + 1, (7 - 2) // stride + 1  # 7 x 7 padded, a 3 x 2 kernel
+  dy = rng.normal(size=(n, ho, wo, 5)).astype(np.float32)
   monkeypatch.setattr(cpu_conv, 'CHUNK_BYTES', per_chunk * (x[0].size + dy[0].size) * 4)
   pads = ((1, 0), (1, 0))
-  got = cpu_conv.kernel_gradient(jnp.asarray(x), jnp.asarray(dy), (3, 3, 2, 5), (2, 2), pads)
-  want = _kernel_gradient_reference(x, dy, (3, 3, 2, 5), 2, pads)
+  got = cpu_conv.kernel_gradient(
+    jnp.asarray(x), jnp.asarray(dy), (3, 2, 2, 5), (stride, stride), pads
+  )
+  want = _kernel_gradient_reference(x, dy, (3, 2, 2, 5), stride, pads)
   np.testing.assert_allclose(np.asarray(got), want, rtol=1e-5, atol=1e-5)
   assert cpu_conv._chunk(6, 1) == 6 and cpu_conv._chunk(n, (x[0].size + dy[0].size) * 4) < n
 
