@@ -77,7 +77,7 @@ def base_config(method: str = '', image_size: int = 32) -> ml_collections.Config
     dict(
       encoder='resnet18',  # resnet18 | resnet34 | resnet50 | vit_tiny | vit_small | vit_base
       stem='small',  # small (3x3 conv, no max-pool: 28-64 px) | imagenet (7x7/2 + max-pool)
-      width=64,  # channels of the first stage
+      width=64,  # channels of the stem and, without stage_widths, of the first stage
       stage_widths=(),  # (): width doubling per stage; else one per stage (the last is h's)
       proj_hidden=0,  # 0: the width of h
       proj_dim=128,
