@@ -173,7 +173,7 @@ def build_encoder(config: ml_collections.ConfigDict):
     m.encoder,
     width=m.width,
     stem=m.stem,
-    stage_widths=tuple(m.stage_widths),
+    stage_widths=m.stage_widths,
     dtype=compute_dtype(config),
     pixel_mean=mean,
     pixel_std=std,
@@ -184,4 +184,4 @@ def encoder_dim(config: ml_collections.ConfigDict) -> int:
   if is_vit(config):
     return vit_lib.feature_dim(config.model.encoder, config.model.vit_width)
   m = config.model
-  return resnet_lib.feature_dim(m.encoder, m.width, tuple(m.stage_widths))
+  return resnet_lib.feature_dim(m.encoder, m.width, m.stage_widths)
