@@ -22,9 +22,10 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-if __name__ == '__main__':  # the allocator `python -m ssljax.main` runs with (SSLJAX_MALLOC)
-  from ssljax import host_allocator
+if __name__ == '__main__':  # the allocator and XLA:CPU options `python -m ssljax.main` runs with
+  from ssljax import host_allocator, xla_cpu_flags
 
+  xla_cpu_flags.apply()
   host_allocator.reexec()
 
 import jax  # noqa: E402

@@ -24,7 +24,9 @@ blocks, fused qkv, exact GELU, LayerNorm eps 1e-6, CLS token), SimCLR's projecti
 BN, ReLU, Linear, BN), NT-Xent over the 2N views, LARS as SimCLR uses it (trust coefficient 1e-3,
 no decay or adaptation for biases and norms) or AdamW.
 Both sides run with the host allocator `python -m ssljax.main` picks (ssljax.host_allocator:
-tcmalloc when installed); SSLJAX_MALLOC=system runs both with glibc's malloc.
+tcmalloc when installed); SSLJAX_MALLOC=system runs both with glibc's malloc. The ssljax side runs
+with the XLA:CPU options of ssljax.xla_cpu_flags, as `python -m ssljax.main` does;
+SSLJAX_XLA_CPU_FLAGS=none runs it without them.
 """
 
 from __future__ import annotations
@@ -40,9 +42,10 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-if __name__ == '__main__':  # the allocator `python -m ssljax.main` runs with (SSLJAX_MALLOC)
-  from ssljax import host_allocator
+if __name__ == '__main__':  # the allocator and XLA:CPU options `python -m ssljax.main` runs with
+  from ssljax import host_allocator, xla_cpu_flags
 
+  xla_cpu_flags.apply()
   host_allocator.reexec()
 
 import jax  # noqa: E402
@@ -375,7 +378,7 @@ def main(argv) -> None:
   allocator = host_allocator.active()
   print(
     f'\nSimCLR train step, images/s ({machine}; jax {jax.__version__}, torch {torch.__version__}; '
-    f'{allocator} malloc on both sides)'
+    f'{allocator} malloc on both sides; XLA_FLAGS {os.environ.get("XLA_FLAGS", "")!r})'
   )
   print(
     f'{"case":<14} {"ssljax":>8} {"PyTorch":>8} {"ratio":>6} {"faults/step":>15} '
@@ -391,7 +394,7 @@ def main(argv) -> None:
   os.makedirs(os.path.dirname(_OUT.value) or '.', exist_ok=True)
   with open(_OUT.value, 'w') as f:
     result = {'machine': machine, 'jax': jax.__version__, 'torch': torch.__version__}
-    result['allocator'] = allocator
+    result |= {'allocator': allocator, 'xla_flags': os.environ.get('XLA_FLAGS', '')}
     json.dump({**result, 'steps': _STEPS.value, 'rows': rows}, f, indent=2)
 
 

@@ -10,9 +10,10 @@ import os
 
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 
-if __name__ == '__main__':  # before JAX starts: the allocator is fixed when a process starts
-  from ssljax import host_allocator
+if __name__ == '__main__':  # before JAX starts: the allocator and XLA's options are fixed then
+  from ssljax import host_allocator, xla_cpu_flags
 
+  xla_cpu_flags.apply()
   host_allocator.reexec()
 
 import jax  # noqa: E402
