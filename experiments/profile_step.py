@@ -42,19 +42,15 @@ _OUT = flags.DEFINE_string('out', '', 'Results file (default results/profile_ste
 
 LOOP = 'loop (counted in its body)'
 _UNFUSED_CONVOLUTION = re.compile(r'^conv(olution|_general_dilated)\b')  # XLA's names for them
+_UNTIMED = ('bitcast', 'get-tuple-element', 'tuple')  # no trace event of their own
 _COMPUTATION = re.compile(r'^(?:ENTRY )?%(\S+) .*\{$')
 # name = shape opcode(: an array shape, or a tuple's (a while loop's state, a multi-output fusion's)
 _INSTRUCTION = re.compile(r'^\s*(?:ROOT )?%(\S+) = (?:\w+\[([\d,]*)\]\S*|\(.*?\)) (\w[\w-]*)\(')
 
 
-def op_kinds(hlo: str, views: int) -> dict[str, str]:
-  """XLA op name -> kind, from the compiled module's text (which keeps no JAX names for the
-  fused convolutions): what its fused computation holds (a convolution, a dot, a reduce). A
-  convolution fed by a reversed kernel is the gradient with respect to the input; one whose
-  output is (views, H, W, C) with H > 3 a forward one; the rest (kernel-shaped outputs, windows
-  as large as the activations) the gradient with respect to the weights. So are the ops in the
-  body of cpu_conv's chunked kernel-gradient loop (matmuls and the windows they copy); the loops
-  themselves are LOOP, left out of the sums (the trace times each op of their bodies)."""
+def parse_ops(hlo: str) -> dict[str, tuple[list[int], str, list[str], str]]:
+  """Op name -> (output dims, opcode, operand names, text of the op and what it calls), for
+  every op of the compiled module's text."""
   bodies: dict[str, list[str]] = {}
   current = None
   for line in hlo.splitlines():
@@ -64,15 +60,27 @@ def op_kinds(hlo: str, views: int) -> dict[str, str]:
       current = None
     elif current is not None:
       current.append(line)
-  ops = {}  # name -> (output dims, opcode, operands, text of the op and what it calls)
+  ops = {}
   for lines in bodies.values():
     for line in lines:
       if m := _INSTRUCTION.match(line):
         name, shape, opcode = m.groups()
         called = re.search(r'calls=%([\w.-]+)', line)
         text = '\n'.join([line, *bodies.get(called.group(1), [])]) if called else line
-        operands = re.findall(r'%([\w.-]+)', line.split('(', 1)[1].split(')')[0])
+        operands = re.findall(r'%([\w.-]+)', line[m.end() :].split(')')[0])
         ops[name] = ([int(d) for d in (shape or '').split(',') if d], opcode, operands, text)
+  return ops
+
+
+def op_kinds(ops: dict[str, tuple[list[int], str, list[str], str]], views: int) -> dict[str, str]:
+  """XLA op name -> kind, from the compiled module's text (which keeps no JAX names for the
+  fused convolutions): what its fused computation holds (a convolution, a dot, a reduce). A
+  convolution fed by a reversed kernel, or dilating its input (a strided one's), is the gradient
+  with respect to the input; one whose output is (views, H, W, C) with H > 3 a forward one; the
+  rest (kernel-shaped outputs, windows as large as the activations) the gradient with respect to
+  the weights. So are the ops in the
+  body of cpu_conv's chunked kernel-gradient loop (matmuls and the windows they copy); the loops
+  themselves are LOOP, left out of the sums (the trace times each op of their bodies)."""
 
   def reversed_kernel(name: str, depth: int = 2) -> bool:
     if name not in ops or depth < 0:
@@ -90,7 +98,7 @@ def op_kinds(hlo: str, views: int) -> dict[str, str]:
       # cpu_conv's kernel gradient: matmuls over batch chunks and the windows they read
       kinds[name] = 'conv gradient wrt weights'
     elif ' convolution(' in text:
-      if any(reversed_kernel(o) for o in operands):
+      if 'lhs_dilate=' in text or any(reversed_kernel(o) for o in operands):
         kinds[name] = 'conv gradient wrt input'
       elif len(dims) == 4 and dims[0] == views and dims[1] > 3:
         kinds[name] = 'conv forward'
@@ -107,26 +115,53 @@ def op_kinds(hlo: str, views: int) -> dict[str, str]:
   return kinds
 
 
+def finished_by(ops: dict[str, tuple[list[int], str, list[str], str]]) -> dict[str, set[str]]:
+  """Unfused convolution -> the ops whose start shows it finished: those that read its output,
+  directly or through ops the trace does not time (bitcasts, tuples and their elements)."""
+  readers = collections.defaultdict(set)
+  for name, (_, _, operands, _) in ops.items():
+    for operand in operands:
+      readers[operand].add(name)
+
+  def timed_readers(name: str) -> set[str]:
+    found = set()
+    for reader in readers[name]:
+      untimed = ops[reader][1] in _UNTIMED
+      found |= timed_readers(reader) if untimed else {reader}
+    return found
+
+  return {name: timed_readers(name) for name in ops if _UNFUSED_CONVOLUTION.match(name)}
+
+
 def wall_time_by_op(
-  events: list[tuple[int, int, str]], asynchronous: set[str]
+  events: list[tuple[int, int, str]],
+  asynchronous: dict[str, set[str]],
+  loops: set[str] = frozenset(),
 ) -> collections.Counter:
   """Seconds of wall time per op, each instant counted once: an op gets the part of its traced
-  span no earlier op covered, and a gap when no op runs goes to the asynchronous op started last
-  (XLA:CPU hands a convolution it does not fuse to Eigen: its trace event ends once the work is
-  dispatched, 0.05 ms for a first-stage convolution at width 8, and the work fills the 13 ms
-  until an op that reads its output starts). Summed traced durations left that time out."""
+  span no earlier op covered, and a gap when no op runs goes to the latest asynchronous op still
+  at work, one started whose readers (asynchronous[op]) have not (XLA:CPU hands a convolution it
+  does not fuse to a library: its trace event ends once the work is dispatched, 0.05 ms for a
+  first-stage convolution at width 8, and the work fills the 13 ms until an op that reads its
+  output starts). Summed traced durations left that time out. A gap with none at work goes to
+  the op before it. Loops count nothing themselves (the ops of their bodies are timed one by one)
+  but their start finishes what they read."""
   seconds: collections.Counter = collections.Counter()
-  covered = None
-  last = last_async = None
+  covered = last = None
+  working: list[str] = []
   for start, end, name in sorted(events):
+    if name in loops:
+      working = [op for op in working if name not in asynchronous[op]]
+      continue
     if covered is not None and start > covered:
-      seconds[last_async or last] += (start - covered) * 1e-9
+      seconds[working[-1] if working else last] += (start - covered) * 1e-9
     if covered is None or end > covered:
       seconds[name] += (end - max(start, covered or start)) * 1e-9
       covered = end
     last = name
+    working = [op for op in working if name not in asynchronous[op]]
     if name in asynchronous:
-      last_async = name
+      working.append(name)
   return seconds
 
 
@@ -152,7 +187,8 @@ def main(argv) -> None:
     if f.endswith('.xplane.pb')
   ]
   profile = jax.profiler.ProfileData.from_file(xspace)
-  kinds = op_kinds(step.lower(state, batch).compile().as_text(), 2 * config.batch_size)
+  hlo_ops = parse_ops(step.lower(state, batch).compile().as_text())
+  kinds = op_kinds(hlo_ops, 2 * config.batch_size)
   events = []  # (start, end, op name) of every XLA op the trace timed
   for plane in profile.planes:
     for line in plane.lines:
@@ -161,11 +197,10 @@ def main(argv) -> None:
         if 'hlo_op' not in stats and 'hlo_module' not in stats:
           continue
         name = str(stats.get('hlo_op', event.name))
-        if kinds.get(name) != LOOP:
-          events.append((event.start_ns, event.start_ns + event.duration_ns, name))
+        events.append((event.start_ns, event.start_ns + event.duration_ns, name))
   ops_by_kind: dict[str, collections.Counter] = collections.defaultdict(collections.Counter)
-  asynchronous = {name for name in kinds if _UNFUSED_CONVOLUTION.match(name)}
-  for name, seconds in wall_time_by_op(events, asynchronous).items():
+  loops = {name for name, kind in kinds.items() if kind == LOOP}
+  for name, seconds in wall_time_by_op(events, finished_by(hlo_ops), loops).items():
     ops_by_kind[kinds.get(name, 'elementwise and other')][name] += seconds
   totals = {kind: sum(kind_ops.values()) for kind, kind_ops in ops_by_kind.items()}
   ops = sum(ops_by_kind.values(), collections.Counter())
