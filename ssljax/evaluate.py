@@ -16,9 +16,10 @@ import sys
 
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 
-if __name__ == '__main__':  # before JAX starts: see ssljax.host_allocator
-  from ssljax import host_allocator
+if __name__ == '__main__':  # before JAX starts: see ssljax.host_allocator and xla_cpu_flags
+  from ssljax import host_allocator, xla_cpu_flags
 
+  xla_cpu_flags.apply()
   host_allocator.reexec()
 
 import jax  # noqa: E402

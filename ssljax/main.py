@@ -68,6 +68,8 @@ def main(argv) -> None:
   workdir = _WORKDIR.value or os.path.join('runs', name)
   logging.info('Process %d/%d, workdir %s', jax.process_index(), jax.process_count(), workdir)
   host_allocator.log_choice(jax.default_backend())
+  if jax.default_backend() == 'cpu':
+    logging.info('XLA_FLAGS: %s', os.environ.get('XLA_FLAGS') or '(none)')
   # A user's mistake (errors.UserError) is one line and exit code 2 (3: the run diverged); a bug
   # keeps its traceback.
   results = errors.run_command(train.train_and_evaluate, config, workdir)
