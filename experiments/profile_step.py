@@ -7,7 +7,8 @@ python experiments/profile_step.py [--case=resnet18_w8] [--steps=5]
 Kinds, read from the compiled module: convolutions (forward, and the gradients with respect to
 the input and to the weights), dots (matmuls), reductions (BatchNorm statistics, the loss,
 gradient norms), copies and transposes, elementwise and other ops (the optimizer update among
-them). Each kind's share is its summed duration over the traced steps' wall time.
+them). Each kind's share is its wall time (see wall_time_by_op) over the traced steps' wall
+time, which includes stopping the trace.
 """
 
 from __future__ import annotations
@@ -78,9 +79,9 @@ def op_kinds(ops: dict[str, tuple[list[int], str, list[str], str]], views: int) 
   convolution fed by a reversed kernel, or dilating its input (a strided one's), is the gradient
   with respect to the input; one whose output is (views, H, W, C) with H > 3 a forward one; the
   rest (kernel-shaped outputs, windows as large as the activations) the gradient with respect to
-  the weights. So are the ops in the
-  body of cpu_conv's chunked kernel-gradient loop (matmuls and the windows they copy); the loops
-  themselves are LOOP, left out of the sums (the trace times each op of their bodies)."""
+  the weights. So are the ops in the body of cpu_conv's chunked kernel-gradient loop (matmuls and
+  the windows they copy); the loops themselves are LOOP, left out of the sums (the trace times
+  each op of their bodies)."""
 
   def reversed_kernel(name: str, depth: int = 2) -> bool:
     if name not in ops or depth < 0:
