@@ -42,7 +42,6 @@ _OUT = flags.DEFINE_string('out', '', 'Results file (default results/profile_ste
 
 
 LOOP = 'loop (counted in its body)'
-_UNFUSED_CONVOLUTION = re.compile(r'^conv(olution|_general_dilated)\b')  # XLA's names for them
 _UNTIMED = ('bitcast', 'get-tuple-element', 'tuple')  # no trace event of their own
 _COMPUTATION = re.compile(r'^(?:ENTRY )?%(\S+) .*\{$')
 # name = shape opcode(: an array shape, or a tuple's (a while loop's state, a multi-output fusion's)
@@ -131,7 +130,7 @@ def finished_by(ops: dict[str, tuple[list[int], str, list[str], str]]) -> dict[s
       found |= timed_readers(reader) if untimed else {reader}
     return found
 
-  return {name: timed_readers(name) for name in ops if _UNFUSED_CONVOLUTION.match(name)}
+  return {name: timed_readers(name) for name, op in ops.items() if op[1] == 'convolution'}
 
 
 def wall_time_by_op(
@@ -151,15 +150,13 @@ def wall_time_by_op(
   covered = last = None
   working: list[str] = []
   for start, end, name in sorted(events):
-    if name in loops:
-      working = [op for op in working if name not in asynchronous[op]]
-      continue
-    if covered is not None and start > covered:
-      seconds[working[-1] if working else last] += (start - covered) * 1e-9
-    if covered is None or end > covered:
-      seconds[name] += (end - max(start, covered or start)) * 1e-9
-      covered = end
-    last = name
+    if name not in loops:
+      if covered is not None and start > covered:
+        seconds[working[-1] if working else last] += (start - covered) * 1e-9
+      if covered is None or end > covered:
+        seconds[name] += (end - max(start, covered or start)) * 1e-9
+        covered = end
+      last = name
     working = [op for op in working if name not in asynchronous[op]]
     if name in asynchronous:
       working.append(name)
