@@ -78,9 +78,8 @@ def op_kinds(ops: dict[str, tuple[list[int], str, list[str], str]], views: int) 
   convolution fed by a reversed kernel, or dilating its input (a strided one's), is the gradient
   with respect to the input; one whose output is (views, H, W, C) with H > 3 a forward one; the
   rest (kernel-shaped outputs, windows as large as the activations) the gradient with respect to
-  the weights. So are the ops in the body of cpu_conv's chunked kernel-gradient loop (matmuls and
-  the windows they copy); the loops themselves are LOOP, left out of the sums (the trace times
-  each op of their bodies)."""
+  the weights. Loops are LOOP, left out of the sums (the trace times each op of their
+  bodies)."""
 
   def reversed_kernel(name: str, depth: int = 2) -> bool:
     if name not in ops or depth < 0:
@@ -90,13 +89,8 @@ def op_kinds(ops: dict[str, tuple[list[int], str, list[str], str]], views: int) 
 
   kinds = {}
   for name, (dims, opcode, operands, text) in ops.items():
-    found = re.search(r'op_name="([^"]*)"', text.split('\n', 1)[0])
-    op_name = found.group(1) if found else ''
     if opcode == 'while':  # the trace times its body's ops one by one: counted there
       kinds[name] = LOOP
-    elif '/while/body/' in op_name and 'transpose(' in op_name and 'conv' in op_name.lower():
-      # cpu_conv's kernel gradient: matmuls over batch chunks and the windows they read
-      kinds[name] = 'conv gradient wrt weights'
     elif ' convolution(' in text:
       if 'lhs_dilate=' in text or any(reversed_kernel(o) for o in operands):
         kinds[name] = 'conv gradient wrt input'
