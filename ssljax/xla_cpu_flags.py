@@ -2,16 +2,17 @@
 
 XLA:CPU hands a convolution to YNNPACK when it has more than 16 channels (counting a kernel
 gradient's batch as its channels) and to Eigen otherwise. On a 2-core AVX2 EPYC, YNNPACK is the
-slower of the two on every convolution a ResNet runs (512 images of 7x7x32, 3x3: 10.5 ms forward
-and 9.2 for the input gradient in YNNPACK, 3.7 and 4.0 in Eigen; 128 images of 32x32x64: 169 and
-81 ms; lax's kernel gradient for 512 images of 28x28x8: 125 and 18 ms), and the SimCLR step of
-ResNet-18 runs 10-30% faster at width 8 and 35% at width 64 with the option
-(experiments/bench_vs_pytorch.py). (jaxlib 0.10's XLA has no XNNPACK linked in: its option for
-XNNPACK convolutions leaves the compiled program unchanged, so it is not set.) The option is read
-by the CPU compiler alone, so what runs on a GPU or TPU is unchanged. It must be in XLA_FLAGS
-before JAX starts its backends: `apply()` first thing in an entry point. A value the user already
-gave for it wins; SSLJAX_XLA_CPU_FLAGS=none adds nothing; a jaxlib whose XLA lacks the option
-(XLA stops at an unknown option) gets none.
+slower of the two on every convolution a ResNet runs (512 images of 7x7x32, 3x3: 10.5 ms forward and
+9.2 for the input gradient in YNNPACK, 3.7 and 4.0 in Eigen; 128 images of 32x32x64: 169 and 81 ms;
+lax's kernel gradient for 512 images of 28x28x8: 125 and 18 ms), and the SimCLR step of ResNet-18
+ran 10-30% faster at width 8 and 35% at width 64 with the option when ssljax still computed the
+kernel gradients itself (experiments/bench_vs_pytorch.py); the ResNets now take lax's, so without
+the option YNNPACK would run those too. (jaxlib 0.10's XLA has no XNNPACK linked in: its option for
+XNNPACK convolutions leaves the compiled program unchanged, so it is not set.) The option is read by
+the CPU compiler alone, so what runs on a GPU or TPU is unchanged. It must be in XLA_FLAGS before
+JAX starts its backends: `apply()` first thing in an entry point. A value the user already gave for
+it wins; SSLJAX_XLA_CPU_FLAGS=none adds nothing; a jaxlib whose XLA lacks the option (XLA stops at
+an unknown option) gets none.
 """
 
 from __future__ import annotations
