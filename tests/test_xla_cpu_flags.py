@@ -8,21 +8,23 @@ import numpy as np
 
 from ssljax import xla_cpu_flags
 
-(YNN,) = xla_cpu_flags.FLAGS
+YNN, DEVICES = xla_cpu_flags.FLAGS
 
 
 def test_flags_are_added_after_the_users_own():
-  assert xla_cpu_flags.with_flags({}) == YNN
+  assert xla_cpu_flags.with_flags({}) == f'{YNN} {DEVICES}'
   assert xla_cpu_flags.with_flags({'XLA_FLAGS': '--xla_dump_to=/tmp/d'}) == (
-    f'--xla_dump_to=/tmp/d {YNN}'
+    f'--xla_dump_to=/tmp/d {YNN} {DEVICES}'
   )
 
 
 def test_an_option_the_user_set_keeps_its_value():
   other = '--xla_cpu_experimental_xnn_fusion_type=dot'
-  assert xla_cpu_flags.with_flags({'XLA_FLAGS': other}) == f'{other} {YNN}'
+  assert xla_cpu_flags.with_flags({'XLA_FLAGS': other}) == f'{other} {YNN} {DEVICES}'
   own = f'{other} --xla_cpu_experimental_ynn_fusion_type=reduce'
-  assert xla_cpu_flags.with_flags({'XLA_FLAGS': own}) == own
+  assert xla_cpu_flags.with_flags({'XLA_FLAGS': own}) == f'{own} {DEVICES}'
+  eight = '--xla_force_host_platform_device_count=8'
+  assert xla_cpu_flags.with_flags({'XLA_FLAGS': eight}) == f'{eight} {YNN}'
 
 
 def test_none_turns_them_off():
