@@ -65,6 +65,7 @@ for channels, stride in [(8, 1), (32, 2)]:
   out.update({f'{k}{channels}': np.asarray(v) for k, v in arrays.items()})
 np.savez(sys.argv[1], **out)
 print(os.environ['XLA_FLAGS'])
+print(jax.device_count())
 """
 
 
@@ -91,7 +92,9 @@ def test_convolutions_under_the_options_match_their_definition(tmp_path):
   child = subprocess.run(
     [sys.executable, '-c', _CHILD, str(path)], env=env, check=True, capture_output=True, text=True
   )
-  assert child.stdout.split() == list(xla_cpu_flags.FLAGS)
+  flags_line, devices = child.stdout.splitlines()
+  assert flags_line.split() == list(xla_cpu_flags.FLAGS)
+  assert devices == '2'  # the host split into two XLA:CPU devices
   got = np.load(path)
   for channels, stride in [(8, 1), (32, 2)]:
     x, w, g = (got[f'{k}{channels}'] for k in 'xwg')
