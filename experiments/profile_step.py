@@ -8,7 +8,9 @@ Kinds, read from the compiled module: convolutions (forward, and the gradients w
 the input and to the weights), dots (matmuls), reductions (BatchNorm statistics, the loss,
 gradient norms), copies and transposes, elementwise and other ops (the optimizer update among
 them). Each kind's share is its wall time (see wall_time_by_op) over the traced steps' wall
-time, which includes stopping the trace.
+time, which includes stopping the trace. With several XLA:CPU devices (ssljax.xla_cpu_flags makes
+two), each device runs its part of the batch on a timeline of its own: an op's seconds are the
+mean over the devices of its wall time on each.
 """
 
 from __future__ import annotations
@@ -89,7 +91,7 @@ def op_kinds(ops: dict[str, tuple[list[int], str, list[str], str]], views: int) 
 
   kinds = {}
   for name, (dims, opcode, operands, text) in ops.items():
-    if opcode == 'while':  # the trace times its body's ops one by one: counted there
+    if opcode in ('while', 'conditional'):  # the trace times their ops one by one: counted there
       kinds[name] = LOOP
     elif ' convolution(' in text:
       if 'lhs_dilate=' in text or any(reversed_kernel(o) for o in operands):
@@ -102,7 +104,7 @@ def op_kinds(ops: dict[str, tuple[list[int], str, list[str], str]], views: int) 
       kinds[name] = 'dot (matmul)'
     elif ' reduce(' in text:
       kinds[name] = 'reductions (BatchNorm, loss, norms)'
-    elif opcode in ('copy', 'transpose') or name.startswith(('copy', 'transpose')):
+    elif opcode in ('copy', 'transpose') or name.startswith(('copy', 'transpose', 'wrapped_copy')):
       kinds[name] = 'copy / transpose'
     else:
       kinds[name] = 'elementwise and other'
@@ -180,8 +182,9 @@ def main(argv) -> None:
   ]
   profile = jax.profiler.ProfileData.from_file(xspace)
   hlo_ops = parse_ops(step.lower(state, batch).compile().as_text())
-  kinds = op_kinds(hlo_ops, 2 * config.batch_size)
-  events = []  # (start, end, op name) of every XLA op the trace timed
+  devices = mesh.devices.size  # each runs its share of the batch on a timeline of its own
+  kinds = op_kinds(hlo_ops, 2 * config.batch_size // devices)
+  events = collections.defaultdict(list)  # device -> (start, end, op name) of each op it ran
   for plane in profile.planes:
     for line in plane.lines:
       for event in line.events:
@@ -189,14 +192,16 @@ def main(argv) -> None:
         if 'hlo_op' not in stats and 'hlo_module' not in stats:
           continue
         name = str(stats.get('hlo_op', event.name))
-        events.append((event.start_ns, event.start_ns + event.duration_ns, name))
+        span = (event.start_ns, event.start_ns + event.duration_ns, name)
+        events[stats.get('device_ordinal', 0)].append(span)
   ops_by_kind: dict[str, collections.Counter] = collections.defaultdict(collections.Counter)
   loops = {name for name, kind in kinds.items() if kind == LOOP}
-  for name, seconds in wall_time_by_op(events, finished_by(hlo_ops), loops).items():
-    ops_by_kind[kinds.get(name, 'elementwise and other')][name] += seconds
+  for device_events in events.values():
+    for name, seconds in wall_time_by_op(device_events, finished_by(hlo_ops), loops).items():
+      ops_by_kind[kinds.get(name, 'elementwise and other')][name] += seconds / devices
   totals = {kind: sum(kind_ops.values()) for kind, kind_ops in ops_by_kind.items()}
   ops = sum(ops_by_kind.values(), collections.Counter())
-  print(f'{_CASE.value}: {_STEPS.value} steps in {wall:.2f} s')
+  print(f'{_CASE.value}: {_STEPS.value} steps in {wall:.2f} s on {devices} devices')
   print(f'{"kind":<36} {"s/step":>8} {"share":>7}')
   for k, s in sorted(totals.items(), key=lambda kv: -kv[1]):
     print(f'{k:<36} {s / _STEPS.value:>8.3f} {s / wall:>7.1%}')
@@ -207,6 +212,7 @@ def main(argv) -> None:
         'case': _CASE.value,
         'steps': _STEPS.value,
         'wall_s': wall,
+        'devices': devices,
         'allocator': host_allocator.active(),
         'seconds_per_step_by_kind': {k: s / _STEPS.value for k, s in totals.items()},
         'top_ops': dict(ops.most_common(25)),

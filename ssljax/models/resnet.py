@@ -14,7 +14,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from ssljax.models import cpu_batch_norm, pixels
+from ssljax.models import cpu_batch_norm, cpu_conv, pixels
 
 ModuleDef = Any
 
@@ -76,10 +76,16 @@ class ResNet(nn.Module):
 
   @nn.compact
   def __call__(self, x, *, train: bool):
-    # On CPU, a BatchNorm with fewer passes over the activations (cpu_batch_norm); elsewhere
-    # flax's.
+    # On CPU, a BatchNorm with fewer passes over the activations (cpu_batch_norm) and kernel
+    # gradients that read stored inputs (cpu_conv); elsewhere flax's and lax's.
     on_cpu = jax.default_backend() == 'cpu'
-    conv = functools.partial(nn.Conv, use_bias=False, dtype=self.dtype, padding='SAME')
+    conv = functools.partial(
+      nn.Conv,
+      use_bias=False,
+      dtype=self.dtype,
+      padding='SAME',
+      conv_general_dilated=cpu_conv.conv_general_dilated if on_cpu else None,
+    )
     # BatchNorm statistics are means over the batch axis of a global (sharded) array, so under
     # jit they are taken over the whole global batch: per-device statistics would leak which
     # examples sit together, a shortcut to the positive pair (SimCLR section 3, "Global BN").

@@ -1,0 +1,83 @@
+"""cpu_conv: lax's convolution, outputs and gradients, with the kernel gradient's input stored."""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax import lax
+
+from ssljax.models import cpu_batch_norm, cpu_conv, resnet
+
+NHWC = ('NHWC', 'HWIO', 'NHWC')
+
+
+def _loss(conv, strides, padding):
+  def loss(x, w, target):
+    x = jnp.maximum(x, 0)  # an elementwise result, as in a ResNet: what XLA fuses into copies
+    y = conv(x, w, strides, padding, dimension_numbers=NHWC)
+    return jnp.sum(jnp.sin(y) * target)
+
+  return jax.jit(jax.value_and_grad(loss, argnums=(0, 1)))
+
+
+@pytest.mark.parametrize(
+  'kernel, strides, padding',
+  [((3, 3), (1, 1), 'SAME'), ((3, 3), (2, 2), 'SAME'), ((1, 1), (2, 2), 'VALID')],
+)
+def test_outputs_and_gradients_are_lax(kernel, strides, padding):
+  rng = np.random.default_rng(0)
+  x = jnp.asarray(rng.normal(size=(4, 9, 8, 3)), jnp.float32)
+  w = jnp.asarray(rng.normal(size=(*kernel, 3, 5)), jnp.float32)
+  out = lax.conv_general_dilated(x, w, strides, padding, dimension_numbers=NHWC).shape
+  target = jnp.asarray(rng.normal(size=out), jnp.float32)
+  want_value, (want_dx, want_dw) = _loss(lax.conv_general_dilated, strides, padding)(x, w, target)
+  value, (dx, dw) = _loss(cpu_conv.conv_general_dilated, strides, padding)(x, w, target)
+  np.testing.assert_allclose(value, want_value, rtol=1e-6)
+  np.testing.assert_allclose(dx, want_dx, rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(dw, want_dw, rtol=1e-5, atol=1e-5)
+  # and the kernel gradient is the definition's: sum over images and positions of x dy
+  if kernel == (1, 1):
+    seen = np.maximum(np.asarray(x, np.float64)[:, ::2, ::2, :], 0)
+    dy = np.cos(seen @ np.asarray(w[0, 0], np.float64)) * np.asarray(target, np.float64)
+    np.testing.assert_allclose(dw[0, 0], np.einsum('nhwc,nhwo->co', seen, dy), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize('predicate', [True, False])
+def test_stored_is_x_whichever_branch_runs(predicate):
+  x = jnp.arange(2 * 3 * 4 * 5, dtype=jnp.float32).reshape(2, 3, 4, 5).at[0, 0, 0, 0].set(jnp.nan)
+  np.testing.assert_array_equal(jax.jit(cpu_conv.stored)(x, jnp.asarray(predicate)), x)
+
+
+def test_kernel_gradient_reads_x_through_a_conditional():
+  """What makes it faster on CPU: the compiled gradient keeps the conditional XLA cannot fuse
+  across (were XLA ever to fold it away, this says the module no longer does its job)."""
+  x = jnp.ones((2, 6, 6, 4))
+  w = jnp.ones((3, 3, 4, 4))
+
+  def loss(w):
+    y = cpu_conv.conv_general_dilated(jnp.maximum(x, 0), w, (1, 1), 'SAME', dimension_numbers=NHWC)
+    return jnp.sum(jnp.sin(y))
+
+  text = jax.jit(jax.grad(loss)).lower(w).compile().as_text()
+  assert 'conditional(' in text
+
+
+def test_resnet_uses_it_and_the_cpu_batch_norm_on_cpu():
+  model = resnet.resnet('resnet18', width=4, stem='small')
+  x = jnp.zeros((2, 8, 8, 1))
+  variables = model.init(jax.random.key(0), x, train=False)
+  convs, norms = set(), set()
+
+  def record(next_fun, args, kwargs, context):
+    if isinstance(context.module, nn.Conv):
+      convs.add(context.module.conv_general_dilated)
+    if 'BatchNorm' in type(context.module).__name__:
+      norms.add(type(context.module))
+    return next_fun(*args, **kwargs)
+
+  assert jax.default_backend() == 'cpu'
+  with nn.intercept_methods(record):
+    model.apply(variables, x, train=True, mutable=['batch_stats'])
+  assert convs == {cpu_conv.conv_general_dilated}
+  assert norms == {cpu_batch_norm.BatchNorm}
