@@ -297,10 +297,11 @@ def _lars(torch, decay, rest, lr: float, weight_decay: float, momentum: float):
 
 
 def _serve(side: str, config, connection) -> None:
-  """Worker: builds one side's timer, then answers each number of steps with (their seconds,
-  this process's page faults per step, its CPU-seconds in the kernel per step), warm-up
-  included in the two counts."""
+  """Worker: builds one side's timer and compiles its step, then answers each number of steps
+  with (their seconds, this process's page faults per step, its CPU-seconds in the kernel per
+  step), warm-up steps included in the two counts, compilation not)."""
   run, n_params = (ssljax_timer if side == 'ssljax' else torch_timer)(config)
+  run(1)  # compiles the step (and warms it up) before anything is counted
   connection.send(n_params)
   while (steps := connection.recv()) is not None:
     before = resource.getrusage(resource.RUSAGE_SELF)
