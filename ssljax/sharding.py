@@ -35,9 +35,16 @@ def check_batch_size(batch_size: int, mesh: jax.sharding.Mesh, field: str = 'bat
   step = math.lcm(n_dev, n_proc)
   if not isinstance(batch_size, int) or batch_size <= 0 or batch_size % step:
     nearest = max(step, -(-int(batch_size) // step) * step) if isinstance(batch_size, int) else step
+    cpu = n_dev > 1 and mesh.devices.flat[0].platform == 'cpu'
+    why = (
+      '; on CPU ssljax splits each host into XLA:CPU devices, see ssljax/xla_cpu_flags.py, '
+      'and SSLJAX_XLA_CPU_FLAGS=none runs on one'
+      if cpu
+      else ''
+    )
     raise ConfigError(
       f'config.{field}={batch_size!r}: a positive multiple of the device count '
-      f'({n_dev} devices over {n_proc} processes); e.g. --config.{field}={nearest}'
+      f'({n_dev} devices over {n_proc} processes{why}); e.g. --config.{field}={nearest}'
     )
 
 

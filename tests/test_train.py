@@ -173,8 +173,12 @@ def test_sharding_helpers_refuse_bad_batches():
   mesh = sharding.make_mesh()
   sharding.check_batch_size(64, mesh)
   for bad in (0, 4, 65):
-    with pytest.raises(ValueError, match='multiple of the device count'):
+    with pytest.raises(ValueError, match='multiple of the device count') as refused:
       sharding.check_batch_size(bad, mesh)
+    # the 8 test devices are XLA:CPU devices: the message says where they come from
+    assert 'xla_cpu_flags' in str(refused.value) and 'SSLJAX_XLA_CPU_FLAGS=none' in str(
+      refused.value
+    )
 
 
 @pytest.mark.slow
