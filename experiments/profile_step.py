@@ -196,8 +196,9 @@ def main(argv) -> None:
         events[stats.get('device_ordinal', 0)].append(span)
   ops_by_kind: dict[str, collections.Counter] = collections.defaultdict(collections.Counter)
   loops = {name for name, kind in kinds.items() if kind == LOOP}
+  asynchronous = finished_by(hlo_ops)
   for device_events in events.values():
-    for name, seconds in wall_time_by_op(device_events, finished_by(hlo_ops), loops).items():
+    for name, seconds in wall_time_by_op(device_events, asynchronous, loops).items():
       ops_by_kind[kinds.get(name, 'elementwise and other')][name] += seconds / devices
   totals = {kind: sum(kind_ops.values()) for kind, kind_ops in ops_by_kind.items()}
   ops = sum(ops_by_kind.values(), collections.Counter())

@@ -176,9 +176,8 @@ def test_sharding_helpers_refuse_bad_batches():
     with pytest.raises(ValueError, match='multiple of the device count') as refused:
       sharding.check_batch_size(bad, mesh)
     # the 8 test devices are XLA:CPU devices: the message says where they come from
-    assert 'xla_cpu_flags' in str(refused.value) and 'SSLJAX_XLA_CPU_FLAGS=none' in str(
-      refused.value
-    )
+    message = str(refused.value)
+    assert 'xla_cpu_flags' in message and 'SSLJAX_XLA_CPU_FLAGS=none' in message
 
 
 @pytest.mark.slow
