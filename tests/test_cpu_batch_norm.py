@@ -70,3 +70,17 @@ def test_inference_uses_the_running_averages():
   got = cpu_batch_norm.BatchNorm(use_running_average=True).apply(variables, x)
   want = nn.BatchNorm(use_running_average=True).apply(variables, x)
   np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize('channels', [1, 2, 3, 4, 8, 16, 24])
+def test_channel_sums_are_the_definition(channels):
+  """Fewer channels than LANES are summed as rows of LANES values (2, 4 and 8 here), the rest
+  directly: either way each channel's own sum."""
+  rng = np.random.default_rng(channels)
+  x = rng.normal(size=(5, 3, 8, channels)).astype(np.float32)
+  y = rng.normal(size=(5, 3, 8, channels)).astype(np.float32)
+  got = jax.jit(cpu_batch_norm._sums)(x), jax.jit(cpu_batch_norm._sums)(x, y)
+  want = x.astype(np.float64).sum((0, 1, 2)), (x.astype(np.float64) * y).sum((0, 1, 2))
+  for a, b in zip(got, want, strict=True):
+    assert a.shape == (channels,)
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-4)

@@ -43,6 +43,51 @@ def test_outputs_and_gradients_are_lax(kernel, strides, padding):
     np.testing.assert_allclose(dw[0, 0], np.einsum('nhwc,nhwo->co', seen, dy), rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize(
+  'in_channels, out_channels, width', [(1, 8, 8), (3, 5, 6), (8, 8, 10), (8, 16, 4)]
+)
+def test_narrow_convolutions_run_on_pixel_pairs_with_lax_results(in_channels, out_channels, width):
+  rng = np.random.default_rng(in_channels)
+  x = jnp.asarray(rng.normal(size=(3, 5, width, in_channels)), jnp.float32)
+  w = jnp.asarray(rng.normal(size=(3, 3, in_channels, out_channels)), jnp.float32)
+  assert cpu_conv._pairs_faster(x, w, (1, 1), 'SAME', dimension_numbers=NHWC)
+  want = lax.conv_general_dilated(x, w, (1, 1), 'SAME', dimension_numbers=NHWC)
+  np.testing.assert_allclose(cpu_conv.paired_conv(x, w), want, rtol=1e-5, atol=1e-4)  # |y| ~ 5
+  # the definition, from NumPy: output (n, r, c) sums x at (r + dr - 1, c + dc - 1) times w[dr, dc]
+  padded = np.pad(np.asarray(x, np.float64), ((0, 0), (1, 1), (1, 1), (0, 0)))
+  direct = sum(
+    padded[:, dr : dr + 5, dc : dc + width] @ np.asarray(w[dr, dc], np.float64)
+    for dr in range(3)
+    for dc in range(3)
+  )
+  np.testing.assert_allclose(cpu_conv.paired_conv(x, w), direct, rtol=1e-4, atol=1e-4)
+  target = jnp.asarray(rng.normal(size=want.shape), jnp.float32)
+  want_value, want_grads = _loss(lax.conv_general_dilated, (1, 1), 'SAME')(x, w, target)
+  value, grads = _loss(cpu_conv.conv_general_dilated, (1, 1), 'SAME')(x, w, target)
+  np.testing.assert_allclose(value, want_value, rtol=1e-5)
+  for got, expected in zip(grads, want_grads, strict=True):
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.parametrize(
+  'shape, kernel, strides, dilation',
+  [
+    ((2, 6, 6, 8), (3, 3), (1, 1), (1, 1)),  # the one paired
+    ((2, 5, 7, 8), (3, 3), (1, 1), (1, 1)),  # odd width: no whole pairs
+    ((2, 6, 6, 16), (3, 3), (1, 1), (1, 1)),  # wide enough already
+    ((2, 6, 6, 8), (3, 3), (2, 2), (1, 1)),
+    ((2, 6, 6, 8), (1, 1), (1, 1), (1, 1)),
+    ((2, 6, 6, 8), (3, 3), (1, 1), (2, 2)),
+  ],
+)
+def test_only_narrow_3x3_stride_1_convolutions_are_paired(shape, kernel, strides, dilation):
+  x, w = jnp.ones(shape), jnp.ones((*kernel, shape[-1], 4))
+  paired = cpu_conv._pairs_faster(
+    x, w, strides, 'SAME', dimension_numbers=NHWC, rhs_dilation=dilation
+  )
+  assert paired == (shape == (2, 6, 6, 8) and kernel == (3, 3) and 1 == max(*strides, *dilation))
+
+
 @pytest.mark.parametrize('predicate', [True, False])
 def test_stored_is_x_whichever_branch_runs(predicate):
   x = jnp.arange(2 * 3 * 4 * 5, dtype=jnp.float32).reshape(2, 3, 4, 5).at[0, 0, 0, 0].set(jnp.nan)

@@ -61,11 +61,24 @@ def batch_norm(
   return y, jax.lax.stop_gradient(mean), jax.lax.stop_gradient(var)
 
 
+LANES = 16  # float32 lanes of an AVX-512 register
+
+
 def _sums(x: jax.Array, y: jax.Array | None = None) -> jax.Array:
-  """Per-channel float32 sum of x (or of x * y) over every axis but the last."""
+  """Per-channel float32 sum of x (or of x * y) over every axis but the last.
+
+  Fewer channels than LANES are summed LANES at a time: the last two axes, read as rows of
+  LANES values (a reshape, no copy), then the LANES / channels partial sums of each channel added.
+  XLA:CPU's reduction (YNNPACK's) of 8 channels is 2.5 times slower than of 16 (256 images of
+  28x28x8, one core: 0.81 and 1.11 ms for the forward and backward sums, 0.33 and 0.47 so)."""
   x = x.astype(jnp.float32)
   if y is not None:
     x = x * y.astype(jnp.float32)
+  channels = x.shape[-1]
+  narrow = x.ndim > 1 and channels < LANES and LANES % channels == 0
+  if narrow and x.shape[-2] * channels % LANES == 0:
+    x = x.reshape(*x.shape[:-2], x.shape[-2] * channels // LANES, LANES)
+    return jnp.sum(x, axis=tuple(range(x.ndim - 1))).reshape(-1, channels).sum(0)
   return jnp.sum(x, axis=tuple(range(x.ndim - 1)))
 
 
