@@ -86,7 +86,7 @@ def paired_conv(x: jax.Array, w: jax.Array) -> jax.Array:
   """The 3x3 SAME stride-1 convolution of x (NHWC, even width) with w (HWIO), computed over pairs
   of adjacent pixels along the width: a 3x2 convolution with twice the channels in and out.
 
-  Padded by one column each side, the image is width/2 + 1 pairs (a reshape, no copy); output
+  Padded by one column each side (a copy), the image reshapes to width/2 + 1 pairs; output
   column 2j + s reads padded columns 2j + s + t (t = 0, 1, 2), which are pixel i of pair j + b
   where 2b + i = s + t. So the pair kernel's entry (b, i, s) is w's column t = 2b + i - s, or
   zero where t is -1 or 3 (two of eight). Its gradients follow by differentiation; the kernel
