@@ -26,9 +26,11 @@ def _loss(conv, strides, padding):
   [((3, 3), (1, 1), 'SAME'), ((3, 3), (2, 2), 'SAME'), ((1, 1), (2, 2), 'VALID')],
 )
 def test_outputs_and_gradients_are_lax(kernel, strides, padding):
+  channels = cpu_conv.NARROW + 4  # wider than the pixel pairs take: lax's convolution itself
   rng = np.random.default_rng(0)
-  x = jnp.asarray(rng.normal(size=(4, 9, 8, 3)), jnp.float32)
-  w = jnp.asarray(rng.normal(size=(*kernel, 3, 5)), jnp.float32)
+  x = jnp.asarray(rng.normal(size=(4, 9, 8, channels)), jnp.float32)
+  w = jnp.asarray(rng.normal(size=(*kernel, channels, 5)), jnp.float32)
+  assert not cpu_conv._pairs_faster(x, w, strides, padding, dimension_numbers=NHWC)
   out = lax.conv_general_dilated(x, w, strides, padding, dimension_numbers=NHWC).shape
   target = jnp.asarray(rng.normal(size=out), jnp.float32)
   want_value, (want_dx, want_dw) = _loss(lax.conv_general_dilated, strides, padding)(x, w, target)
