@@ -91,14 +91,17 @@ def test_only_narrow_3x3_stride_1_convolutions_are_paired(shape, kernel, strides
 
 
 @pytest.mark.parametrize('predicate', [True, False])
-def test_stored_is_x_whichever_branch_runs(predicate):
+@pytest.mark.parametrize('order', [(3, 1, 2, 0), (1, 2, 0, 3)])
+def test_stored_is_x_whichever_branch_runs(predicate, order):
   x = jnp.arange(2 * 3 * 4 * 5, dtype=jnp.float32).reshape(2, 3, 4, 5).at[0, 0, 0, 0].set(jnp.nan)
-  np.testing.assert_array_equal(jax.jit(cpu_conv.stored)(x, jnp.asarray(predicate)), x)
+  stored = jax.jit(cpu_conv.stored, static_argnums=2)(x, jnp.asarray(predicate), order)
+  np.testing.assert_array_equal(stored, x)
 
 
-def test_kernel_gradient_reads_x_through_a_conditional():
-  """What makes it faster on CPU: the compiled gradient keeps the conditional XLA cannot fuse
-  across (were XLA ever to fold it away, this says the module no longer does its job)."""
+def test_kernel_gradient_reads_x_and_dy_through_conditionals():
+  """What makes it faster on CPU: the compiled gradient keeps the conditionals XLA cannot fuse
+  across, one for the input and one for the output's gradient (were XLA ever to fold them away,
+  this says the module no longer does its job)."""
   x = jnp.ones((2, 6, 6, 4))
   w = jnp.ones((3, 3, 4, 4))
 
@@ -107,7 +110,7 @@ def test_kernel_gradient_reads_x_through_a_conditional():
     return jnp.sum(jnp.sin(y))
 
   text = jax.jit(jax.grad(loss)).lower(w).compile().as_text()
-  assert 'conditional(' in text
+  assert text.count(' conditional(') == 2
 
 
 def test_resnet_uses_it_and_the_cpu_batch_norm_on_cpu():
