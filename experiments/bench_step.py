@@ -1,14 +1,17 @@
-"""The jitted train step of a config on synthetic data, as the benchmarks time it, and the
-configs of the CPU cases that bench_vs_pytorch and profile_step share."""
+"""The jitted train step of a config on synthetic data, as the benchmarks time it, the configs of
+the CPU cases that bench_vs_pytorch and profile_step share, and the convolutions of the ResNet
+cases that bench_conv_layers times."""
 
 from __future__ import annotations
 
 import importlib.util
+import math
 import os
 
 import jax
 
 from ssljax import build, data, methods, optim, sharding
+from ssljax.models import resnet
 
 
 def build_step(config):
@@ -64,3 +67,40 @@ def case_config(name: str):
   elif name != 'resnet18_w8':
     raise SystemExit(f'unknown case {name!r}: resnet18_w8, resnet18_w64, vit or resnet50_224')
   return c
+
+
+def conv_layers(config) -> list[dict]:
+  """The distinct convolutions of a case's ResNet (BasicBlock, small stem) over the step's 2N
+  views: shapes and how many times the network runs each (bench_conv_layers times them)."""
+  stages, block = resnet.ARCHS[config.model.encoder]
+  if block is not resnet.BasicBlock or config.model.stem != 'small':
+    raise ValueError(
+      f'{config.model.encoder} with stem {config.model.stem!r}: only BasicBlock '
+      'ResNets with the small stem are tabled here'
+    )
+  widths = resnet.stage_channels(stages, config.model.width, config.model.stage_widths)
+  views, size = 2 * config.batch_size, config.data.image_size
+
+  def conv(name, count, size, cin, cout, kernel=3, stride=1, input_grad=True):
+    return dict(
+      name=name,
+      count=count,
+      views=views,
+      size=size,
+      cin=cin,
+      cout=cout,
+      kernel=kernel,
+      stride=stride,
+      input_grad=input_grad,
+    )
+
+  # No step takes the gradient of its input images: the stem's "both grads" is its kernel's.
+  found = [conv('stem', 1, size, config.data.channels, widths[0], input_grad=False)]
+  found.append(conv('stage 1 3x3', 2 * stages[0], size, widths[0], widths[0]))
+  for i in range(1, len(stages)):
+    cin, cout = widths[i - 1], widths[i]
+    found.append(conv(f'stage {i + 1} 3x3 stride 2', 1, size, cin, cout, stride=2))
+    found.append(conv(f'stage {i + 1} 1x1 stride 2', 1, size, cin, cout, kernel=1, stride=2))
+    size = math.ceil(size / 2)
+    found.append(conv(f'stage {i + 1} 3x3', 2 * stages[i] - 1, size, cout, cout))
+  return found

@@ -14,10 +14,8 @@ Needs PyTorch: `pip install -e '.[bench]'` (on a CPU-only machine its CPU wheel,
   PyTorch side uses CUDA when present, autocast to bfloat16 and channels_last.
 Each side runs its own train step (forward over the 2N views, NT-Xent, backward, optimizer update)
 on random input already in memory: 2 warm-up steps, then --steps timed ones; the two sides
-alternate --repeats times and each keeps its best. Each side runs in a process of its own: in one
-process PyTorch's OpenMP workers, which spin after each parallel region, and XLA's thread pool
-compete for the same cores (ssljax's ResNet-18 w8 step measured 332 img/s beside PyTorch, 406
-alone). The PyTorch peer is plain PyTorch written
+alternate --repeats times and each keeps its best. Each side runs in a process of its own
+(side_process.py). The PyTorch peer is plain PyTorch written
 from the published layouts, with no ssljax code: torchvision's BasicBlock ResNet (SimCLR's 3x3
 stem without max-pool, zero-initialised last BN of each block), timm's VisionTransformer (pre-norm
 blocks, fused qkv, exact GELU, LayerNorm eps 1e-6, CLS token), SimCLR's projection head (Linear,
@@ -32,7 +30,6 @@ SSLJAX_XLA_CPU_FLAGS=none runs it without them.
 from __future__ import annotations
 
 import json
-import multiprocessing
 import os
 import platform
 import resource
@@ -51,6 +48,7 @@ if __name__ == '__main__':  # the allocator and XLA:CPU options `python -m sslja
 import jax  # noqa: E402
 from absl import app, flags  # noqa: E402
 from bench_step import build_step, case_config  # noqa: E402
+from side_process import SideProcess  # noqa: E402
 
 from ssljax import data, host_allocator, models, sharding  # noqa: E402
 
@@ -296,41 +294,22 @@ def _lars(torch, decay, rest, lr: float, weight_decay: float, momentum: float):
 # ----------------------------------------------------------------------------- one process a side
 
 
-def _serve(side: str, config, connection) -> None:
-  """Worker: builds one side's timer and compiles its step, then answers each number of steps
-  with (their seconds, this process's page faults per step, its CPU-seconds in the kernel per
-  step), warm-up steps included in the two counts, compilation not)."""
-  run, n_params = (ssljax_timer if side == 'ssljax' else torch_timer)(config)
-  run(1)  # compiles the step (and warms it up) before anything is counted
-  connection.send(n_params)
-  while (steps := connection.recv()) is not None:
+def _side(side: str, config):
+  """(run, parameter count) for SideProcess: run(steps) times `steps` steps of one side, its
+  step compiled (and warmed up) first, and returns (their seconds, page faults per step, CPU-seconds
+  in the kernel per step), warm-up steps included in the two counts, compilation not."""
+  timed, n_params = (ssljax_timer if side == 'ssljax' else torch_timer)(config)
+  timed(1)
+
+  def run(steps: int) -> tuple[float, float, float]:
     before = resource.getrusage(resource.RUSAGE_SELF)
-    seconds = run(steps)
+    seconds = timed(steps)
     after = resource.getrusage(resource.RUSAGE_SELF)
     per_step = 1 / (steps + WARMUP)
     faults = (after.ru_minflt - before.ru_minflt) * per_step
-    connection.send((seconds, faults, (after.ru_stime - before.ru_stime) * per_step))
+    return seconds, faults, (after.ru_stime - before.ru_stime) * per_step
 
-
-class _SideProcess:
-  """One side's train step in a spawned process of its own (no thread pool shared with the
-  other framework); `time(steps)` runs there while this process waits."""
-
-  def __init__(self, side: str, config):
-    context = multiprocessing.get_context('spawn')
-    self._connection, theirs = context.Pipe()
-    self._process = context.Process(target=_serve, args=(side, config, theirs), daemon=True)
-    self._process.start()
-    self._n_params = self._connection.recv()
-
-  def time(self, steps: int) -> tuple[float, float, float]:
-    self._connection.send(steps)
-    return self._connection.recv()
-
-  def close(self) -> int:
-    self._connection.send(None)
-    self._process.join()
-    return self._n_params
+  return run, n_params
 
 
 # ----------------------------------------------------------------------------- main
@@ -345,11 +324,11 @@ def main(argv) -> None:
     config = case_config(name)
     if _BATCH.value:
       config.batch_size = _BATCH.value
-    sides = {side: _SideProcess(side, config) for side in ('ssljax', 'pytorch')}
+    sides = {side: SideProcess(_side, side, config) for side in ('ssljax', 'pytorch')}
     best = {side: (float('inf'),) for side in sides}
     for _ in range(_REPEATS.value):
       for side, process in sides.items():
-        best[side] = min(best[side], process.time(_STEPS.value))
+        best[side] = min(best[side], process.call(_STEPS.value))
     jax_params, torch_params = (sides[side].close() for side in ('ssljax', 'pytorch'))
     ips = {side: _STEPS.value * config.batch_size / b[0] for side, b in best.items()}
     # Where the host allocator shows: page faults and kernel CPU-seconds per step of each side.
