@@ -8,14 +8,14 @@ python experiments/bench_conv_layers.py [--cases=resnet18_w8,resnet18_w64] [--dt
 The cases are bench_vs_pytorch's ResNets (bench_step.case_config): each distinct convolution of
 the network (the stem, each stage's 3x3, its stride-2 3x3 and its 1x1 stride-2 projection) over the
 step's 2N views on one device with every core, and how often the network runs it. The ssljax side
-calls ssljax.models.cpu_conv.conv_general_dilated, the convolution a ResNet runs on CPU (pixel pairs
-for narrow inputs, kernel gradients from stored copies), jitted alone: forward, the input's
-gradient, the kernel's, and both in one program (as the step computes them); the PyTorch side
-torch.nn.functional.conv2d in NCHW (as bench_vs_pytorch's peer on CPU), torch.autograd.grad.
-Each op's time is its best of --calls calls, the two sides alternating --repeats times in processes
-of their own. --dtype=bfloat16 runs both in bfloat16 (ssljax's model.compute_dtype; PyTorch's
-autocast casts convolution inputs to it the same way). The ratio is PyTorch's time over ssljax's,
-as bench_vs_pytorch's (above 1: ssljax faster).
+calls ssljax.models.cpu_conv.conv_general_dilated, the convolution a ResNet runs on CPU (pixel
+pairs for narrow inputs, Winograd for wide ones, kernel gradients from stored copies), jitted alone:
+forward, the input's gradient, the kernel's, and both in one program (as the step computes them);
+the PyTorch side torch.nn.functional.conv2d in NCHW (as bench_vs_pytorch's peer on CPU) and
+torch.autograd.grad. Each op's time is its best of --calls calls, the two sides alternating
+--repeats times in processes of their own. --dtype=bfloat16 runs both in bfloat16 (ssljax's
+model.compute_dtype; PyTorch's autocast casts convolution inputs to it the same way). The ratio is
+PyTorch's time over ssljax's, as bench_vs_pytorch's (above 1: ssljax faster).
 """
 
 from __future__ import annotations

@@ -30,7 +30,7 @@ def test_outputs_and_gradients_are_lax(kernel, strides, padding):
   rng = np.random.default_rng(0)
   x = jnp.asarray(rng.normal(size=(4, 9, 8, channels)), jnp.float32)
   w = jnp.asarray(rng.normal(size=(*kernel, channels, 5)), jnp.float32)
-  assert not cpu_conv._pairs_faster(x, w, strides, padding, dimension_numbers=NHWC)
+  assert cpu_conv._route(x, w, strides, padding, dimension_numbers=NHWC) == 'lax'
   out = lax.conv_general_dilated(x, w, strides, padding, dimension_numbers=NHWC).shape
   target = jnp.asarray(rng.normal(size=out), jnp.float32)
   want_value, (want_dx, want_dw) = _loss(lax.conv_general_dilated, strides, padding)(x, w, target)
@@ -52,7 +52,7 @@ def test_narrow_convolutions_run_on_pixel_pairs_with_lax_results(in_channels, ou
   rng = np.random.default_rng(in_channels)
   x = jnp.asarray(rng.normal(size=(3, 5, width, in_channels)), jnp.float32)
   w = jnp.asarray(rng.normal(size=(3, 3, in_channels, out_channels)), jnp.float32)
-  assert cpu_conv._pairs_faster(x, w, (1, 1), 'SAME', dimension_numbers=NHWC)
+  assert cpu_conv._route(x, w, (1, 1), 'SAME', dimension_numbers=NHWC) == 'pairs'
   want = lax.conv_general_dilated(x, w, (1, 1), 'SAME', dimension_numbers=NHWC)
   np.testing.assert_allclose(cpu_conv.paired_conv(x, w), want, rtol=1e-5, atol=1e-4)  # |y| ~ 5
   # the definition, from NumPy: output (n, r, c) sums x at (r + dr - 1, c + dc - 1) times w[dr, dc]
@@ -72,22 +72,29 @@ def test_narrow_convolutions_run_on_pixel_pairs_with_lax_results(in_channels, ou
 
 
 @pytest.mark.parametrize(
-  'shape, kernel, strides, dilation',
+  'shape, kernel, strides, dilation, out, route',
   [
-    ((2, 6, 6, 8), (3, 3), (1, 1), (1, 1)),  # the one paired
-    ((2, 5, 7, 8), (3, 3), (1, 1), (1, 1)),  # odd width: no whole pairs
-    ((2, 6, 6, 16), (3, 3), (1, 1), (1, 1)),  # wide enough already
-    ((2, 6, 6, 8), (3, 3), (2, 2), (1, 1)),
-    ((2, 6, 6, 8), (1, 1), (1, 1), (1, 1)),
-    ((2, 6, 6, 8), (3, 3), (1, 1), (2, 2)),
+    ((2, 6, 6, 8), (3, 3), (1, 1), (1, 1), 4, 'pairs'),
+    ((2, 5, 7, 8), (3, 3), (1, 1), (1, 1), 4, 'lax'),  # odd width: no whole pairs
+    ((2, 6, 6, 16), (3, 3), (1, 1), (1, 1), 4, 'lax'),  # wide enough already
+    ((2, 6, 6, 8), (3, 3), (2, 2), (1, 1), 4, 'lax'),
+    ((2, 6, 6, 8), (1, 1), (1, 1), (1, 1), 4, 'lax'),
+    ((2, 6, 6, 8), (3, 3), (1, 1), (2, 2), 4, 'lax'),
+    ((2, 4, 4, 256), (3, 3), (1, 1), (1, 1), 256, 'winograd'),
+    ((2, 4, 4, 256), (3, 3), (1, 1), (1, 1), 128, 'lax'),  # too few output channels
+    ((2, 4, 4, 128), (3, 3), (1, 1), (1, 1), 256, 'lax'),  # too few input channels
+    ((2, 5, 4, 256), (3, 3), (1, 1), (1, 1), 256, 'lax'),  # odd height: no whole tiles
+    ((2, 4, 4, 256), (3, 3), (2, 2), (1, 1), 256, 'lax'),
+    ((2, 4, 4, 256), (3, 3), (1, 1), (2, 2), 256, 'lax'),
   ],
 )
-def test_only_narrow_3x3_stride_1_convolutions_are_paired(shape, kernel, strides, dilation):
-  x, w = jnp.ones(shape), jnp.ones((*kernel, shape[-1], 4))
-  paired = cpu_conv._pairs_faster(
-    x, w, strides, 'SAME', dimension_numbers=NHWC, rhs_dilation=dilation
-  )
-  assert paired == (shape == (2, 6, 6, 8) and kernel == (3, 3) and 1 == max(*strides, *dilation))
+def test_routes(shape, kernel, strides, dilation, out, route):
+  x, w = jnp.ones(shape), jnp.ones((*kernel, shape[-1], out))
+  args = (x, w, strides, 'SAME')
+  assert cpu_conv._route(*args, dimension_numbers=NHWC, rhs_dilation=dilation) == route
+  if route == 'winograd':  # float32 only: bfloat16 stays with lax (Eigen computes it in float32)
+    bf16 = (x.astype(jnp.bfloat16), w.astype(jnp.bfloat16), strides, 'SAME')
+    assert cpu_conv._route(*bf16, dimension_numbers=NHWC) == 'lax'
 
 
 @pytest.mark.parametrize('predicate', [True, False])
