@@ -62,6 +62,11 @@ def _best_ms(fn, calls: int) -> float | None:
   return 1e3 * min(times)
 
 
+def _timer(layers: list[dict]):
+  """run(calls): each layer's ops (name -> zero-argument call, or None) timed, best of `calls`."""
+  return lambda calls: [{op: _best_ms(fn, calls) for op, fn in ops.items()} for ops in layers]
+
+
 def ssljax_side(specs: list[dict], dtype: str):
   """(run, device) for SideProcess: run(calls) times each op of each layer in XLA."""
   import jax
@@ -94,11 +99,7 @@ def ssljax_side(specs: list[dict], dtype: str):
 
   keys = jax.random.split(jax.random.key(0), len(specs))
   fns = [ops(spec, key) for spec, key in zip(specs, keys, strict=True)]
-
-  def run(calls: int) -> list[dict]:
-    return [{op: _best_ms(fn, calls) for op, fn in layer.items()} for layer in fns]
-
-  return run, f'{jax.devices()[0].device_kind}, jax {jax.__version__}'
+  return _timer(fns), f'{jax.devices()[0].device_kind}, jax {jax.__version__}'
 
 
 def torch_side(specs: list[dict], dtype: str):
@@ -138,12 +139,7 @@ def torch_side(specs: list[dict], dtype: str):
       'both grads': grad((x, w)),
     }
 
-  fns = [ops(spec) for spec in specs]
-
-  def run(calls: int) -> list[dict]:
-    return [{op: _best_ms(fn, calls) for op, fn in layer.items()} for layer in fns]
-
-  return run, f'torch {torch.__version__}'
+  return _timer([ops(spec) for spec in specs]), f'torch {torch.__version__}'
 
 
 def main(argv) -> None:
