@@ -23,7 +23,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import platform
 import sys
 import time
 
@@ -38,7 +37,7 @@ if __name__ == '__main__':  # the allocator and XLA:CPU options `python -m sslja
 
 from absl import app, flags  # noqa: E402
 from bench_step import case_config, conv_layers  # noqa: E402
-from side_process import SideProcess  # noqa: E402
+from side_process import SideProcess, cores, machine  # noqa: E402
 
 _CASES = flags.DEFINE_list('cases', ['resnet18_w8', 'resnet18_w64'], 'ResNet cases to run.')
 _DTYPE = flags.DEFINE_enum('dtype', 'float32', ['float32', 'bfloat16'], 'Compute dtype.')
@@ -107,7 +106,7 @@ def torch_side(specs: list[dict], dtype: str):
   import torch
   import torch.nn.functional as F
 
-  torch.set_num_threads(os.cpu_count() or 1)
+  torch.set_num_threads(cores())
   torch.manual_seed(0)
   dtype = getattr(torch, dtype)
 
@@ -144,7 +143,7 @@ def torch_side(specs: list[dict], dtype: str):
 
 def main(argv) -> None:
   del argv
-  results = {'machine': f'{platform.machine()} {os.cpu_count()} CPUs', 'dtype': _DTYPE.value}
+  results = {'machine': machine(), 'dtype': _DTYPE.value}
   results['xla_flags'] = os.environ.get('XLA_FLAGS', '')
   cases = {}
   for name in _CASES.value:

@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import resource
 import sys
 import time
@@ -48,7 +47,7 @@ if __name__ == '__main__':  # the allocator and XLA:CPU options `python -m sslja
 import jax  # noqa: E402
 from absl import app, flags  # noqa: E402
 from bench_step import build_step, case_config  # noqa: E402
-from side_process import SideProcess  # noqa: E402
+from side_process import SideProcess, cores, machine  # noqa: E402
 
 from ssljax import data, host_allocator, models, sharding  # noqa: E402
 
@@ -95,7 +94,7 @@ def torch_timer(config):
   from torch import nn
 
   torch.manual_seed(0)
-  torch.set_num_threads(os.cpu_count() or 1)
+  torch.set_num_threads(cores())
   m = config.model
 
   class BasicBlock(nn.Module):  # torchvision.models.resnet.BasicBlock
@@ -354,10 +353,10 @@ def main(argv) -> None:
     print(
       f'{name}: {what}: ssljax {ips["ssljax"]:.0f} img/s, PyTorch {ips["pytorch"]:.0f}', flush=True
     )
-  machine = f'{platform.machine()} {os.cpu_count()} CPUs, {jax.devices()[0].device_kind}'
+  host = f'{machine()}, {jax.devices()[0].device_kind}'
   allocator = host_allocator.active()
   print(
-    f'\nSimCLR train step, images/s ({machine}; jax {jax.__version__}, torch {torch.__version__}; '
+    f'\nSimCLR train step, images/s ({host}; jax {jax.__version__}, torch {torch.__version__}; '
     f'{allocator} malloc on both sides; XLA_FLAGS {os.environ.get("XLA_FLAGS", "")!r})'
   )
   print(
@@ -373,7 +372,7 @@ def main(argv) -> None:
     )
   os.makedirs(os.path.dirname(_OUT.value) or '.', exist_ok=True)
   with open(_OUT.value, 'w') as f:
-    result = {'machine': machine, 'jax': jax.__version__, 'torch': torch.__version__}
+    result = {'machine': host, 'jax': jax.__version__, 'torch': torch.__version__}
     result |= {'allocator': allocator, 'xla_flags': os.environ.get('XLA_FLAGS', '')}
     json.dump({**result, 'steps': _STEPS.value, 'rows': rows}, f, indent=2)
 

@@ -9,8 +9,21 @@ process and the two take turns.
 from __future__ import annotations
 
 import multiprocessing
+import os
+import platform
 from collections.abc import Callable
 from typing import Any
+
+
+def cores() -> int:
+  """The cores this process may run on (`taskset` narrows them; os.cpu_count() counts the host's):
+  the PyTorch side takes as many threads, as XLA:CPU sizes its thread pool."""
+  return len(os.sched_getaffinity(0))
+
+
+def machine() -> str:
+  """The host as the benchmarks' results name it: architecture, and cores used of the host's."""
+  return f'{platform.machine()} {cores()} of {os.cpu_count()} CPUs'
 
 
 def _serve(factory: Callable, args: tuple, connection) -> None:
