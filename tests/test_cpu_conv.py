@@ -35,15 +35,22 @@ def _loss(conv, strides, padding):
 
 
 @pytest.mark.parametrize(
-  'kernel, strides, padding',
-  [((3, 3), (1, 1), 'SAME'), ((3, 3), (2, 2), 'SAME'), ((1, 1), (2, 2), 'VALID')],
+  'kernel, strides, padding, route',
+  [
+    ((3, 3), (1, 1), 'SAME', 'lax'),
+    ((3, 3), (2, 2), 'SAME', 'lax'),
+    ((1, 1), (2, 2), 'VALID', 'pointwise'),
+    ((1, 1), (2, 2), 'SAME', 'pointwise'),  # odd height 9: five rows sampled
+    ((1, 1), (1, 1), 'SAME', 'pointwise'),
+    ((1, 1), (1, 3), ((0, 0), (0, 0)), 'pointwise'),
+  ],
 )
-def test_outputs_and_gradients_are_lax(kernel, strides, padding):
-  channels = cpu_conv.NARROW + 4  # wider than the pixel pairs take: lax's convolution itself
+def test_outputs_and_gradients_are_lax(kernel, strides, padding, route):
+  channels = cpu_conv.NARROW + 4  # wider than the pixel pairs take
   rng = np.random.default_rng(0)
   x = jnp.asarray(rng.normal(size=(4, 9, 8, channels)), jnp.float32)
   w = jnp.asarray(rng.normal(size=(*kernel, channels, 5)), jnp.float32)
-  assert cpu_conv._route(x, w, strides, padding, dimension_numbers=NHWC) == 'lax'
+  assert cpu_conv._route(x, w, strides, padding, dimension_numbers=NHWC) == route
   out = lax.conv_general_dilated(x, w, strides, padding, dimension_numbers=NHWC).shape
   target = jnp.asarray(rng.normal(size=out), jnp.float32)
   want_value, (want_dx, want_dw) = _loss(lax.conv_general_dilated, strides, padding)(x, w, target)
@@ -53,7 +60,7 @@ def test_outputs_and_gradients_are_lax(kernel, strides, padding):
   np.testing.assert_allclose(dw, want_dw, rtol=1e-5, atol=1e-5)
   # and the kernel gradient is the definition's: sum over images and positions of x dy
   if kernel == (1, 1):
-    seen = np.maximum(np.asarray(x, np.float64)[:, ::2, ::2, :], 0)
+    seen = np.maximum(np.asarray(x, np.float64)[:, :: strides[0], :: strides[1], :], 0)
     dy = np.cos(seen @ np.asarray(w[0, 0], np.float64)) * np.asarray(target, np.float64)
     np.testing.assert_allclose(dw[0, 0], np.einsum('nhwc,nhwo->co', seen, dy), rtol=1e-4, atol=1e-4)
 
@@ -85,7 +92,9 @@ def test_narrow_convolutions_run_on_pixel_pairs_with_lax_results(in_channels, ou
     ((2, 5, 7, 8), (3, 3), (1, 1), (1, 1), 4, 'lax'),  # odd width: no whole pairs
     ((2, 6, 6, 16), (3, 3), (1, 1), (1, 1), 4, 'lax'),  # wide enough already
     ((2, 6, 6, 8), (3, 3), (2, 2), (1, 1), 4, 'lax'),
-    ((2, 6, 6, 8), (1, 1), (1, 1), (1, 1), 4, 'lax'),
+    ((2, 6, 6, 8), (1, 1), (1, 1), (1, 1), 4, 'pointwise'),
+    ((2, 7, 6, 300), (1, 1), (2, 2), (1, 1), 600, 'pointwise'),
+    ((2, 6, 6, 8), (1, 1), (1, 1), (2, 2), 4, 'lax'),  # dilated
     ((2, 6, 6, 8), (3, 3), (1, 1), (2, 2), 4, 'lax'),
     ((2, 4, 4, 256), (3, 3), (1, 1), (1, 1), 256, 'winograd'),
     ((2, 4, 4, 256), (3, 3), (1, 1), (1, 1), 128, 'lax'),  # too few output channels
@@ -99,6 +108,10 @@ def test_routes(shape, kernel, strides, dilation, out, route):
   x, w = jnp.ones(shape), jnp.ones((*kernel, shape[-1], out))
   args = (x, w, strides, 'SAME')
   assert cpu_conv._route(*args, dimension_numbers=NHWC, rhs_dilation=dilation) == route
+  padded = (x, w, strides, ((1, 1), (1, 1)) if kernel == (1, 1) else ((0, 0), (0, 0)))
+  assert cpu_conv._route(*padded, dimension_numbers=NHWC) == 'lax'  # not padded as SAME pads
+  grouped = (x, w[:, :, : shape[-1] // 2], strides, 'SAME')
+  assert cpu_conv._route(*grouped, dimension_numbers=NHWC, feature_group_count=2) == 'lax'
   if route == 'winograd':  # float32 only: bfloat16 stays with lax (Eigen computes it in float32)
     bf16 = (x.astype(jnp.bfloat16), w.astype(jnp.bfloat16), strides, 'SAME')
     assert cpu_conv._route(*bf16, dimension_numbers=NHWC) == 'lax'
@@ -204,3 +217,19 @@ def test_cpu_conv_routes_wide_convolutions_here_with_lax_results():
   np.testing.assert_allclose(value, want_value, rtol=1e-4)
   np.testing.assert_allclose(dx, want_dx, rtol=1e-4, atol=1e-5)
   np.testing.assert_allclose(dw, want_dw, rtol=1e-4, atol=1e-4)
+
+
+def test_pointwise_kernel_gradient_in_bfloat16():
+  """bfloat16 inputs: the kernel gradient comes back in bfloat16, and summed over 4,096 positions it
+  stays within bfloat16's rounding of the float32 gradient."""
+  rng = np.random.default_rng(1)
+  x = jnp.asarray(rng.normal(size=(16, 32, 16, 6)), jnp.float32)
+  w = jnp.asarray(rng.normal(size=(1, 1, 6, 3)), jnp.float32)
+  target = jnp.asarray(rng.normal(size=(16, 16, 8, 3)), jnp.float32)
+  want = _loss(lax.conv_general_dilated, (2, 2), 'SAME')(x, w, target)[1][1]
+  low = [a.astype(jnp.bfloat16) for a in (x, w, target)]
+  assert cpu_conv._route(*low[:2], (2, 2), 'SAME', dimension_numbers=NHWC) == 'pointwise'
+  dw = _loss(cpu_conv.conv_general_dilated, (2, 2), 'SAME')(*low)[1][1]
+  assert dw.dtype == jnp.bfloat16
+  scale = float(jnp.max(jnp.abs(want)))
+  np.testing.assert_allclose(np.asarray(dw, np.float32), want, atol=0.05 * scale)
