@@ -3,14 +3,14 @@
 python -m ssljax.main --config=configs/byol_digits.py
 """
 
-from ssljax import config_blocks
+from ssljax.config import blocks
 from ssljax.methods import BYOL
 
 
 def get_config(arg=None):
   del arg
   c = BYOL.default_config(image_size=16)
-  config_blocks.digits(c)
+  blocks.digits(c)
   c.augment.crop_scale = (0.3, 1.0)
   c.augment.flip = False
   c.views.view1.blur_prob = 0.0  # nothing to blur in an upsampled 8x8 digit

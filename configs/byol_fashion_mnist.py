@@ -2,14 +2,14 @@
 a ~30 CPU-minute budget.
 """
 
-from ssljax import config_blocks
+from ssljax.config import blocks
 from ssljax.methods import BYOL
 
 
 def get_config(arg=None):
   del arg
   c = BYOL.default_config(image_size=28)
-  config_blocks.fashion_mnist(c)
+  blocks.fashion_mnist(c)
   c.augment.crop_scale = (0.2, 1.0)
   c.views.view1.blur_prob = 0.0  # 28 px: blur only removes the texture
   c.views.view2.blur_prob = 0.0

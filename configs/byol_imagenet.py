@@ -6,7 +6,7 @@
 300: (0.3, 1e-6, 0.99), 1000: (0.2, 1.5e-6, 0.996). Default 300.
 """
 
-from ssljax import config_blocks
+from ssljax.config import blocks
 from ssljax.methods import BYOL
 
 PRESETS = {
@@ -18,12 +18,12 @@ PRESETS = {
 
 
 def get_config(arg=None):
-  epochs = config_blocks.parse_arg(arg, epochs=300).epochs
+  epochs = blocks.parse_arg(arg, epochs=300).epochs
   if epochs not in PRESETS:
     raise ValueError(f'byol_imagenet.py:EPOCHS must be one of {sorted(PRESETS)}, got {epochs}')
   lr, wd, tau = PRESETS[epochs]
   c = BYOL.default_config(image_size=224)
-  config_blocks.imagenet(c)
+  blocks.imagenet(c)
   c.model.encoder = 'resnet50'
   c.model.stem = 'imagenet'
   c.model.compute_dtype = 'bfloat16'

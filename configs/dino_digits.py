@@ -6,14 +6,14 @@ The 8x8 digits are upsampled to 16 px: 2 global crops (16 px, a 4x4 patch grid) 
 crops (8 px, 2x2 patches) per image; 1024 prototypes instead of 65536 for 1797 images.
 """
 
-from ssljax import config_blocks
+from ssljax.config import blocks
 from ssljax.methods import DINO
 
 
 def get_config(arg=None):
   del arg
   c = DINO.default_config(image_size=16, local_size=8, num_local=4)
-  config_blocks.digits(c)
+  blocks.digits(c)
   c.augment.crop_scale = (0.4, 1.0)
   c.augment.flip = False  # a mirrored digit is another symbol
   c.augment.blur_prob = 0.0  # nothing to blur in an upsampled 8x8 digit

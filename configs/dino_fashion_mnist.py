@@ -6,14 +6,14 @@ A small ViT with patch 4: 2 global 28-px crops (a 7x7 patch grid) and 2 local 12
 patches); attention maps and the embedding frames land under WORKDIR/pictures at every eval.
 """
 
-from ssljax import config_blocks
+from ssljax.config import blocks
 from ssljax.methods import DINO
 
 
 def get_config(arg=None):
   del arg
   c = DINO.default_config(image_size=28, local_size=12, num_local=2)
-  config_blocks.fashion_mnist(c)
+  blocks.fashion_mnist(c)
   c.augment.crop_scale = (0.4, 1.0)
   c.views.global1.blur_prob = 0.0  # 28 px: a blur only smears the texture away
   c.views.global2.blur_prob = 0.0

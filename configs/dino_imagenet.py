@@ -7,14 +7,14 @@ recipe: the teacher temperature warms from 0.04 to 0.07 over the first 30 epochs
 layer's weight norm is free (--norm_last_layer false).
 """
 
-from ssljax import config_blocks
+from ssljax.config import blocks
 from ssljax.methods import DINO
 
 
 def get_config(arg=None):
-  epochs = config_blocks.parse_arg(arg, epochs=100).epochs
+  epochs = blocks.parse_arg(arg, epochs=100).epochs
   c = DINO.default_config(image_size=224, local_size=96, num_local=8)
-  config_blocks.imagenet(c)
+  blocks.imagenet(c)
   c.model.encoder = 'vit_small'
   c.model.patch_size = 16
   c.model.drop_path = 0.1

@@ -13,14 +13,14 @@ On this 4x4 grid I-JEPA adds little over the random encoder in 600 steps (5 per 
 +5 reliably.
 """
 
-from ssljax import config_blocks
+from ssljax.config import blocks
 from ssljax.methods import IJEPA
 
 
 def get_config(arg=None):
   del arg
   c = IJEPA.default_config(image_size=16)
-  config_blocks.digits(c)
+  blocks.digits(c)
   c.model.encoder = 'vit_tiny'
   c.model.patch_size = 4
   c.model.vit_width, c.model.vit_depth, c.model.vit_heads = 64, 4, 4

@@ -17,14 +17,14 @@ patches and a context block of 36 or 49 patches with the targets cut out; h is t
 target encoder's patch tokens.
 """
 
-from ssljax import config_blocks
+from ssljax.config import blocks
 from ssljax.methods import IJEPA
 
 
 def get_config(arg=None):
   del arg
   c = IJEPA.default_config(image_size=28)
-  config_blocks.fashion_mnist(c)
+  blocks.fashion_mnist(c)
   c.model.encoder = 'vit_tiny'
   c.model.patch_size = 4
   c.model.vit_width, c.model.vit_depth, c.model.vit_heads = 96, 4, 4

@@ -9,19 +9,19 @@ resized crop (0.3-1) as the only augmentation, bfloat16 compute.
 1e-6; here they are 0 and 0 (the shared schedule of every method).
 """
 
-from ssljax import config_blocks
+from ssljax.config import blocks
 from ssljax.methods import IJEPA
 
 VARIANTS = {'H/14': ('vit_huge', 14), 'L/16': ('vit_large', 16), 'B/16': ('vit_base', 16)}
 
 
 def get_config(arg=None):
-  options = config_blocks.parse_arg(arg, variant='H/14', epochs=300)
+  options = blocks.parse_arg(arg, variant='H/14', epochs=300)
   if options.variant not in VARIANTS:
     raise ValueError(f'variant must be one of {sorted(VARIANTS)}, got {options.variant!r}')
   encoder, patch = VARIANTS[options.variant]
   c = IJEPA.default_config(image_size=224)
-  config_blocks.imagenet(c)
+  blocks.imagenet(c)
   c.model.encoder = encoder
   c.model.patch_size = patch
   c.model.compute_dtype = 'bfloat16'

@@ -5,14 +5,14 @@ python -m ssljax.main --config=configs/mae_digits.py
 The 8x8 digits are upsampled to 16 px, a 4x4 grid of patches: the encoder sees 4 of the 16.
 """
 
-from ssljax import config_blocks
+from ssljax.config import blocks
 from ssljax.methods import MAE
 
 
 def get_config(arg=None):
   del arg
   c = MAE.default_config(image_size=16)
-  config_blocks.digits(c)
+  blocks.digits(c)
   c.augment.crop_scale = (0.4, 1.0)
   c.augment.flip = False  # a mirrored digit is another symbol
   c.model.encoder = 'vit_tiny'

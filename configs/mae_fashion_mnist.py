@@ -6,14 +6,14 @@ A small ViT with patch 4 (a 7x7 grid): the encoder sees 12 of the 49 patches; th
 reconstruction grid lands under WORKDIR/pictures/reconstructions at every eval.
 """
 
-from ssljax import config_blocks
+from ssljax.config import blocks
 from ssljax.methods import MAE
 
 
 def get_config(arg=None):
   del arg
   c = MAE.default_config(image_size=28)
-  config_blocks.fashion_mnist(c)
+  blocks.fashion_mnist(c)
   c.model.encoder = 'vit_tiny'
   c.model.patch_size = 4
   c.model.vit_width, c.model.vit_depth, c.model.vit_heads = 96, 4, 4

@@ -5,18 +5,18 @@ B/256, weight decay 0.05, 800 epochs with 40 warm-up, random resized crop (0.2-1
 `--config=configs/mae_imagenet.py:EPOCHS` (default 800; the paper also reports 1600).
 """
 
-from ssljax import config_blocks
+from ssljax.config import blocks
 from ssljax.methods import MAE
 
 
 def get_config(arg=None):
   c = MAE.default_config(image_size=224)
-  config_blocks.imagenet(c)
+  blocks.imagenet(c)
   c.model.encoder = 'vit_base'
   c.model.patch_size = 16
   c.model.compute_dtype = 'bfloat16'
   c.batch_size = 4096
-  c.epochs = config_blocks.parse_arg(arg, epochs=800).epochs
+  c.epochs = blocks.parse_arg(arg, epochs=800).epochs
   c.warmup_epochs = 40.0
   # The headline number is fine-tuning (FINETUNE.md, main_finetune.py), then the linear probe.
   c.eval = ('finetune', 'linear_sgd', 'knn')

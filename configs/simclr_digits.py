@@ -3,14 +3,14 @@
 python -m ssljax.main --config=configs/simclr_digits.py --workdir=runs/simclr_digits
 """
 
-from ssljax import config_blocks
+from ssljax.config import blocks
 from ssljax.methods import SimCLR
 
 
 def get_config(arg=None):
   del arg
   c = SimCLR.default_config()
-  config_blocks.digits(c)
+  blocks.digits(c)
   c.augment.crop_scale = (0.3, 1.0)  # an 8x8 digit survives little more cropping than this
   c.augment.flip = False  # a mirrored 2 or 5 is another shape
   c.augment.blur_prob = 0.0  # nothing left to blur at this size

@@ -6,14 +6,14 @@ Elsewhere: --config.data.path=DIR with the four *-ubyte[.gz] files, or
 --config.data.source=tfds --config.data.name=fashion_mnist.
 """
 
-from ssljax import config_blocks
+from ssljax.config import blocks
 from ssljax.methods import SimCLR
 
 
 def get_config(arg=None):
   del arg
   c = SimCLR.default_config()
-  config_blocks.fashion_mnist(c)
+  blocks.fashion_mnist(c)
   c.augment.crop_scale = (0.2, 1.0)
   c.augment.blur_prob = 0.0  # 28 px: the 10% kernel is 3 px, it only smears the texture away
   c.model.encoder = 'resnet18'

@@ -5,14 +5,14 @@ full augmentation at 224 px, bfloat16 compute.
 ImageNet must be prepared for tfds first (manual download): see README.md.
 """
 
-from ssljax import config_blocks
+from ssljax.config import blocks
 from ssljax.methods import SimCLR
 
 
 def get_config(arg=None):
   del arg
   c = SimCLR.default_config()
-  config_blocks.imagenet(c)
+  blocks.imagenet(c)
   c.model.pixel_mean = c.model.pixel_std = ()  # none: the official inputs are [0, 1] pixels
   c.model.encoder = 'resnet50'
   c.model.stem = 'imagenet'

@@ -5,14 +5,14 @@ python -m ssljax.main --config=configs/triplet_digits.py --workdir=runs/triplet_
 --config.triplet.negatives=random | hardest | semi_hard picks each anchor's negative.
 """
 
-from ssljax import config_blocks
+from ssljax.config import blocks
 from ssljax.methods import Triplet
 
 
 def get_config(arg=None):
   del arg
   c = Triplet.default_config()
-  config_blocks.digits(c)
+  blocks.digits(c)
   c.augment.crop_scale = (0.3, 1.0)  # as simclr_digits.py
   c.augment.flip = False
   c.augment.blur_prob = 0.0

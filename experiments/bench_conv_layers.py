@@ -8,7 +8,7 @@ python experiments/bench_conv_layers.py [--cases=resnet18_w8,resnet18_w64] [--dt
 The cases are bench_vs_pytorch's ResNets (bench_step.case_config): each distinct convolution of
 the network (the stem, each stage's 3x3, its stride-2 3x3 and its 1x1 stride-2 projection) over the
 step's 2N views on one device with every core, and how often the network runs it. The ssljax side
-calls ssljax.models.cpu_conv.conv_general_dilated, the convolution a ResNet runs on CPU (pixel
+calls ssljax.cpu.conv.conv_general_dilated, the convolution a ResNet runs on CPU (pixel
 pairs for narrow inputs, Winograd for wide ones, kernel gradients from stored copies), jitted alone:
 forward, the input's gradient, the kernel's, and both in one program (as the step computes them);
 the PyTorch side torch.nn.functional.conv2d in NCHW (as bench_vs_pytorch's peer on CPU) and
@@ -30,10 +30,10 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 if __name__ == '__main__':  # the allocator and XLA:CPU options `python -m ssljax.main` runs with
-  from ssljax import host_allocator, xla_cpu_flags
+  from ssljax.cpu import allocator, xla_flags
 
-  xla_cpu_flags.apply()
-  host_allocator.reexec()
+  xla_flags.apply()
+  allocator.reexec()
 
 from absl import app, flags  # noqa: E402
 from bench_step import case_config, conv_layers  # noqa: E402
@@ -70,7 +70,7 @@ def ssljax_side(specs: list[dict], dtype: str):
   """(run, device) for SideProcess: run(calls) times each op of each layer in XLA."""
   import jax
 
-  from ssljax.models import cpu_conv
+  from ssljax.cpu import conv as cpu_conv
 
   def ops(spec, key):
     s, k = spec['size'], spec['kernel']

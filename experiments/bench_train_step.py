@@ -23,17 +23,18 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 if __name__ == '__main__':  # the allocator and XLA:CPU options `python -m ssljax.main` runs with
-  from ssljax import host_allocator, xla_cpu_flags
+  from ssljax.cpu import allocator, xla_flags
 
-  xla_cpu_flags.apply()
-  host_allocator.reexec()
+  xla_flags.apply()
+  allocator.reexec()
 
 import jax  # noqa: E402
 from absl import app, flags  # noqa: E402
 from bench_step import build_step  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
-from ssljax import data, host_allocator, models, sharding  # noqa: E402
+from ssljax import data, models, sharding  # noqa: E402
+from ssljax.cpu import allocator
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file.', lock_config=True)
 _STEPS = flags.DEFINE_integer('steps', 20, 'Timed steps (after 2 warm-up steps).')
@@ -120,7 +121,7 @@ def main(argv) -> None:
     'images_per_sec': {what: ips for what, ips in rows},
     'mfu': mfu,
     'jax': jax.__version__,
-    'allocator': host_allocator.active(),
+    'allocator': allocator.active(),
   }
   os.makedirs(os.path.dirname(_OUT.value) or '.', exist_ok=True)
   with open(_OUT.value, 'w') as f:

@@ -21,9 +21,9 @@ stem without max-pool, zero-initialised last BN of each block), timm's VisionTra
 blocks, fused qkv, exact GELU, LayerNorm eps 1e-6, CLS token), SimCLR's projection head (Linear,
 BN, ReLU, Linear, BN), NT-Xent over the 2N views, LARS as SimCLR uses it (trust coefficient 1e-3,
 no decay or adaptation for biases and norms) or AdamW.
-Both sides run with the host allocator `python -m ssljax.main` picks (ssljax.host_allocator:
+Both sides run with the host allocator `python -m ssljax.main` picks (ssljax.cpu.allocator:
 tcmalloc when installed); SSLJAX_MALLOC=system runs both with glibc's malloc. The ssljax side runs
-with the XLA:CPU options of ssljax.xla_cpu_flags, as `python -m ssljax.main` does;
+with the XLA:CPU options of ssljax.cpu.xla_flags, as `python -m ssljax.main` does;
 SSLJAX_XLA_CPU_FLAGS=none runs it without them.
 """
 
@@ -39,17 +39,18 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 if __name__ == '__main__':  # the allocator and XLA:CPU options `python -m ssljax.main` runs with
-  from ssljax import host_allocator, xla_cpu_flags
+  from ssljax.cpu import allocator, xla_flags
 
-  xla_cpu_flags.apply()
-  host_allocator.reexec()
+  xla_flags.apply()
+  allocator.reexec()
 
 import jax  # noqa: E402
 from absl import app, flags  # noqa: E402
 from bench_step import build_step, case_config  # noqa: E402
 from side_process import SideProcess, cores, machine  # noqa: E402
 
-from ssljax import data, host_allocator, models, sharding  # noqa: E402
+from ssljax import data, models, sharding  # noqa: E402
+from ssljax.cpu import allocator
 
 _CASES = flags.DEFINE_list('cases', ['resnet18_w8', 'resnet18_w64', 'vit'], 'Cases to run.')
 _STEPS = flags.DEFINE_integer('steps', 20, 'Timed steps per repeat.')
@@ -354,10 +355,10 @@ def main(argv) -> None:
       f'{name}: {what}: ssljax {ips["ssljax"]:.0f} img/s, PyTorch {ips["pytorch"]:.0f}', flush=True
     )
   host = f'{machine()}, {jax.devices()[0].device_kind}'
-  allocator = host_allocator.active()
+  malloc = allocator.active()
   print(
     f'\nSimCLR train step, images/s ({host}; jax {jax.__version__}, torch {torch.__version__}; '
-    f'{allocator} malloc on both sides; XLA_FLAGS {os.environ.get("XLA_FLAGS", "")!r})'
+    f'{malloc} malloc on both sides; XLA_FLAGS {os.environ.get("XLA_FLAGS", "")!r})'
   )
   print(
     f'{"case":<14} {"ssljax":>8} {"PyTorch":>8} {"ratio":>6} {"faults/step":>15} '
@@ -373,7 +374,7 @@ def main(argv) -> None:
   os.makedirs(os.path.dirname(_OUT.value) or '.', exist_ok=True)
   with open(_OUT.value, 'w') as f:
     result = {'machine': host, 'jax': jax.__version__, 'torch': torch.__version__}
-    result |= {'allocator': allocator, 'xla_flags': os.environ.get('XLA_FLAGS', '')}
+    result |= {'allocator': malloc, 'xla_flags': os.environ.get('XLA_FLAGS', '')}
     json.dump({**result, 'steps': _STEPS.value, 'rows': rows}, f, indent=2)
 
 

@@ -3,7 +3,7 @@
 Trains every method's digits config as it is (the healthy end) and variants made to collapse
 (the other end), then prints, per run, the lowest RankMe and normalised std of h over its log
 steps, their last values and the k-NN accuracy. config.health.min_rankme / min_std
-(`ssljax.collapse`) must lie between the two ends; the rank correlation of the last RankMe with
+(`monitor.collapse`) must lie between the two ends; the rank correlation of the last RankMe with
 k-NN over all runs is item 3's evidence (`experiments/results/collapse_health.json`).
 
 python experiments/collapse_health.py --out=experiments/results/collapse_health.json
@@ -21,7 +21,7 @@ import time
 from absl import app, flags
 from scipy.stats import spearmanr  # scikit-learn's dependency
 
-from ssljax import collapse
+from ssljax.monitor import collapse
 
 _OUT = flags.DEFINE_string('out', 'experiments/results/collapse_health.json', 'results file')
 _ONLY = flags.DEFINE_list('only', [], 'run names to run (default: all)')
@@ -62,7 +62,7 @@ RUNS = {
 
 
 def first_collapse(run: dict) -> int | None:
-  """The first logged step whose health is below the default floors (ssljax.collapse)."""
+  """The first logged step whose health is below the default floors (ssljax.monitor.collapse)."""
   config = {'health': {'min_rankme': collapse.MIN_RANKME, 'min_std': collapse.MIN_STD}}
   for i, step in enumerate(run['steps']):
     if collapse.below_floor({k: v[i] for k, v in run['other'].items()}, config):

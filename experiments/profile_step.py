@@ -8,7 +8,7 @@ Kinds, read from the compiled module: convolutions (forward, and the gradients w
 the input and to the weights), dots (matmuls), reductions (BatchNorm statistics, the loss,
 gradient norms), copies and transposes, elementwise and other ops (the optimizer update among
 them). Each kind's share is its wall time (see wall_time_by_op) over the traced steps' wall
-time, which includes stopping the trace. With several XLA:CPU devices (ssljax.xla_cpu_flags makes
+time, which includes stopping the trace. With several XLA:CPU devices (ssljax.cpu.xla_flags makes
 two), each device runs its part of the batch on a timeline of its own: an op's seconds are the
 mean over the devices of its wall time on each.
 """
@@ -27,16 +27,17 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 if __name__ == '__main__':  # the allocator and XLA:CPU options `python -m ssljax.main` runs with
-  from ssljax import host_allocator, xla_cpu_flags
+  from ssljax.cpu import allocator, xla_flags
 
-  xla_cpu_flags.apply()
-  host_allocator.reexec()
+  xla_flags.apply()
+  allocator.reexec()
 
 import jax  # noqa: E402
 from absl import app, flags  # noqa: E402
 from bench_step import build_step, case_config  # noqa: E402
 
-from ssljax import data, host_allocator, sharding  # noqa: E402
+from ssljax import data, sharding  # noqa: E402
+from ssljax.cpu import allocator
 
 _CASE = flags.DEFINE_string('case', 'resnet18_w8', 'A bench_vs_pytorch case.')
 _STEPS = flags.DEFINE_integer('steps', 5, 'Traced steps.')
@@ -214,7 +215,7 @@ def main(argv) -> None:
         'steps': _STEPS.value,
         'wall_s': wall,
         'devices': devices,
-        'allocator': host_allocator.active(),
+        'allocator': allocator.active(),
         'seconds_per_step_by_kind': {k: s / _STEPS.value for k, s in totals.items()},
         'top_ops': dict(ops.most_common(25)),
         'top_ops_by_kind_s_per_step': {

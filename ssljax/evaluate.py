@@ -16,11 +16,11 @@ import sys
 
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 
-if __name__ == '__main__':  # before JAX starts: see ssljax.host_allocator and xla_cpu_flags
-  from ssljax import host_allocator, xla_cpu_flags
+if __name__ == '__main__':  # before JAX starts: see ssljax.cpu.allocator and xla_cpu_flags
+  from ssljax.cpu import allocator, xla_flags
 
-  xla_cpu_flags.apply()
-  host_allocator.reexec()
+  xla_flags.apply()
+  allocator.reexec()
 
 import jax  # noqa: E402
 import ml_collections  # noqa: E402

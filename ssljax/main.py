@@ -11,16 +11,17 @@ import os
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 
 if __name__ == '__main__':  # before JAX starts: the allocator and XLA's options are fixed then
-  from ssljax import host_allocator, xla_cpu_flags
+  from ssljax.cpu import allocator, xla_flags
 
-  xla_cpu_flags.apply()
-  host_allocator.reexec()
+  xla_flags.apply()
+  allocator.reexec()
 
 import jax  # noqa: E402
 from absl import app, flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
-from ssljax import errors, host_allocator, train  # noqa: E402
+from ssljax import errors, train  # noqa: E402
+from ssljax.cpu import allocator
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file.', lock_config=True)
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Run directory (default: runs/<config name>).')
@@ -67,7 +68,7 @@ def main(argv) -> None:
     config.name = name
   workdir = _WORKDIR.value or os.path.join('runs', name)
   logging.info('Process %d/%d, workdir %s', jax.process_index(), jax.process_count(), workdir)
-  host_allocator.log_choice(jax.default_backend())
+  allocator.log_choice(jax.default_backend())
   if jax.default_backend() == 'cpu':
     logging.info('XLA_FLAGS: %s', os.environ.get('XLA_FLAGS') or '(none)')
   # A user's mistake (errors.UserError) is one line and exit code 2 (3: the run diverged); a bug

@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
-from ssljax.config_checks import Checks
+from ssljax.config.checks import Checks
 from ssljax.errors import ConfigError
 
 OPTIMIZERS = ('lars', 'adamw')

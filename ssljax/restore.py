@@ -20,7 +20,8 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from ssljax import build, checkpoint, data, defaults, methods, sharding
+from ssljax import build, checkpoint, data, methods, sharding
+from ssljax.config import defaults
 from ssljax.errors import ConfigError, RunNotFoundError
 from ssljax.methods import Method, TrainState
 

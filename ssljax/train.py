@@ -14,24 +14,14 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from ssljax import (
-  build,
-  collapse,
-  data,
-  methods,
-  models,
-  optim,
-  report,
-  restore,
-  sharding,
-  visualize,
-)
+from ssljax import build, data, methods, models, optim, restore, sharding
 from ssljax.checkpoint import Checkpointer
-from ssljax.config_checks import Checks
+from ssljax.config.checks import Checks
 from ssljax.errors import TrainingCollapsed, TrainingDiverged
 from ssljax.evaluators import protocols
 from ssljax.methods import TrainState
-from ssljax.metrics import MetricWriter, progress_bar
+from ssljax.monitor import collapse, report, visualize
+from ssljax.monitor.metrics import MetricWriter, progress_bar
 
 
 def _health_images(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh):
@@ -225,7 +215,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   if jax.process_index() == 0:
     os.makedirs(workdir, exist_ok=True)
     with open(os.path.join(workdir, 'config.json'), 'w') as f:
-      f.write(config.to_json_best_effort(indent=2))  # what `ssljax.visualize` rebuilds from
+      f.write(config.to_json_best_effort(indent=2))  # what `ssljax.monitor.visualize` rebuilds from
   drawer = visualize.Pictures(config, method, workdir)
   if start_step == 0:
     drawer.draw(state, 0)  # the first frame: the encoder before any training

@@ -12,7 +12,7 @@ import pytest
 import tensorflow as tf
 from scipy import stats
 
-from ssljax import defaults
+from ssljax.config import defaults
 from ssljax.data import augment
 from ssljax.data import augment_device as ad
 

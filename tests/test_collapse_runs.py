@@ -8,7 +8,7 @@ import os
 
 import pytest
 
-from ssljax import collapse
+from ssljax.monitor import collapse
 
 WARNING = 'representation collapse at step'
 

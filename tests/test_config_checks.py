@@ -14,7 +14,8 @@ import pytest
 from absl import flags
 from ml_collections import config_flags
 
-from ssljax import config_checks, errors, sharding, train
+from ssljax import errors, sharding, train
+from ssljax.config import checks as config_checks
 from ssljax.methods import SimCLR
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -8,7 +8,8 @@ import os
 import jax
 import pytest
 
-from ssljax import build, config_blocks, data, models, sharding, train
+from ssljax import build, data, models, sharding, train
+from ssljax.config import blocks
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = sorted(glob.glob(os.path.join(ROOT, 'configs', '*.py')))
@@ -54,14 +55,14 @@ def test_config_validates_and_builds_its_train_state(path, config_file, monkeypa
 
 
 def test_parse_arg_types_values_like_the_defaults():
-  assert config_blocks.parse_arg(None, epochs=300).epochs == 300
-  assert config_blocks.parse_arg('100', epochs=300).epochs == 100
-  options = config_blocks.parse_arg('epochs=50,variant=B/16', variant='H/14', epochs=300)
+  assert blocks.parse_arg(None, epochs=300).epochs == 300
+  assert blocks.parse_arg('100', epochs=300).epochs == 100
+  options = blocks.parse_arg('epochs=50,variant=B/16', variant='H/14', epochs=300)
   assert (options.variant, options.epochs) == ('B/16', 50)
   with pytest.raises(ValueError, match=r'takes :variant=\.\.\.,epochs=\.\.\., got .size=1'):
-    config_blocks.parse_arg('size=1', variant='H/14', epochs=300)
+    blocks.parse_arg('size=1', variant='H/14', epochs=300)
   with pytest.raises(ValueError, match=r':epochs= takes a int, got .ten'):
-    config_blocks.parse_arg('ten', epochs=300)
+    blocks.parse_arg('ten', epochs=300)
 
 
 @pytest.mark.parametrize('arg, epochs', [(None, 300), ('100', 100), ('epochs=1000', 1000)])

@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from ssljax.models import cpu_batch_norm
+from ssljax.cpu import batch_norm as cpu_batch_norm
 
 
 def _inputs(dtype=jnp.float32):

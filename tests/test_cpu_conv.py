@@ -8,7 +8,10 @@ import numpy as np
 import pytest
 from jax import lax
 
-from ssljax.models import cpu_batch_norm, cpu_conv, resnet, winograd
+from ssljax.cpu import batch_norm as cpu_batch_norm
+from ssljax.cpu import conv as cpu_conv
+from ssljax.cpu import winograd
+from ssljax.models import resnet
 
 NHWC = ('NHWC', 'HWIO', 'NHWC')
 

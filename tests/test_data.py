@@ -12,8 +12,8 @@ import pytest
 from PIL import Image
 
 from ssljax import data
+from ssljax.config.defaults import base_config
 from ssljax.data import order, synthetic
-from ssljax.defaults import base_config
 
 tf = pytest.importorskip('tensorflow')
 from ssljax.data import augment, pipeline, sources  # noqa: E402
@@ -434,7 +434,7 @@ def test_synthetic_without_tensorflow():
     "sys.modules['tensorflow'] = None\n"
     "sys.modules['tensorflow_datasets'] = None\n"
     'import ssljax.data as data\n'
-    'from ssljax.defaults import base_config\n'
+    'from ssljax.config.defaults import base_config\n'
     'c = base_config()\n'
     "c.data.source = 'synthetic'\n"
     'c.data.channels = 3\n'

@@ -4,7 +4,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from ssljax import collapse, health
+from ssljax.monitor import collapse, health
 
 
 def _rankme_reference(z):

@@ -128,7 +128,7 @@ def _mixed_folder(root):
 
 def test_folder_source_skips_counts_and_names_unreadable_files(tmp_path, caplog):
   from ssljax import data, errors
-  from ssljax.data import check
+  from ssljax.data import scan
   from ssljax.methods import SimCLR
 
   bad = _mixed_folder(tmp_path / 'images')
@@ -152,7 +152,7 @@ def test_folder_source_skips_counts_and_names_unreadable_files(tmp_path, caplog)
     data.load_eval_split(config, 'train')
   assert all(b in str(e.value) for b in bad) and e.value.exit_code == 2
   # The scanner counts what the source would read and names the same files.
-  report = check.scan(str(tmp_path / 'images'))
+  report = scan.scan(str(tmp_path / 'images'))
   assert report['files'] == 46 and report['formats'] == {'png': 44, 'jpg': 2}
   assert sorted(os.path.relpath(f, tmp_path / 'images') for f, _ in report['bad']) == bad
   assert report['modes']['RGB'] == 40 and report['modes']['RGBA'] == 1

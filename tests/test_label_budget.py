@@ -7,7 +7,8 @@ import pytest
 from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
 
-from ssljax import config_checks, data, evaluators, sharding
+from ssljax import data, evaluators, sharding
+from ssljax.config import checks as config_checks
 from ssljax.evaluators import (
   LabelBudget,
   fraction_subset,

@@ -9,7 +9,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from ssljax import config_checks, data, sharding
+from ssljax import data, sharding
+from ssljax.config import checks as config_checks
 from ssljax.evaluators import finetune as finetune_lib
 from ssljax.evaluators import linear_sgd, protocols
 from ssljax.methods import DINO, MAE, SimCLR

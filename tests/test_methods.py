@@ -12,7 +12,8 @@ import ml_collections
 import numpy as np
 import pytest
 
-from ssljax import build, checkpoint, data, defaults, methods, models, sharding, train
+from ssljax import build, checkpoint, data, methods, models, sharding, train
+from ssljax.config import defaults
 from ssljax.methods.base import Method, submodule_variables
 
 

@@ -7,7 +7,7 @@ import json
 import numpy as np
 from tensorboard.backend.event_processing import event_accumulator
 
-from ssljax.metrics import MetricWriter, progress_bar
+from ssljax.monitor.metrics import MetricWriter, progress_bar
 
 
 def test_jsonl_and_tensorboard_hold_the_same_scalars(tmp_path):

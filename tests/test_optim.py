@@ -6,7 +6,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from ssljax import defaults, optim
+from ssljax import optim
+from ssljax.config import defaults
 
 
 def test_clip_by_parameter_norm_scales_each_array_on_its_own():

@@ -1,4 +1,4 @@
-"""Tests for ssljax.pictures: projections are right, and every picture is a real, sized file."""
+"""ssljax.monitor.pictures: projections are right, and every picture is a real, sized file."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from matplotlib import _pylab_helpers
 from PIL import Image
 from sklearn.decomposition import PCA
 
-from ssljax import pictures
+from ssljax.monitor import pictures
 
 
 def _structured(n: int = 200, d: int = 16, seed: int = 0) -> np.ndarray:
@@ -42,7 +42,7 @@ def _no_leaked_figures():
 
 def test_module_imports_no_ml_framework():
   code = (
-    'import sys, ssljax.pictures; '
+    'import sys, ssljax.monitor.pictures; '
     "bad = [m for m in ('jax', 'flax', 'tensorflow') if m in sys.modules]; "
     'assert not bad, bad'
   )

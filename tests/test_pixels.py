@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ssljax import config_checks, models
-from ssljax.data import check
+from ssljax import models
+from ssljax.config import checks as config_checks
+from ssljax.data import scan
 from ssljax.errors import ConfigError
 from ssljax.methods import SimCLR
 from ssljax.models import pixels, resnet, vit
@@ -95,12 +96,12 @@ def test_folder_scan_gives_the_per_channel_statistics(tmp_path, capsys):
     [a.reshape(-1, 3) for a in colour] + [np.repeat(gray.reshape(-1, 1), 3, 1)]
   )
   every = every / 255.0
-  report = check.scan(str(tmp_path))
+  report = scan.scan(str(tmp_path))
   np.testing.assert_allclose(report['pixel_mean'], every.mean(0), atol=1e-4)
   np.testing.assert_allclose(report['pixel_std'], every.std(0), atol=1e-4)
-  assert check.main(['--path', str(tmp_path)]) == 0
+  assert scan.main(['--path', str(tmp_path)]) == 0
   mean = ','.join(map(str, report['pixel_mean']))
   assert f'--config.model.pixel_mean="({mean},)"' in capsys.readouterr().out
   for i in range(3):  # grayscale only: one channel
     (tmp_path / f'{i}.png').unlink()
-  assert len(check.scan(str(tmp_path))['pixel_mean']) == 1
+  assert len(scan.scan(str(tmp_path))['pixel_mean']) == 1

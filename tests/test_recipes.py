@@ -1,12 +1,11 @@
-"""The paper configs hold the official settings (ssljax.recipes, each with the file it comes
+"""The paper configs hold the official settings (tests/recipes.py, each with the file it comes
 from), and configs/README.md shows exactly that table: neither can drift without the other."""
 
 import glob
 import os
 
 import pytest
-
-from ssljax import recipes
+import recipes
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -48,4 +47,4 @@ def test_a_differing_value_says_why():
 def test_configs_readme_shows_the_recipe_table():
   with open(os.path.join(ROOT, 'configs', 'README.md')) as f:
     text = f.read()
-  assert recipes.markdown() in text, 'regenerate it: python -m ssljax.recipes'
+  assert recipes.markdown() in text, 'regenerate it: python tests/recipes.py'

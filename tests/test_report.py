@@ -1,4 +1,4 @@
-"""Tests for ssljax.report: the page holds the run's numbers, every link resolves, and a run that
+"""ssljax.monitor.report: the page holds the run's numbers, every link resolves, and a run that
 logged nothing, or logged NaNs, still gets a readable page. Synthetic workdirs, no training."""
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ import pytest
 from matplotlib import _pylab_helpers
 from PIL import Image
 
-from ssljax import report
 from ssljax.methods import SimCLR
+from ssljax.monitor import report
 
 PRETRAINED = {'linear': 0.8123, 'linear_2_per_class': 0.4517, 'knn': 0.7731}
 RANDOM_INIT = {'linear': 0.6057, 'linear_2_per_class': 0.3342, 'knn': 0.5009}
@@ -272,12 +272,12 @@ def test_config_from_workdir_and_command_line(tmp_path, capsys):
   _full_run(tmp_path)
   config = _config('from_json')
   (tmp_path / 'config.json').write_text(config.to_json_best_effort())
-  report.main(['ssljax.report', f'--workdir={tmp_path}'])
+  report.main(['ssljax.monitor.report', f'--workdir={tmp_path}'])
   assert 'wrote' in capsys.readouterr().out
   text = _read(tmp_path / 'report.md')
   assert text.startswith('# from_json\n') and '- steps: 100 / 100' in text
   with pytest.raises(SystemExit):
-    report.main(['ssljax.report'])
+    report.main(['ssljax.monitor.report'])
 
 
 def test_train_hook_logs_a_failure_and_honours_the_switch(tmp_path, monkeypatch):

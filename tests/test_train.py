@@ -14,8 +14,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ssljax import checkpoint, models, sharding, train, visualize
+from ssljax import checkpoint, models, sharding, train
 from ssljax.errors import ConfigError
+from ssljax.monitor import visualize
 from ssljax.restore import load_config, restore_latest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -103,7 +104,7 @@ def test_visualize_command_draws_attention_from_a_run(tmp_path, config_file, shr
   train.train_and_evaluate(config, str(tmp_path))
   assert not os.path.exists(tmp_path / 'pictures')
   proc = subprocess.run(
-    [sys.executable, '-m', 'ssljax.visualize', 'attention', f'--workdir={tmp_path}'],
+    [sys.executable, '-m', 'ssljax.monitor.visualize', 'attention', f'--workdir={tmp_path}'],
     cwd=ROOT,
     env={**os.environ, 'JAX_PLATFORMS': 'cpu'},
     capture_output=True,

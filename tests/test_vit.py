@@ -10,7 +10,8 @@ import jax.numpy as jnp
 import numpy as np
 from absl.testing import parameterized
 
-from ssljax import defaults, models
+from ssljax import models
+from ssljax.config import defaults
 from ssljax.models import vit
 
 

@@ -7,7 +7,6 @@ The example order lives in `order`, the shared types in `types`; this module is 
 
 from __future__ import annotations
 
-import copy
 import itertools
 from collections.abc import Iterator
 
@@ -15,10 +14,11 @@ import jax
 import ml_collections
 import numpy as np
 
+from ssljax.config.views import view_specs, view_specs_if_valid
 from ssljax.data import shifts, sources, synthetic
 from ssljax.data.checks import check_config
 from ssljax.data.types import DatasetInfo, EvalSplit, source_name
-from ssljax.errors import ConfigError, DatasetNotFoundError
+from ssljax.errors import DatasetNotFoundError
 
 __all__ = [
   'DatasetInfo',
@@ -35,34 +35,6 @@ __all__ = [
   'view_specs',
   'view_specs_if_valid',
 ]
-
-
-def view_specs(config: ml_collections.ConfigDict) -> list[ml_collections.ConfigDict]:
-  """One augmentation spec per view: config.augment with each config.views entry applied.
-
-  Entries are taken in sorted order of their names and repeated `count` times (multi-crop), so
-  the view order is fixed by the config alone.
-  """
-  specs = []
-  for name in sorted(config.views.keys()):
-    spec = ml_collections.ConfigDict(config.augment.to_dict())
-    overrides = config.views[name]
-    if isinstance(overrides, ml_collections.ConfigDict):
-      overrides = overrides.to_dict()
-    spec.update(dict(overrides or {}))
-    specs.extend(copy.deepcopy(spec) for _ in range(int(spec.count)))
-  if not specs:
-    raise ConfigError('config.views defines no view: every method needs one, e.g. dict(view1={})')
-  return specs
-
-
-def view_specs_if_valid(config: ml_collections.ConfigDict) -> list | None:
-  """view_specs, or None for views that cannot be expanded (the data checks report why):
-  for the checks of other fields that depend on the views."""
-  try:
-    return view_specs(config)
-  except (ConfigError, TypeError, ValueError):
-    return None
 
 
 # ----------------------------------------------------------------------------- public API

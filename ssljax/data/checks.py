@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import ml_collections
 
-from ssljax.config_checks import MISSING, Checks
+from ssljax.config.checks import MISSING, Checks
 from ssljax.data import shifts
 from ssljax.data.types import SOURCES
 

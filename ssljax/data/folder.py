@@ -260,7 +260,7 @@ def _skip(index: FolderIndex, error: images.BadImageError, max_bad_fraction: flo
     raise DataError(
       f'folder source {index.root}: {count} of {index.total} image files cannot be read, more '
       f'than config.data.max_bad_fraction={max_bad_fraction:g} allows. Fix or remove them '
-      f'(python -m ssljax.data.check --path={index.root} lists them all), or raise the '
+      f'(python -m ssljax.data.scan --path={index.root} lists them all), or raise the '
       f'limit:\n  {listing}'
     )
   if new:

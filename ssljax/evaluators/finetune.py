@@ -33,9 +33,9 @@ import optax
 from absl import logging
 
 from ssljax import data, optim, sharding
-from ssljax.config_checks import Checks
+from ssljax.config.checks import Checks
+from ssljax.config.defaults import augment_defaults
 from ssljax.data.types import EvalSplit
-from ssljax.defaults import augment_defaults
 from ssljax.evaluators import mixing
 from ssljax.evaluators.batched import apply_in_batches
 from ssljax.models import vit as vit_lib

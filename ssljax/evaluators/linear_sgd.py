@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import ml_collections
 
-from ssljax.config_checks import Checks
+from ssljax.config.checks import Checks
 from ssljax.evaluators import finetune as finetune_lib
 
 PRESETS: dict[str, dict] = {

@@ -18,8 +18,9 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from ssljax import config_checks, data, sharding
-from ssljax.config_checks import Checks
+from ssljax import data, sharding
+from ssljax.config import checks as config_checks
+from ssljax.config.checks import Checks
 from ssljax.data import shifts
 from ssljax.data.types import EvalSplit
 from ssljax.errors import ConfigError

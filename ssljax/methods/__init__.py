@@ -6,7 +6,7 @@ from __future__ import annotations
 import jax
 import ml_collections
 
-from ssljax.config_checks import Checks
+from ssljax.config.checks import Checks
 from ssljax.errors import ConfigError
 from ssljax.methods.base import Method, TrainState
 from ssljax.methods.byol import BYOL

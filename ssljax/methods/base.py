@@ -11,9 +11,10 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from ssljax import data, health
-from ssljax.config_checks import Checks
+from ssljax.config.checks import Checks
+from ssljax.config.views import view_specs_if_valid
 from ssljax.errors import ConfigError
+from ssljax.monitor import health
 
 PyTree = Any
 
@@ -49,7 +50,7 @@ class Method:
 
   @classmethod
   def default_config(cls, image_size: int = 224) -> ml_collections.ConfigDict:
-    """The shared defaults (`ssljax.defaults.base_config`) with this method's own sections and
+    """The shared defaults (`config.defaults.base_config`) with this method's own sections and
     settings: what configs/<method>_*.py start from."""
     raise NotImplementedError
 
@@ -72,7 +73,7 @@ class Method:
     its sections); run before any data is read or anything compiles. Subclasses extend it."""
     name = checks.config.method
     checks.choice('eval_encoder', cls.eval_encoders)
-    specs = data.view_specs_if_valid(checks.config)
+    specs = view_specs_if_valid(checks.config)
     if specs is None:
       return
     views = len(specs)
@@ -160,7 +161,7 @@ class Method:
 
   def health(self, params: PyTree, model_state: PyTree, images: jax.Array) -> dict[str, jax.Array]:
     """Label-free health on un-augmented images, in inference mode: RankMe and normalised std of
-    h (`ssljax.health`). Methods with a projector add its output's (`_z`); methods with a
+    h (`ssljax.monitor.health`). Methods with a projector add its output's (`_z`); methods with a
     teacher add the teacher/student agreement (`health/agreement`)."""
     return health.embedding_health('h', self.features(params, model_state, images))
 

@@ -9,8 +9,10 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from ssljax import defaults, ema, health, losses, models
+from ssljax import ema, losses, models
+from ssljax.config import defaults
 from ssljax.methods.base import Method, dropout_rngs, stack_views, submodule_variables
+from ssljax.monitor import health
 
 TARGET_PARTS = ('encoder', 'projector')  # the predictor exists only online
 

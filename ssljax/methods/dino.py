@@ -10,7 +10,9 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from ssljax import data, defaults, ema, health, losses, models
+from ssljax import ema, losses, models
+from ssljax.config import defaults
+from ssljax.config.views import view_specs_if_valid
 from ssljax.methods.base import (
   EncoderWithHead,
   Method,
@@ -18,6 +20,7 @@ from ssljax.methods.base import (
   stack_views,
   submodule_variables,
 )
+from ssljax.monitor import health
 
 
 def _student_stats(model_state: dict) -> dict:
@@ -99,7 +102,7 @@ class DINO(Method):
     checks.probability('ema.base')
     if not checks.count('dino.global_views', 1):
       return
-    specs = data.view_specs_if_valid(checks.config)
+    specs = view_specs_if_valid(checks.config)
     if specs is None:
       return
     views = len(specs)

@@ -12,9 +12,11 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from ssljax import defaults, ema, health, losses, masking, models
+from ssljax import ema, losses, masking, models
+from ssljax.config import defaults
 from ssljax.methods.base import Method, dropout_rngs
 from ssljax.models import vit
+from ssljax.monitor import health
 
 _dense_init = nn.initializers.xavier_uniform()
 

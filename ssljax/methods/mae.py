@@ -10,7 +10,8 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from ssljax import defaults, losses, masking, models
+from ssljax import losses, masking, models
+from ssljax.config import defaults
 from ssljax.methods.base import Method, dropout_rngs, submodule_variables
 from ssljax.models import vit
 

@@ -10,7 +10,8 @@ import jax.numpy as jnp
 import ml_collections
 from jax.sharding import PartitionSpec as P
 
-from ssljax import defaults, health, losses, models
+from ssljax import losses, models
+from ssljax.config import defaults
 from ssljax.methods.base import (
   EncoderWithHead,
   Method,
@@ -18,6 +19,7 @@ from ssljax.methods.base import (
   stack_views,
   submodule_variables,
 )
+from ssljax.monitor import health
 
 
 class SimCLR(Method):

@@ -5,8 +5,8 @@ from __future__ import annotations
 import jax.numpy as jnp
 import ml_collections
 
-from ssljax import data
-from ssljax.config_checks import Checks
+from ssljax.config.checks import Checks
+from ssljax.config.views import view_specs_if_valid
 from ssljax.errors import ConfigError
 from ssljax.models import pixels
 from ssljax.models import resnet as resnet_lib
@@ -136,7 +136,7 @@ def _check_patch_size(checks: Checks) -> None:
     return
   patch = checks.value('model.patch_size')
   sides = {checks.value('data.image_size')}
-  sides |= {s.image_size for s in data.view_specs_if_valid(checks.config) or []}
+  sides |= {s.image_size for s in view_specs_if_valid(checks.config) or []}
   sides = sorted(s for s in sides if isinstance(s, int) and s > 0)
   if any(s % patch for s in sides):
     divisors = [p for p in range(1, min(sides) + 1) if all(s % p == 0 for s in sides)]

@@ -9,7 +9,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from ssljax.models import activations
+from ssljax.cpu import gelu
 
 
 class MLPHead(nn.Module):
@@ -71,7 +71,7 @@ class DINOHead(nn.Module):
       x = dense(self.hidden_dim)(x)
       if self.use_bn:
         x = nn.BatchNorm(use_running_average=not train, momentum=0.9, dtype=self.dtype)(x)
-      x = activations.gelu(x)
+      x = gelu.gelu(x)
     x = dense(self.bottleneck_dim)(x).astype(jnp.float32)
     x = x * jax.lax.rsqrt(jnp.maximum(jnp.sum(x * x, axis=-1, keepdims=True), 1e-24))
     return WeightNormDense(self.out_dim, fixed_norm=self.norm_last_layer, name='last_layer')(x)

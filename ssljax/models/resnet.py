@@ -14,7 +14,9 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from ssljax.models import cpu_batch_norm, cpu_conv, pixels
+from ssljax.cpu import batch_norm as cpu_batch_norm
+from ssljax.cpu import conv as cpu_conv
+from ssljax.models import pixels
 
 ModuleDef = Any
 

@@ -16,7 +16,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ssljax.models import activations, pixels
+from ssljax.cpu import gelu
+from ssljax.models import pixels
 
 VIT_SIZES = {
   'vit_tiny': (192, 12, 3),  # (width, depth, heads)
@@ -171,7 +172,7 @@ class Mlp(nn.Module):
   def __call__(self, x: jax.Array) -> jax.Array:
     d = x.shape[-1]
     x = nn.Dense(self.hidden_dim, dtype=self.dtype, kernel_init=_dense_init, name='fc1')(x)
-    x = activations.gelu(x)  # PyTorch's nn.GELU is the exact (erf) form
+    x = gelu.gelu(x)  # PyTorch's nn.GELU is the exact (erf) form
     return nn.Dense(d, dtype=self.dtype, kernel_init=_dense_init, name='fc2')(x)
 
 

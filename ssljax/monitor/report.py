@@ -6,9 +6,9 @@ metrics.jsonl, the latest pictures under WORKDIR/pictures, and the config. Every
 so the workdir can be copied or attached as it is. Training rewrites the page after each
 evaluation and at the end (process 0, `config.report`); for any run, at any time:
 
-  python -m ssljax.report --workdir=DIR
+  python -m ssljax.monitor.report --workdir=DIR
 
-Reading files and plotting only, so no JAX import; figures are built as in `ssljax.pictures`
+Reading files and plotting only, so no JAX import; figures are built as in `ssljax.monitor.pictures`
 (a `Figure` on the Agg canvas, never pyplot). Half-written or non-finite input must not break
 the page: a NaN loss is the very thing a reader needs to see.
 """
@@ -28,7 +28,8 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from ssljax import collapse, errors
+from ssljax import errors
+from ssljax.monitor import collapse
 
 REPORT = 'report.md'
 PLOTS = 'report'  # WORKDIR/report/: loss.png, eval.png
@@ -395,7 +396,7 @@ def _panels(count: int, height: float) -> tuple[Figure, list]:
 
 
 def _collapse_warning(series: Series, config: Any) -> str | None:
-  """The run's collapse warning (`ssljax.collapse`) read back from its logged health metrics."""
+  """The run's collapse warning (`monitor.collapse`) read back from its logged health metrics."""
   rows: dict[int, dict[str, float]] = {}
   for name in (n for n in series if collapse.floor(n, config) is not None):
     for step, value in zip(*series[name], strict=True):
@@ -483,7 +484,7 @@ def _write_atomic(path: str, text: str) -> None:
 def main(argv: list[str]) -> None:
   workdir = next((a.split('=', 1)[1] for a in argv[1:] if a.startswith('--workdir=')), None)
   if not workdir or len(argv) != 2:
-    print('usage: python -m ssljax.report --workdir=DIR', file=sys.stderr)
+    print('usage: python -m ssljax.monitor.report --workdir=DIR', file=sys.stderr)
     sys.exit(2)
   if not os.path.isdir(workdir):
     print(f'error: {workdir} is not a directory', file=sys.stderr)

@@ -2,7 +2,7 @@
 that cannot be read (what the folder source would skip), and the per-channel pixel mean and std
 to standardize with (config.model.pixel_mean / pixel_std).
 
-  python -m ssljax.data.check --path=DIR
+  python -m ssljax.data.scan --path=DIR
 """
 
 from __future__ import annotations

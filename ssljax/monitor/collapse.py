@@ -1,6 +1,6 @@
 """When the label-free health metrics say a run is collapsing, and what to try instead.
 
-The train loop logs `health/rankme_h` and `health/std_h` (`ssljax.health`) at every log step;
+The train loop logs `health/rankme_h` and `health/std_h` (`monitor.health`) at every log step;
 the first step where either falls below its floor (config.health.min_rankme, min_std) gets one
 warning naming the step, the metric and the remedies for the method, and the report shows it
 (`first_collapse` reads the same rule back from metrics.jsonl). With

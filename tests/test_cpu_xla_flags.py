@@ -1,4 +1,4 @@
-"""ssljax.xla_cpu_flags: which XLA options the entry points add, and when they add none."""
+"""ssljax.cpu.xla_flags: which XLA options the entry points add, and when they add none."""
 
 import os
 import subprocess
@@ -6,39 +6,39 @@ import sys
 
 import numpy as np
 
-from ssljax import xla_cpu_flags
+from ssljax.cpu import xla_flags
 
-YNN, DEVICES = xla_cpu_flags.FLAGS
+YNN, DEVICES = xla_flags.FLAGS
 
 
 def test_flags_are_added_after_the_users_own():
-  assert xla_cpu_flags.with_flags({}) == f'{YNN} {DEVICES}'
-  assert xla_cpu_flags.with_flags({'XLA_FLAGS': '--xla_dump_to=/tmp/d'}) == (
+  assert xla_flags.with_flags({}) == f'{YNN} {DEVICES}'
+  assert xla_flags.with_flags({'XLA_FLAGS': '--xla_dump_to=/tmp/d'}) == (
     f'--xla_dump_to=/tmp/d {YNN} {DEVICES}'
   )
 
 
 def test_an_option_the_user_set_keeps_its_value():
   other = '--xla_cpu_experimental_xnn_fusion_type=dot'
-  assert xla_cpu_flags.with_flags({'XLA_FLAGS': other}) == f'{other} {YNN} {DEVICES}'
+  assert xla_flags.with_flags({'XLA_FLAGS': other}) == f'{other} {YNN} {DEVICES}'
   own = f'{other} --xla_cpu_experimental_ynn_fusion_type=reduce'
-  assert xla_cpu_flags.with_flags({'XLA_FLAGS': own}) == f'{own} {DEVICES}'
+  assert xla_flags.with_flags({'XLA_FLAGS': own}) == f'{own} {DEVICES}'
   eight = '--xla_force_host_platform_device_count=8'
-  assert xla_cpu_flags.with_flags({'XLA_FLAGS': eight}) == f'{eight} {YNN}'
+  assert xla_flags.with_flags({'XLA_FLAGS': eight}) == f'{eight} {YNN}'
 
 
 def test_none_turns_them_off():
-  env = {'XLA_FLAGS': '--xla_dump_to=/tmp/d', xla_cpu_flags.ENV: 'none'}
-  assert xla_cpu_flags.with_flags(env) == '--xla_dump_to=/tmp/d'
+  env = {'XLA_FLAGS': '--xla_dump_to=/tmp/d', xla_flags.ENV: 'none'}
+  assert xla_flags.with_flags(env) == '--xla_dump_to=/tmp/d'
 
 
 def test_only_options_this_xla_has_are_added(monkeypatch):
   # The installed jaxlib has them (else the speed-up is lost: this test says so); a name no XLA
   # has is refused, so that an older or newer jaxlib without the options still starts.
-  assert xla_cpu_flags.xla_knows(xla_cpu_flags.FLAGS)
-  assert not xla_cpu_flags.xla_knows(('--xla_cpu_no_such_option_in_any_version=1',))
-  monkeypatch.setattr(xla_cpu_flags, 'FLAGS', ('--xla_cpu_no_such_option_in_any_version=1',))
-  assert xla_cpu_flags.with_flags({'XLA_FLAGS': '--a=1'}) == '--a=1'
+  assert xla_flags.xla_knows(xla_flags.FLAGS)
+  assert not xla_flags.xla_knows(('--xla_cpu_no_such_option_in_any_version=1',))
+  monkeypatch.setattr(xla_flags, 'FLAGS', ('--xla_cpu_no_such_option_in_any_version=1',))
+  assert xla_flags.with_flags({'XLA_FLAGS': '--a=1'}) == '--a=1'
 
 
 # A child that starts the way `python -m ssljax.main` does, then takes the forward pass and both
@@ -47,8 +47,8 @@ def test_only_options_this_xla_has_are_added(monkeypatch):
 _CHILD = """
 import os, sys
 import numpy as np
-from ssljax import xla_cpu_flags
-xla_cpu_flags.apply()
+from ssljax.cpu import xla_flags
+xla_flags.apply()
 import jax, jax.numpy as jnp
 from jax import lax
 out = {}
@@ -87,13 +87,13 @@ def _convolution_reference(x, w, g, stride):
 def test_convolutions_under_the_options_match_their_definition(tmp_path):
   env = dict(os.environ, JAX_PLATFORMS='cpu')
   env.pop('XLA_FLAGS', None)
-  env.pop(xla_cpu_flags.ENV, None)
+  env.pop(xla_flags.ENV, None)
   path = tmp_path / 'conv.npz'
   child = subprocess.run(
     [sys.executable, '-c', _CHILD, str(path)], env=env, check=True, capture_output=True, text=True
   )
   flags_line, devices = child.stdout.splitlines()
-  assert flags_line.split() == list(xla_cpu_flags.FLAGS)
+  assert flags_line.split() == list(xla_flags.FLAGS)
   assert devices == '2'  # the host split into two XLA:CPU devices
   got = np.load(path)
   for channels, stride in [(8, 1), (32, 2)]:

@@ -13,7 +13,7 @@ evaluation would (users with few labels have no such evaluation at all).
   both collapsed onto the same output.
 
 Each method's `health` (ssljax/methods/) says which embeddings it has: h always, the projector
-output z where there is one. `ssljax.collapse` turns these numbers into a warning.
+output z where there is one. `ssljax.monitor.collapse` turns these numbers into a warning.
 """
 
 from __future__ import annotations

@@ -35,7 +35,7 @@ took 3.1. Paired, the stage-1 forward took 5.1 ms, and the step, same process al
 
 A 3x3 stride-1 convolution in float32 with WINOGRAD channels or more in and out, over even sizes
 (the last two stages of ResNet-18 at width 64), runs by Winograd's F(2x2, 3x3) instead
-(ssljax.models.winograd): 16 matrix products, which XLA:CPU hands to YNNPACK, with 2.25 times
+(ssljax.cpu.winograd): 16 matrix products, which XLA:CPU hands to YNNPACK, with 2.25 times
 fewer multiply-adds than Eigen's direct convolution. Forward and both gradients, 128 images on
 2 cores: 4x4x512 95 against 151 ms, 8x8x256 116 against 150; 16x16x128 141 against 153, but
 level at the 64 images a device takes in the step, and the step too (so 128 channels stay with
@@ -61,7 +61,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from ssljax.models import winograd
+from ssljax.cpu import winograd
 
 NARROW = 8  # input channels up to which a 3x3 convolution runs on pixel pairs
 WINOGRAD = 256  # input and output channels from which a 3x3 convolution runs by Winograd
@@ -71,7 +71,7 @@ _NHWC = ('NHWC', 'HWIO', 'NHWC')
 def conv_general_dilated(lhs: jax.Array, rhs: jax.Array, *args, **kwargs) -> jax.Array:
   """lax.conv_general_dilated(lhs, rhs, *args, **kwargs), with the kernel gradient above, on
   pixel pairs where that is faster (paired_conv), by Winograd's F(2x2, 3x3) where that is
-  (ssljax.models.winograd), and with a 1x1 kernel's gradient as one matrix product
+  (ssljax.cpu.winograd), and with a 1x1 kernel's gradient as one matrix product
   (pointwise_conv)."""
   route = _route(lhs, rhs, *args, **kwargs)
   if route == 'pairs':

@@ -1,8 +1,8 @@
 """The published settings each paper config reproduces, and the official file each comes from.
 
 One table for two readers: `tests/test_recipes.py` pins every config to it (ssljax's value where a
-row says why it differs, else the official one), so an edit cannot drift silently; `python -m
-ssljax.recipes` prints it as the tables in configs/README.md, which a test keeps equal to it.
+row says why it differs, else the official one), so an edit cannot drift silently; `python
+tests/recipes.py` prints it as the tables in configs/README.md, which a test keeps equal to it.
 Only settings that change a reproduced number are listed; the rest are the methods' defaults.
 """
 

@@ -4,7 +4,7 @@
 import ml_collections
 from ml_collections.config_dict import placeholder
 
-from ssljax.collapse import MIN_RANKME, MIN_STD
+from ssljax.monitor.collapse import MIN_RANKME, MIN_STD
 
 
 def augment_defaults(image_size: int) -> ml_collections.ConfigDict:
@@ -84,6 +84,10 @@ def base_config(method: str = '', image_size: int = 32) -> ml_collections.Config
       proj_layers=2,
       pred_hidden=0,  # BYOL's predictor hidden width (0: as the projector's)
       compute_dtype='float32',  # or bfloat16 (params stay float32)
+      # Which kernels run the convolutions, BatchNorm, GELU and attention layout: auto (ssljax's
+      # CPU kernels on the CPU backend, XLA's everywhere else) | xla | cpu. Same parameters and
+      # checkpoints either way (ssljax/cpu/__init__.py).
+      kernels='auto',
       # ViT encoders only:
       patch_size=16,
       pos_embed='learned',  # learned | sincos (fixed 2-D)
@@ -91,7 +95,7 @@ def base_config(method: str = '', image_size: int = 32) -> ml_collections.Config
       pool='cls',  # h = the CLS token | mean of the patch tokens
       cls_token=True,  # False: patch tokens only (I-JEPA), needs pool='mean'
       # Pixels in [0, 1] enter as (x - mean) / std, one value for every channel or one per
-      # channel (models.pixels.IMAGENET_MEAN / _STD; `python -m ssljax.data.check --path=DIR`
+      # channel (models.pixels.IMAGENET_MEAN / _STD; `python -m ssljax.data.scan --path=DIR`
       # prints a folder's). () is the encoder's default: ViTs (0.5,) / (0.25,), about
       # ImageNet's; ResNets none, their stem's BatchNorm rescales (as SimCLR's official code).
       pixel_mean=(),
@@ -118,7 +122,7 @@ def base_config(method: str = '', image_size: int = 32) -> ml_collections.Config
   c.grad_clip_by = 'global_norm'  # or parameter_norm: each parameter's own (DINO's official)
 
   c.log_every = 20
-  # Label-free health (ssljax.health, ssljax.collapse): at each log step, RankMe and the
+  # Label-free health (ssljax.monitor.health and .collapse): at each log step, RankMe and the
   # normalised std of h on the first `images` un-augmented training images (0: off). Below
   # either floor the run warns once, with the method's remedies; stop_on_collapse stops it
   # instead, without saving the collapsed state.
@@ -198,7 +202,7 @@ def base_config(method: str = '', image_size: int = 32) -> ml_collections.Config
       ),
     )
   )
-  # Pictures under WORKDIR/pictures at every evaluation (ssljax.visualize).
+  # Pictures under WORKDIR/pictures at every evaluation (ssljax.monitor.visualize).
   c.visualize = ml_collections.ConfigDict(
     dict(
       embeddings=True,  # 2-D projection of test embeddings, coloured by label, one frame per eval
@@ -209,7 +213,7 @@ def base_config(method: str = '', image_size: int = 32) -> ml_collections.Config
       num_images=6,  # images in the attention / reconstruction pictures
     )
   )
-  # WORKDIR/report.md (ssljax.report): summary, results, curves, pictures; rewritten at every
+  # WORKDIR/report.md (monitor/report.py): summary, results, curves, pictures; rewritten at every
   # evaluation so a run can be read, or copied, without TensorBoard.
   c.report = True
   return c
