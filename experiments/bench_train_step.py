@@ -22,11 +22,10 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-if __name__ == '__main__':  # the allocator and XLA:CPU options `python -m ssljax.main` runs with
-  from ssljax.cpu import allocator, xla_flags
+if __name__ == '__main__':  # before JAX starts: XLA's options and the allocator are fixed then
+  from ssljax.cpu import process
 
-  xla_flags.apply()
-  allocator.reexec()
+  process.prepare()
 
 import jax  # noqa: E402
 from absl import app, flags  # noqa: E402

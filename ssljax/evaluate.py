@@ -14,13 +14,10 @@ import json
 import os
 import sys
 
-os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+if __name__ == '__main__':  # before JAX starts: XLA's options and the allocator are fixed then
+  from ssljax.cpu import process
 
-if __name__ == '__main__':  # before JAX starts: see ssljax.cpu.allocator and xla_cpu_flags
-  from ssljax.cpu import allocator, xla_flags
-
-  xla_flags.apply()
-  allocator.reexec()
+  process.prepare()
 
 import jax  # noqa: E402
 import ml_collections  # noqa: E402

@@ -8,13 +8,10 @@ from __future__ import annotations
 
 import os
 
-os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+if __name__ == '__main__':  # before JAX starts: XLA's options and the allocator are fixed then
+  from ssljax.cpu import process
 
-if __name__ == '__main__':  # before JAX starts: the allocator and XLA's options are fixed then
-  from ssljax.cpu import allocator, xla_flags
-
-  xla_flags.apply()
-  allocator.reexec()
+  process.prepare()
 
 import jax  # noqa: E402
 from absl import app, flags, logging  # noqa: E402
