@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
-from ssljax import data, methods, models, optim
+from ssljax import data, methods, models, optim, sharding
 from ssljax.data import augment_device
 from ssljax.methods import Method, TrainState
 
@@ -64,9 +64,7 @@ def init_state(
     init_rng, train_rng = jax.random.split(rng)
     # Two examples are enough: parameter shapes do not depend on the batch size.
     batch = {'views': [jnp.zeros((2,) + s, jnp.float32) for s in views_shape]}
-    # Parameters are replicated, so the partitionable threefry buys nothing here, and XLA:CPU
-    # compiles the classic one about 8x faster (40 s -> 5 s for a ResNet-18).
-    with jax.threefry_partitionable(False):
+    with sharding.replicated_init():
       params, model_state = method.init(init_rng, batch)
     return TrainState(jnp.zeros((), jnp.int32), params, model_state, tx.init(params), train_rng)
 

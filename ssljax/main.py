@@ -19,6 +19,7 @@ from ml_collections import config_flags  # noqa: E402
 
 from ssljax import errors, train  # noqa: E402
 from ssljax.cpu import allocator
+from ssljax.models import kernels
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file.', lock_config=True)
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Run directory (default: runs/<config name>).')
@@ -68,6 +69,9 @@ def main(argv) -> None:
   allocator.log_choice(jax.default_backend())
   if jax.default_backend() == 'cpu':
     logging.info('XLA_FLAGS: %s', os.environ.get('XLA_FLAGS') or '(none)')
+  choice = config.model.get('kernels', 'auto')
+  if choice in kernels.CHOICES:  # else the config check refuses it, with the others
+    logging.info('Kernels: %s (config.model.kernels=%s)', kernels.resolve(choice).name, choice)
   # A user's mistake (errors.UserError) is one line and exit code 2 (3: the run diverged); a bug
   # keeps its traceback.
   results = errors.run_command(train.train_and_evaluate, config, workdir)

@@ -1,17 +1,14 @@
 """cpu_conv: lax's convolution, outputs and gradients, with the kernel gradient's input stored,
 on pixel pairs and by Winograd (against the definition and lax)."""
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 from jax import lax
 
-from ssljax.cpu import batch_norm as cpu_batch_norm
 from ssljax.cpu import conv as cpu_conv
 from ssljax.cpu import winograd
-from ssljax.models import resnet
 
 NHWC = ('NHWC', 'HWIO', 'NHWC')
 
@@ -141,26 +138,6 @@ def test_kernel_gradient_reads_x_and_dy_through_conditionals():
 
   text = jax.jit(jax.grad(loss)).lower(w).compile().as_text()
   assert text.count(' conditional(') == 2
-
-
-def test_resnet_uses_it_and_the_cpu_batch_norm_on_cpu():
-  model = resnet.resnet('resnet18', width=4, stem='small')
-  x = jnp.zeros((2, 8, 8, 1))
-  variables = model.init(jax.random.key(0), x, train=False)
-  convs, norms = set(), set()
-
-  def record(next_fun, args, kwargs, context):
-    if isinstance(context.module, nn.Conv):
-      convs.add(context.module.conv_general_dilated)
-    if 'BatchNorm' in type(context.module).__name__:
-      norms.add(type(context.module))
-    return next_fun(*args, **kwargs)
-
-  assert jax.default_backend() == 'cpu'
-  with nn.intercept_methods(record):
-    model.apply(variables, x, train=True, mutable=['batch_stats'])
-  assert convs == {cpu_conv.conv_general_dilated}
-  assert norms == {cpu_batch_norm.BatchNorm}
 
 
 # winograd.conv, the 3x3 stride-1 SAME convolution by F(2x2, 3x3), and the route to it

@@ -1,4 +1,4 @@
-"""What ssljax does differently on a CPU, in one place: convolution and BatchNorm kernels for the
-ResNets, a GELU with a hand-written gradient, and the process setup of the entry points (XLA:CPU
-options, tcmalloc). Models reach the kernels through `config.model.kernels`; nothing here runs on
-a GPU or TPU unless a config asks for it."""
+"""What ssljax does differently on a CPU, in one place: convolution and BatchNorm kernels, a GELU
+with a hand-written gradient (models take them through `config.model.kernels`, resolved once in
+ssljax.models.kernels), and the process setup of the entry points (`process.prepare`: XLA:CPU
+options, tcmalloc). Importing ssljax as a library changes nothing in the process."""

@@ -1,13 +1,11 @@
-"""Run the entry points under tcmalloc when it is installed: XLA:CPU steps get 10-35% faster.
+"""Run the entry points under tcmalloc when it is installed: XLA:CPU steps get faster.
 
-glibc's malloc serves every request above 64 MB from a worker thread with a fresh mmap and returns
-it with munmap on free. XLA:CPU allocates its temporary buffer (370 MB for the Fashion-MNIST SimCLR
-step) and Eigen's convolution packing buffers (up to 116 MB each, 14 a step) that way, so each step
-page-faults ~370 MB back in: 91,000 faults and 0.24 of 1.3 CPU-seconds in the kernel per step on
-2 cores (experiments/bench_vs_pytorch.py prints both per step). tcmalloc keeps freed pages for
-reuse: 300-15,000 faults and 0.01-0.04 s. The allocator is chosen when a process starts
-(LD_PRELOAD), so `reexec()` restarts the command under it before anything is imported;
-`SSLJAX_MALLOC=system` keeps glibc's.
+glibc's malloc serves every request above 64 MB with a fresh mmap and returns it with munmap on
+free. XLA:CPU allocates its temporary buffer and Eigen's convolution packing buffers that way, so
+each step page-faults them back in; tcmalloc keeps freed pages for reuse
+(experiments/bench_vs_pytorch.py prints the faults and kernel time per step). The allocator is
+chosen when a process starts (LD_PRELOAD), so `reexec()` restarts the command under it before
+anything is imported; `SSLJAX_MALLOC=system` keeps glibc's.
 """
 
 from __future__ import annotations
@@ -84,9 +82,9 @@ def log_choice(backend: str) -> None:
   name = active()
   if name == 'glibc' and backend == 'cpu' and os.environ.get(ENV, 'auto') != 'system':
     logging.info(
-      'Host allocator: glibc malloc, which re-maps XLA:CPU buffers every step; steps run 10-35%% '
-      'faster under tcmalloc, used automatically once installed (apt-get install '
-      'libtcmalloc-minimal4, or conda install gperftools)'
+      'Host allocator: glibc malloc, which re-maps XLA:CPU buffers every step; steps run faster '
+      'under tcmalloc, used automatically once installed (apt-get install libtcmalloc-minimal4, '
+      'or conda install gperftools)'
     )
   else:
     logging.info('Host allocator: %s', name)

@@ -8,8 +8,8 @@ are needed (the output, the gradient entering it, the gradient leaving it). Here
 are sums of x and x * x, the output is x * a + c per channel, and the backward pass is written
 out: sums of g and g * x, then dx = g * a + x * k1 + k0. Same variables, statistics, running
 averages and initialisers as nn.BatchNorm (over all axes but the last), so checkpoints move
-freely between the two; outputs and gradients agree to float rounding. `resnet` uses it on the
-CPU backend only: elsewhere XLA fuses flax's form itself.
+freely between the two; outputs and gradients agree to float rounding. Models use it through
+`config.model.kernels` (ssljax.models.kernels): elsewhere than on a CPU, XLA fuses flax's form.
 """
 
 from __future__ import annotations

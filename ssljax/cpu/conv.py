@@ -1,54 +1,24 @@
-"""lax.conv_general_dilated whose kernel gradient XLA:CPU reads from stored buffers, and the
-forms of narrow and wide 3x3 convolutions it runs faster.
+"""lax.conv_general_dilated for XLA:CPU: the same convolution, computed in forms XLA:CPU runs faster
+(the timings behind each are in experiments/cpu_speed_log.md).
 
-XLA:CPU computes a convolution's gradient with respect to its kernel as a convolution with the
-input's batch and channel axes swapped, and first copies the input into that order. A ResNet's
-convolution inputs are elementwise results (BatchNorm, the residual sum, ReLU), and XLA fuses that
-copy with them: it recomputes them, three blocks deep, in the transposed order, a loop reading
-every operand a whole image apart. That runs about ten times slower than the same copy of a
-stored array (64 images of 32x32x64 on a 2-core AVX-512 EPYC: 35-45 ms against 4; 19-26% of the
-SimCLR step of ResNet-18 at width 64, 16% at width 8, experiments/profile_step.py).
+- Kernel gradients read stored buffers. XLA:CPU computes a kernel gradient as a convolution with
+  the input's batch and channel axes swapped, and fuses that transpose with the elementwise ops
+  that produced the input (BatchNorm, the residual sum, ReLU), recomputing them in a
+  cache-hostile order. Here the kernel gradient takes its input, and the output's gradient,
+  through a `lax.cond` whose two branches are the same transpose (`stored`): XLA fuses nothing
+  across a conditional, so the copy reads the stored array. The predicate is the kernel's first
+  element equal to itself, replicated, so no device waits for another.
+- Narrow 3x3 stride-1 convolutions (NARROW input channels or fewer) run on pairs of adjacent
+  pixels along the width (`paired_conv`): twice the channels, which Eigen runs far closer to its
+  peak.
+- Wide 3x3 stride-1 convolutions in float32 (WINOGRAD channels or more, in and out, even sizes)
+  run by Winograd's F(2x2, 3x3) (`ssljax.cpu.winograd`): 2.25 times fewer multiply-adds.
+- A 1x1 convolution's kernel gradient is one matrix product of the input, sampled at the strides,
+  with the output's gradient (`pointwise_conv`), instead of Eigen's convolution and its transposes.
 
-Here the kernel gradient takes its input through a `lax.cond` whose two branches are the same
-transpose: XLA fuses nothing across a conditional, so the copy reads the input the forward pass
-already stored. Both branches compute the same, so the predicate cannot change the result; it is
-the kernel's first element equal to itself, replicated, so no device waits for another. The
-forward pass and the input's gradient are lax's, and the kernel gradient is lax's on the same
-values: outputs and gradients are lax.conv_general_dilated's (bit for bit on this machine, but for
-the narrow convolutions below, whose gradients differ by float rounding). The
-SimCLR step of ResNet-18, same process alternating: width 64 37 -> 43 img/s, width 8 956 ->
-1039. The output's gradient goes the same way: the kernel gradient reads it as its kernel, (H, W,
-batch, channels), and XLA fused into that copy the BatchNorm backward that makes it, which the
-input gradient has already written out in NHWC (at width 8, 7-9 ms a stage-1 layer against 2.5 for
-the stored copy; the step's copies 0.070 -> 0.032 s and elementwise 0.145 -> 0.085 s, each
-device's profile; same process alternating, width 8 566 -> 582 and 610 -> 667 img/s best of 12,
-width 64 20.7 -> 21.7 best of 6). `resnet` uses it on the CPU backend only; GPUs and TPUs run
-lax's convolution as before.
-
-A 3x3 stride-1 convolution with 8 or fewer input channels (the stem and first stage of a ResNet
-at width 8) runs on pairs of adjacent pixels along the width instead (`paired_conv`): twice the
-channels in and out, for a third more multiply-adds (on zeros of the pair kernel). Eigen runs 8
-channels far below its speed on 16: in the SimCLR step of ResNet-18 at width 8, a stage-1
-convolution (28x28x8) took 8.7 ms forward where a stage-2 one (14x14x16, as many multiply-adds)
-took 3.1. Paired, the stage-1 forward took 5.1 ms, and the step, same process alternating, ran
-898 -> 974 img/s (best of 20) and 770 -> 825 (median).
-
-A 3x3 stride-1 convolution in float32 with WINOGRAD channels or more in and out, over even sizes
-(the last two stages of ResNet-18 at width 64), runs by Winograd's F(2x2, 3x3) instead
-(ssljax.cpu.winograd): 16 matrix products, which XLA:CPU hands to YNNPACK, with 2.25 times
-fewer multiply-adds than Eigen's direct convolution. Forward and both gradients, 128 images on
-2 cores: 4x4x512 95 against 151 ms, 8x8x256 116 against 150; 16x16x128 141 against 153, but
-level at the 64 images a device takes in the step, and the step too (so 128 channels stay with
-lax); 32x32x64 1.6 times as long. The SimCLR step at width 64, same process alternating: 22.3
--> 24.9 img/s (best of 6), 21.6 -> 23.8 (median).
-
-A 1x1 convolution (a ResNet's projection shortcut, and most of a bottleneck block) takes its kernel
-gradient as one matrix product of the input, sampled at the strides, with the output's gradient
-(`pointwise_conv`), where Eigen's convolution for it ran 2-4 times as long, its stored transposes
-included: 128 images of 32x32x64 -> 128 at stride 2, 21.1 against 5.8 ms on 2 cores; 16x16x128
--> 256, 11.0 against 4.7; 512 of 28x28x8 -> 16, 4.7 against 1.4. (For a 3x3 convolution at stride
-2 the same products over its nine taps were no faster than Eigen's.) The forward pass and the
-input's gradient stay lax's.
+Forward passes and input gradients are lax's wherever the form allows; results equal
+lax.conv_general_dilated's up to float rounding. Models use it through `config.model.kernels`
+(ssljax.models.kernels); GPUs and TPUs run lax's convolution unless a config forces 'cpu'.
 """
 
 from __future__ import annotations

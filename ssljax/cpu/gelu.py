@@ -1,4 +1,5 @@
-"""Activations whose gradients are written out by hand where autodiff's cost more."""
+"""The exact GELU with its gradient written out by hand, where XLA:CPU runs autodiff's slower.
+Models use it through `config.model.kernels` (ssljax.models.kernels)."""
 
 from __future__ import annotations
 
@@ -19,9 +20,8 @@ def _normal_cdf(x: jax.Array) -> jax.Array:
 @jax.custom_vjp
 def gelu(x: jax.Array) -> jax.Array:
   """Exact (erf) GELU, x * Phi(x), as PyTorch's nn.GELU; its derivative Phi(x) + x * phi(x) is
-  computed from x in one pass backward. Autodiff of the erf form keeps exp(-x^2 / 2) from the
-  forward pass and takes several passes over the ViT MLP's widest activation: on 2 CPU cores this
-  form made a small ViT's SimCLR step about 10% faster (experiments/bench_vs_pytorch.py, vit)."""
+  computed from x in one pass backward, where autodiff of the erf form keeps exp(-x^2 / 2) from
+  the forward pass and takes several passes over the ViT MLP's widest activation."""
   return x * _normal_cdf(x)
 
 

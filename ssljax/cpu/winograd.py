@@ -5,9 +5,8 @@ Y = A^T [(G w G^T) * (B^T d B)] A (Lavin & Gray 2016, "Fast Algorithms for Convo
 Networks"), where the elementwise product, summed over input channels, becomes 16 matrix products
 (one per tile position): 16 multiply-adds per block and channel pair where the direct convolution
 spends 36, so 2.25 times fewer. B, G and A hold only 0, +-1 and +-1/2, so the result differs from
-the direct convolution by float rounding alone (relative 1e-6 here). XLA:CPU runs the direct
-convolution in Eigen and the matrix products in YNNPACK; for the deeper layers of a ResNet, 128
-images of 4x4x512 or 8x8x256, the 16 products take about half of Eigen's convolution.
+the direct convolution by float rounding alone. XLA:CPU runs the direct convolution in Eigen and
+the matrix products in YNNPACK, which for a ResNet's deeper layers is the faster of the two.
 
 The gradients are Winograd convolutions too: the input's gradient is the convolution of the
 output's gradient with the kernel flipped and its channel axes swapped (whose transform is the

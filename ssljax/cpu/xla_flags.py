@@ -1,29 +1,19 @@
-"""The XLA:CPU options the entry points run with: convolutions by Eigen, not YNNPACK, and two
-CPU devices.
+"""The XLA:CPU options the entry points run with: convolutions by Eigen, not YNNPACK, and two CPU
+devices per host.
 
-XLA:CPU hands a convolution to YNNPACK when it has more than 16 channels (counting a kernel
-gradient's batch as its channels) and to Eigen otherwise. On a 2-core AVX2 EPYC, YNNPACK is the
-slower of the two on every convolution a ResNet runs (512 images of 7x7x32, 3x3: 10.5 ms forward and
-9.2 for the input gradient in YNNPACK, 3.7 and 4.0 in Eigen; 128 images of 32x32x64: 169 and 81 ms;
-lax's kernel gradient for 512 images of 28x28x8: 125 and 18 ms), and the SimCLR step of ResNet-18
-ran 10-30% faster at width 8 and 35% at width 64 with the option when ssljax still computed the
-kernel gradients itself (experiments/bench_vs_pytorch.py); the ResNets now take lax's, so without
-the option YNNPACK would run those too. (jaxlib 0.10's XLA has no XNNPACK linked in: its option for
-XNNPACK convolutions leaves the compiled program unchanged, so it is not set.) The option is read by
-the CPU compiler alone, so what runs on a GPU or TPU is unchanged. It must be in XLA_FLAGS before
-JAX starts its backends: `apply()` first thing in an entry point.
+- XLA:CPU hands a convolution to YNNPACK when it has more than 16 channels (counting a kernel
+  gradient's batch as its channels) and to Eigen otherwise; Eigen is the faster of the two on every
+  convolution a ResNet runs. jaxlib 0.10's XLA has no XNNPACK linked in, so its option is not set.
+- Two XLA:CPU devices: the data mesh splits each batch between them (same global batch, BatchNorm
+  statistics and NT-Xent negatives), so two ops that XLA runs on one core each (a ViT's attention
+  matmuls, batched over images and heads) run at once. A batch must then be even: the batch check
+  says so before anything compiles.
 
-The host is also split into two XLA:CPU devices, and the data mesh, which spans every device, splits
-each batch between them (same global batch, BatchNorm statistics and NT-Xent negatives). Some ops
-run on one core whatever the core count, such as a ViT's attention matmuls, batched over images and
-heads (50x50 tokens: 7-14 ms each, CPU time equal to wall time). With two devices, two such ops run
-at once. The small ViT's SimCLR step ran 260 and 292 instead of 213 images/s, and ResNet-18 width 8
-ran 541 and 539 instead of 441 and 536 (2 cores, alternating runs). A batch must then be even: the
-batch check says so before anything compiles. GPUs and TPUs are unaffected: the option only creates
-host devices, which the mesh ignores where an accelerator is the default backend.
-
-A value the user already gave for an option wins. SSLJAX_XLA_CPU_FLAGS=none adds nothing. A jaxlib
-whose XLA lacks an option (XLA stops at an unknown option) gets none.
+Both are read by the CPU compiler and the CPU client alone: what runs on a GPU or TPU is unchanged.
+They must be in XLA_FLAGS before JAX starts its backends (`ssljax.cpu.process.prepare`). A value
+the user already gave for an option wins; SSLJAX_XLA_CPU_FLAGS=none adds nothing; a jaxlib whose
+XLA lacks an option (XLA stops at an unknown option) gets none. Measurements:
+experiments/cpu_speed_log.md.
 """
 
 from __future__ import annotations

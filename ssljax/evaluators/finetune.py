@@ -299,8 +299,7 @@ def random_encoder_variables(
   """A fresh initialisation of `encoder` (the supervised baseline's start), replicated."""
 
   def init(rng):
-    # As train.init_state: the classic threefry compiles much faster for replicated parameters.
-    with jax.threefry_partitionable(False):
+    with sharding.replicated_init():
       return encoder.init(rng, jnp.zeros((2, *image_shape), jnp.float32), train=False)
 
   shapes = jax.eval_shape(init, jax.random.PRNGKey(0))
@@ -423,7 +422,7 @@ def finetune(
     encoder_variables,
   )
   m = recipe.model
-  with jax.threefry_partitionable(False):  # eager and replicated: the classic one is faster
+  with sharding.replicated_init():
     head = LinearHead(num_classes, m.head_norm, m.head_init_std).init(
       head_rng, jnp.zeros(h.shape), train=False
     )

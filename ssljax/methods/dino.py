@@ -126,6 +126,7 @@ class DINO(Method):
       norm_last_layer=d.norm_last_layer,
       use_bn=d.use_bn,
       dtype=models.compute_dtype(config),
+      kernels=models.resolve_kernels(config),
     )
     # Student and teacher: the same variables (f -> h -> K logits), but the teacher never drops
     # paths (the official code builds it without stochastic depth), even when a BatchNorm head

@@ -37,6 +37,7 @@ class Predictor(nn.Module):
   out_dim: int
   mlp_ratio: float = 4.0
   dtype: Any = jnp.float32
+  kernels: models.Kernels = models.XLA
 
   @nn.compact
   def __call__(
@@ -55,9 +56,8 @@ class Predictor(nn.Module):
     ctx_valid = jnp.broadcast_to(masks.context_valid[:, None], (b, m, nc))
     valid = jnp.concatenate([ctx_valid, masks.targets_valid], axis=2).reshape(b * m, nc + nt)
     for _ in range(self.depth):
-      x, _ = vit.Block(self.num_heads, self.mlp_ratio, dtype=self.dtype)(
-        x, train=train, valid=valid
-      )
+      block = vit.Block(self.num_heads, self.mlp_ratio, 0.0, self.dtype, self.kernels)
+      x, _ = block(x, train=train, valid=valid)
     x = nn.LayerNorm(epsilon=1e-6, dtype=self.dtype)(x[:, nc:])
     x = nn.Dense(self.out_dim, dtype=self.dtype, kernel_init=_dense_init, name='proj')(x)
     return x.reshape(b, m, nt, self.out_dim).astype(jnp.float32)
@@ -185,6 +185,7 @@ class IJEPA(Method):
         num_heads=c.pred_heads or self.encoder.num_heads,
         out_dim=self.encoder.width,
         dtype=models.compute_dtype(config),
+        kernels=models.resolve_kernels(config),
       ),
     )
 

@@ -27,6 +27,7 @@ class MAEDecoder(nn.Module):
   num_heads: int
   mlp_ratio: float = 4.0
   dtype: Any = jnp.float32
+  kernels: models.Kernels = models.XLA
 
   @nn.compact
   def __call__(self, latent, ids_restore, grid: tuple[int, int], patch_dim: int, *, train: bool):
@@ -42,7 +43,9 @@ class MAEDecoder(nn.Module):
     pos = jnp.asarray(vit.sincos_2d(self.width, *grid), self.dtype)
     x = jnp.concatenate([x[:, :1], patches + pos[None]], axis=1)
     for _ in range(self.depth):
-      x, _ = vit.Block(self.num_heads, self.mlp_ratio, dtype=self.dtype)(x, train=train)
+      x, _ = vit.Block(self.num_heads, self.mlp_ratio, 0.0, self.dtype, self.kernels)(
+        x, train=train
+      )
     x = nn.LayerNorm(epsilon=1e-6, dtype=self.dtype)(x)
     pred = nn.Dense(patch_dim, dtype=self.dtype, kernel_init=nn.initializers.xavier_uniform())(x)
     return pred[:, 1:].astype(jnp.float32)
@@ -128,6 +131,7 @@ class MAE(Method):
         depth=c.decoder_depth,
         num_heads=c.decoder_heads,
         dtype=models.compute_dtype(config),
+        kernels=models.resolve_kernels(config),
       ),
       mask_ratio=c.mask_ratio,
     )

@@ -8,14 +8,18 @@ import ml_collections
 from ssljax.config.checks import Checks
 from ssljax.config.views import view_specs_if_valid
 from ssljax.errors import ConfigError
+from ssljax.models import kernels as kernels_lib
 from ssljax.models import pixels
 from ssljax.models import resnet as resnet_lib
 from ssljax.models import vit as vit_lib
 from ssljax.models.heads import DINOHead, MLPHead
+from ssljax.models.kernels import XLA, Kernels
 
 __all__ = [
   'DINOHead',
   'ENCODERS',
+  'XLA',
+  'Kernels',
   'MLPHead',
   'build_encoder',
   'check_channels',
@@ -23,6 +27,7 @@ __all__ = [
   'compute_dtype',
   'encoder_dim',
   'is_vit',
+  'resolve_kernels',
   'pixel_stats',
 ]
 
@@ -39,6 +44,11 @@ def compute_dtype(config: ml_collections.ConfigDict):
       'e.g. --config.model.compute_dtype=float32'
     )
   return jnp.dtype(name)
+
+
+def resolve_kernels(config: ml_collections.ConfigDict) -> kernels_lib.Kernels:
+  """The kernels config.model.kernels names, resolved for this process's backend."""
+  return kernels_lib.resolve(config.model.get('kernels', 'auto'))
 
 
 def is_vit(config: ml_collections.ConfigDict) -> bool:
@@ -92,6 +102,7 @@ def check_config(checks: Checks) -> None:
     return
   _check_pixel_stats(checks)
   checks.choice('model.compute_dtype', DTYPES)
+  checks.choice('model.kernels', kernels_lib.CHOICES)
   checks.count('model.proj_hidden', 0)
   checks.count('model.proj_dim', 1)
   checks.count('model.proj_layers', 1)
@@ -168,6 +179,7 @@ def build_encoder(config: ml_collections.ConfigDict):
       depth=m.vit_depth,
       num_heads=m.vit_heads,
       use_cls=m.cls_token,
+      kernels=resolve_kernels(config),
     )
   return resnet_lib.resnet(
     m.encoder,
@@ -177,6 +189,7 @@ def build_encoder(config: ml_collections.ConfigDict):
     dtype=compute_dtype(config),
     pixel_mean=mean,
     pixel_std=std,
+    kernels=resolve_kernels(config),
   )
 
 

@@ -9,7 +9,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from ssljax.cpu import gelu
+from ssljax.models.kernels import XLA, Kernels
 
 
 class MLPHead(nn.Module):
@@ -58,6 +58,7 @@ class DINOHead(nn.Module):
   norm_last_layer: bool = True
   use_bn: bool = False  # BatchNorm after each hidden Linear (the official `use_bn_in_head`)
   dtype: Any = jnp.float32
+  kernels: Kernels = XLA  # its GELU (ssljax.models.kernels)
 
   @nn.compact
   def __call__(self, x, *, train: bool):
@@ -71,7 +72,7 @@ class DINOHead(nn.Module):
       x = dense(self.hidden_dim)(x)
       if self.use_bn:
         x = nn.BatchNorm(use_running_average=not train, momentum=0.9, dtype=self.dtype)(x)
-      x = gelu.gelu(x)
+      x = self.kernels.gelu(x)
     x = dense(self.bottleneck_dim)(x).astype(jnp.float32)
     x = x * jax.lax.rsqrt(jnp.maximum(jnp.sum(x * x, axis=-1, keepdims=True), 1e-24))
     return WeightNormDense(self.out_dim, fixed_norm=self.norm_last_layer, name='last_layer')(x)

@@ -11,12 +11,10 @@ from collections.abc import Sequence
 from typing import Any
 
 import flax.linen as nn
-import jax
 import jax.numpy as jnp
 
-from ssljax.cpu import batch_norm as cpu_batch_norm
-from ssljax.cpu import conv as cpu_conv
 from ssljax.models import pixels
+from ssljax.models.kernels import XLA, Kernels
 
 ModuleDef = Any
 
@@ -75,24 +73,22 @@ class ResNet(nn.Module):
   dtype: Any = jnp.float32
   pixel_mean: tuple[float, ...] = (0.0,)  # standardized per channel before the stem
   pixel_std: tuple[float, ...] = (1.0,)
+  kernels: Kernels = XLA  # the convolution and BatchNorm (ssljax.models.kernels)
 
   @nn.compact
   def __call__(self, x, *, train: bool):
-    # On CPU, a BatchNorm with fewer passes over the activations (cpu_batch_norm) and kernel
-    # gradients that read stored inputs (cpu_conv); elsewhere flax's and lax's.
-    on_cpu = jax.default_backend() == 'cpu'
     conv = functools.partial(
       nn.Conv,
       use_bias=False,
       dtype=self.dtype,
       padding='SAME',
-      conv_general_dilated=cpu_conv.conv_general_dilated if on_cpu else None,
+      conv_general_dilated=self.kernels.conv_general_dilated,
     )
     # BatchNorm statistics are means over the batch axis of a global (sharded) array, so under
     # jit they are taken over the whole global batch: per-device statistics would leak which
     # examples sit together, a shortcut to the positive pair (SimCLR section 3, "Global BN").
     norm = functools.partial(
-      cpu_batch_norm.BatchNorm if on_cpu else nn.BatchNorm,
+      self.kernels.batch_norm,
       use_running_average=not train,
       momentum=0.9,
       epsilon=1e-5,
@@ -138,6 +134,7 @@ def resnet(
   dtype: Any = jnp.float32,
   pixel_mean: tuple[float, ...] = (0.0,),
   pixel_std: tuple[float, ...] = (1.0,),
+  kernels: Kernels = XLA,
 ) -> ResNet:
   """Builds a ResNet by name ('resnet18', 'resnet34', 'resnet50', 'resnet101')."""
   if name not in ARCHS:
@@ -152,6 +149,7 @@ def resnet(
     dtype=dtype,
     pixel_mean=pixel_mean,
     pixel_std=pixel_std,
+    kernels=kernels,
   )
 
 

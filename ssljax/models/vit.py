@@ -16,8 +16,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ssljax.cpu import gelu
 from ssljax.models import pixels
+from ssljax.models.kernels import XLA, Kernels
 
 VIT_SIZES = {
   'vit_tiny': (192, 12, 3),  # (width, depth, heads)
@@ -145,12 +145,13 @@ class Attention(nn.Module):
 
   num_heads: int
   dtype: Any = jnp.float32
+  kernels: Kernels = XLA  # heads_first: the qkv layout (ssljax.models.kernels)
 
   @nn.compact
   def __call__(self, x: jax.Array, valid: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
     n, t, d = x.shape
     head_dim = d // self.num_heads
-    heads_first = jax.default_backend() == 'cpu'
+    heads_first = self.kernels.heads_first
     q, k, v = QkvProjection(self.num_heads, heads_first, dtype=self.dtype, name='qkv')(x)
     spec = (lambda s: f'nh{s}d') if heads_first else (lambda s: f'n{s}hd')
     logits = jnp.einsum(f'{spec("q")},{spec("k")}->nhqk', q, k, preferred_element_type=jnp.float32)
@@ -167,12 +168,13 @@ class Mlp(nn.Module):
 
   hidden_dim: int
   dtype: Any = jnp.float32
+  kernels: Kernels = XLA  # its GELU (ssljax.models.kernels)
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     d = x.shape[-1]
     x = nn.Dense(self.hidden_dim, dtype=self.dtype, kernel_init=_dense_init, name='fc1')(x)
-    x = gelu.gelu(x)  # PyTorch's nn.GELU is the exact (erf) form
+    x = self.kernels.gelu(x)  # PyTorch's nn.GELU is the exact (erf) form
     return nn.Dense(d, dtype=self.dtype, kernel_init=_dense_init, name='fc2')(x)
 
 
@@ -183,6 +185,7 @@ class Block(nn.Module):
   mlp_ratio: float = 4.0
   drop_rate: float = 0.0
   dtype: Any = jnp.float32
+  kernels: Kernels = XLA
 
   @nn.compact
   def __call__(
@@ -195,9 +198,12 @@ class Block(nn.Module):
         return drop_path(y, self.drop_rate, self.make_rng('dropout'))
       return y
 
-    y, attn = Attention(self.num_heads, dtype=self.dtype, name='attn')(norm('norm1')(x), valid)
+    y, attn = Attention(self.num_heads, self.dtype, self.kernels, name='attn')(
+      norm('norm1')(x), valid
+    )
     x = x + residual(y)
-    y = Mlp(int(x.shape[-1] * self.mlp_ratio), dtype=self.dtype, name='mlp')(norm('norm2')(x))
+    mlp = Mlp(int(x.shape[-1] * self.mlp_ratio), self.dtype, self.kernels, name='mlp')
+    y = mlp(norm('norm2')(x))
     return x + residual(y), attn
 
 
@@ -223,6 +229,7 @@ class ViT(nn.Module):
   pixel_std: tuple[float, ...] = (1.0,)
   use_cls: bool = True
   dtype: Any = jnp.float32
+  kernels: Kernels = XLA  # ssljax.models.kernels
 
   def setup(self):
     if self.width % self.num_heads:
@@ -249,7 +256,9 @@ class ViT(nn.Module):
       raise ValueError(f'model.pos_embed=sincos needs a width divisible by 4, got {self.width}')
     # Stochastic depth rises linearly from 0 at the first block to drop_path at the last.
     rates = np.linspace(0.0, self.drop_path, self.depth)
-    self.blocks = [Block(self.num_heads, self.mlp_ratio, float(r), dtype=self.dtype) for r in rates]
+    self.blocks = [
+      Block(self.num_heads, self.mlp_ratio, float(r), self.dtype, self.kernels) for r in rates
+    ]
     self.norm = nn.LayerNorm(epsilon=1e-6, dtype=self.dtype)
 
   @nn.nowrap
@@ -361,6 +370,7 @@ def vit(
   depth: int = 0,
   num_heads: int = 0,
   use_cls: bool = True,
+  kernels: Kernels = XLA,
 ) -> ViT:
   """Builds a ViT by name ('vit_tiny', 'vit_small', 'vit_base') for image_size-px inputs.
 
@@ -382,6 +392,7 @@ def vit(
     pixel_std=pixel_std,
     use_cls=use_cls,
     dtype=dtype,
+    kernels=kernels,
   )
 
 
