@@ -1,6 +1,9 @@
 """BYOL on scikit-learn's digits: a few CPU minutes.
 
 python -m ssljax.main --config=configs/byol_digits.py
+
+Expected (2-core x86-64 VM, 1 December 2026): 5 per class / k-NN 71.8 / 85.6 in 2.1 minutes,
+evaluation included (experiments/results/collapse_health.json; docs/results.md).
 """
 
 from ssljax.config import blocks

@@ -1,5 +1,9 @@
 """BYOL on Fashion-MNIST (Debian's dataset-fashion-mnist), sized like simclr_fashion_mnist.py for
 a ~30 CPU-minute budget.
+
+Expected (2-core x86-64 VM, 1 December 2026): linear / 5 per class / k-NN 77.9 / 55.3 / 78.5
+against the random encoder's 52.5 / 28.6 / 48.7, in 17.8 minutes, evaluation included
+(experiments/results/fashion_mnist_presets.json; docs/results.md).
 """
 
 from ssljax.config import blocks

@@ -4,6 +4,10 @@ python -m ssljax.main --config=configs/dino_digits.py
 
 The 8x8 digits are upsampled to 16 px: 2 global crops (16 px, a 4x4 patch grid) and 4 local
 crops (8 px, 2x2 patches) per image; 1024 prototypes instead of 65536 for 1797 images.
+
+Expected (2-core x86-64 VM, 1 December 2026): linear / 5 per class / k-NN 84.7 / 54.2 / 68.7
+against the random ViT's 78.7 / 43.3 / 54.9, in 3.7 minutes, evaluation included
+(experiments/results/collapse_health.json; docs/results.md).
 """
 
 from ssljax.config import blocks

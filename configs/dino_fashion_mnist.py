@@ -4,6 +4,10 @@ python -m ssljax.main --config=configs/dino_fashion_mnist.py
 
 A small ViT with patch 4: 2 global 28-px crops (a 7x7 patch grid) and 2 local 12-px crops (3x3
 patches); attention maps and the embedding frames land under WORKDIR/pictures at every eval.
+
+Expected (2-core x86-64 VM, 1 December 2026): linear / 5 per class / k-NN 71.5 / 48.5 / 70.9
+against the random ViT's 64.1 / 34.9 / 61.8, in 24.8 minutes, evaluation included
+(experiments/results/fashion_mnist_presets.json; docs/results.md).
 """
 
 from ssljax.config import blocks

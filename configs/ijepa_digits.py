@@ -11,6 +11,9 @@ hundred steps (h_std fell from 0.25 to 0.12) and the probes dropped below the ra
 On this 4x4 grid I-JEPA adds little over the random encoder in 600 steps (5 per class: 54.4 vs
 53.6); experiments/results/ijepa_digits/sweep.md lists the changes tried, none of which reached
 +5 reliably.
+
+Expected (2-core x86-64 VM, 1 December 2026): linear / 5 per class / k-NN 91.1 / 54.4 / 63.3,
+in 3.6 minutes, evaluation included (experiments/results/collapse_health.json; docs/results.md).
 """
 
 from ssljax.config import blocks

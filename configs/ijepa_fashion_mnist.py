@@ -15,6 +15,10 @@ python -m ssljax.main --config=configs/ijepa_fashion_mnist.py
 A small ViT with patch 4 (a 7x7 grid, no CLS token): per image 4 target blocks of 6-12
 patches and a context block of 36 or 49 patches with the targets cut out; h is the mean of the
 target encoder's patch tokens.
+
+Expected (2-core x86-64 VM, 1 December 2026): linear / 5 per class / k-NN 78.3 / 48.6 / 74.7
+(target encoder) against the random ViT's 77.1 / 37.1 / 66.6, in 19.3 minutes, evaluation
+included (experiments/results/fashion_mnist_presets.json; docs/results.md).
 """
 
 from ssljax.config import blocks

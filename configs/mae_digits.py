@@ -3,6 +3,10 @@
 python -m ssljax.main --config=configs/mae_digits.py
 
 The 8x8 digits are upsampled to 16 px, a 4x4 grid of patches: the encoder sees 4 of the 16.
+
+Expected (2-core x86-64 VM, 1 December 2026): linear / 5 per class / k-NN 92.4 / 73.3 / 88.0
+against the random ViT's 89.3 / 52.7 / 68.4, in 2.2 minutes, evaluation included
+(experiments/results/collapse_health.json; docs/results.md).
 """
 
 from ssljax.config import blocks

@@ -4,6 +4,10 @@ python -m ssljax.main --config=configs/mae_fashion_mnist.py
 
 A small ViT with patch 4 (a 7x7 grid): the encoder sees 12 of the 49 patches; the
 reconstruction grid lands under WORKDIR/pictures/reconstructions at every eval.
+
+Expected (2-core x86-64 VM, 1 December 2026): linear / 5 per class / k-NN 79.4 / 50.3 / 77.8
+against the random ViT's 77.0 / 38.9 / 67.5, in 14.5 minutes, evaluation included
+(experiments/results/fashion_mnist_presets.json; docs/results.md).
 """
 
 from ssljax.config import blocks

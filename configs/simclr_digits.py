@@ -1,6 +1,11 @@
 """SimCLR on scikit-learn's 8x8 digits, upsampled: the quickstart, a few CPU minutes.
 
 python -m ssljax.main --config=configs/simclr_digits.py --workdir=runs/simclr_digits
+
+Expected (2-core x86-64 VM, 30 November 2026): linear / 5 per class / k-NN 94.2 / 81.6 /
+92.4 against the random encoder's 70.2 / 47.1 / 57.3, in about 2 minutes (629 images/s);
+measured again in December 2026 at seeds 0 and 1: 97.3 / 85.6 / 94.9 and 97.3 / 83.8 / 93.6
+(docs/results.md).
 """
 
 from ssljax.config import blocks

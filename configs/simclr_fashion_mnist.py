@@ -4,6 +4,10 @@ apt-get install dataset-fashion-mnist   # /usr/share/datasets/fashion-mnist
 python -m ssljax.main --config=configs/simclr_fashion_mnist.py
 Elsewhere: --config.data.path=DIR with the four *-ubyte[.gz] files, or
 --config.data.source=tfds --config.data.name=fashion_mnist.
+
+Expected (2-core AVX-512 x86-64 VM, 2 December 2026): linear / 5 per class / k-NN 86.5 / 73.9 /
+85.2 against the random encoder's 56.8 / 28.9 / 49.1 and raw pixels' 84.8 / 62.8 / 84.6, in 14.8
+minutes, evaluation included (experiments/results/fashion_mnist_presets.json; docs/results.md).
 """
 
 from ssljax.config import blocks

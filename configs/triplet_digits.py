@@ -3,6 +3,10 @@ with the triplet loss in place of NT-Xent, a few CPU minutes.
 
 python -m ssljax.main --config=configs/triplet_digits.py --workdir=runs/triplet_digits
 --config.triplet.negatives=random | hardest | semi_hard picks each anchor's negative.
+
+Expected (2-core x86-64 VM, 1 December 2026; linear / 5 per class / k-NN, random encoder
+70.2 / 47.1 / 57.3): semi-hard 94.9 / 86.2 / 91.8 in 2.2 minutes, random 94.9 / 84.7 / 92.2,
+hardest 93.1 / 81.6 / 91.3 (experiments/results/triplet_negatives_digits.json; docs/results.md).
 """
 
 from ssljax.config import blocks

@@ -6,6 +6,10 @@ apt-get install dataset-fashion-mnist   # /usr/share/datasets/fashion-mnist
 python -m ssljax.main --config=configs/triplet_fashion_mnist.py
 Elsewhere: --config.data.path=DIR with the four *-ubyte[.gz] files, or
 --config.data.source=tfds --config.data.name=fashion_mnist.
+
+Expected (2-core x86-64 VM, 1 December 2026; linear / 5 per class / k-NN, random encoder 52.5 /
+28.6 / 48.7): semi-hard 84.1 / 69.6 / 83.8 in 17.0 minutes, random (the default) 82.9 / 67.8 /
+82.4 in 18.0 minutes; hardest collapses (46.2 / 27.9 / 48.2) and the run warns at step 500.
 """
 
 from ssljax.config import blocks
