@@ -5,8 +5,8 @@ the convolution libraries themselves account for (Eigen's in XLA:CPU, oneDNN's i
 python experiments/bench_conv_layers.py [--cases=resnet18_w8,resnet18_w64] [--dtype=float32]
     [--calls=10] [--repeats=2] [--out=experiments/results/bench_conv_layers.json]
 
-The cases are bench_vs_pytorch's ResNets (bench_step.case_config): each distinct convolution of
-the network (the stem, each stage's 3x3, its stride-2 3x3 and its 1x1 stride-2 projection) over the
+The cases are bench_vs_pytorch's ResNets (ssljax.cpu.cases): each distinct convolution of the
+network (the stem, each stage's 3x3, its stride-2 3x3 and its 1x1 stride-2 projection) over the
 step's 2N views on one device with every core, and how often the network runs it. The ssljax side
 calls ssljax.cpu.conv.conv_general_dilated, the convolution a ResNet runs on CPU (pixel
 pairs for narrow inputs, Winograd for wide ones, kernel gradients from stored copies), jitted alone:
@@ -35,8 +35,9 @@ if __name__ == '__main__':  # before JAX starts: XLA's options and the allocator
   process.prepare()
 
 from absl import app, flags  # noqa: E402
-from bench_step import case_config, conv_layers  # noqa: E402
 from side_process import SideProcess, cores, machine  # noqa: E402
+
+from ssljax.cpu.cases import case_config, conv_layers  # noqa: E402
 
 _CASES = flags.DEFINE_list('cases', ['resnet18_w8', 'resnet18_w64'], 'ResNet cases to run.')
 _DTYPE = flags.DEFINE_enum('dtype', 'float32', ['float32', 'bfloat16'], 'Compute dtype.')

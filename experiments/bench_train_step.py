@@ -19,7 +19,6 @@ import platform
 import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 if __name__ == '__main__':  # before JAX starts: XLA's options and the allocator are fixed then
@@ -29,10 +28,9 @@ if __name__ == '__main__':  # before JAX starts: XLA's options and the allocator
 
 import jax  # noqa: E402
 from absl import app, flags  # noqa: E402
-from bench_step import build_step  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
-from ssljax import data, models, sharding  # noqa: E402
+from ssljax import build, data, models, sharding  # noqa: E402
 from ssljax.cpu import allocator
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file.', lock_config=True)
@@ -80,7 +78,7 @@ def main(argv) -> None:
     with host_views.unlocked():
       host_views.augment.on = 'host'
   n = _STEPS.value
-  step, state, mesh, synthetic = build_step(host_views)
+  step, state, mesh, synthetic = build.synthetic_step(host_views)
   shapes = [
     (s.image_size, s.image_size, synthetic.data.channels) for s in data.view_specs(synthetic)
   ]
@@ -92,7 +90,7 @@ def main(argv) -> None:
     flops = _step_flops(step, state, on_device)
     mfu = flops * n / seconds / (_PEAK.value * 1e12 * jax.device_count())
   if device_views:
-    step, state, mesh, synthetic = build_step(config)
+    step, state, mesh, synthetic = build.synthetic_step(config)
     on_device = sharding.to_global(next(data.build_train_iterator(synthetic)), mesh)
     seconds, state = _time_steps(step, state, _repeat(on_device), n)
     rows.append(('step + device augment (uint8 on device)', n * config.batch_size / seconds))

@@ -45,11 +45,11 @@ if __name__ == '__main__':  # before JAX starts: XLA's options and the allocator
 
 import jax  # noqa: E402
 from absl import app, flags  # noqa: E402
-from bench_step import build_step, case_config  # noqa: E402
 from side_process import SideProcess, cores, machine  # noqa: E402
 
-from ssljax import data, models, sharding  # noqa: E402
-from ssljax.cpu import allocator
+from ssljax import build, data, models, sharding  # noqa: E402
+from ssljax.cpu import allocator  # noqa: E402
+from ssljax.cpu.cases import case_config  # noqa: E402
 
 _CASES = flags.DEFINE_list('cases', ['resnet18_w8', 'resnet18_w64', 'vit'], 'Cases to run.')
 _STEPS = flags.DEFINE_integer('steps', 20, 'Timed steps per repeat.')
@@ -64,7 +64,7 @@ WARMUP = 2
 
 def ssljax_timer(config):
   """(a function timing `steps` ssljax train steps in seconds, the parameter count)."""
-  step, state, mesh, synthetic = build_step(config)
+  step, state, mesh, synthetic = build.synthetic_step(config)
   n_params = sum(x.size for x in jax.tree.leaves(state.params))
   batch = sharding.to_global(next(data.build_train_iterator(synthetic)), mesh)
   holder = {'state': state}

@@ -122,3 +122,45 @@ def make_train_step(
     return TrainState(state.step + 1, params, model_state, opt_state, rng), metrics
 
   return train_step
+
+
+def jit_train_step(
+  config: ml_collections.ConfigDict,
+  mesh: jax.sharding.Mesh,
+  method: Method,
+  tx: optax.GradientTransformation,
+  schedule: optax.Schedule,
+  state_sharding,
+) -> Callable[[TrainState, dict], tuple[TrainState, dict]]:
+  """`make_train_step` jitted on `mesh`: the batch split over the devices, the state donated
+  (updated in place), the metrics replicated. The loop and the benchmarks time the same step."""
+  return jax.jit(
+    make_train_step(method, tx, schedule, device_views(config)),
+    in_shardings=(state_sharding, sharding.data_sharding(mesh)),
+    out_shardings=(state_sharding, sharding.replicated(mesh)),
+    donate_argnums=0,
+  )
+
+
+def synthetic_step(config: ml_collections.ConfigDict):
+  """(jitted train step, initial state, mesh, the synthetic copy of config) for `config`: the
+  step the benchmarks time, on synthetic images of the shapes config's data would have."""
+  mesh = sharding.make_mesh()
+  sharding.check_batch_size(config.batch_size, mesh)
+  method = methods.build(config, mesh, total_steps=1000)
+  tx, schedule = optim.build_optimizer(config, 1000, 10, method.held_parameters())
+  channels = config.data.channels if config.data.source == 'synthetic' else None
+  synthetic = config.copy_and_resolve_references()
+  with synthetic.unlocked():
+    synthetic.data.source = 'synthetic'
+    if channels is None:
+      synthetic.data.channels = 3 if config.data.source == 'tfds' else 1
+  info = data.dataset_info(synthetic)
+  shapes = [(s.image_size, s.image_size, info.image_shape[-1]) for s in data.view_specs(synthetic)]
+  init = init_state(method, tx, shapes)
+  state_sharding = jax.tree.map(
+    lambda _: sharding.replicated(mesh), jax.eval_shape(init, jax.random.PRNGKey(0))
+  )
+  state = jax.jit(init, out_shardings=state_sharding)(jax.random.PRNGKey(0))
+  step = jit_train_step(config, mesh, method, tx, schedule, state_sharding)
+  return step, state, mesh, synthetic

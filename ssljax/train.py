@@ -1,5 +1,6 @@
-"""The one training loop, the same for every method: mesh, input, model and optimizer, sharding,
-checkpoint restore, train loop, evaluation. Methods differ only in `ssljax.methods`."""
+"""The one training loop, the same for every method, in the sections of a run: setup (the mesh,
+the checks), data, model and state, restore, the loop, evaluation, the end. Methods differ only
+in `ssljax.methods`; what the loop reports as it goes is `ssljax.monitor.steps`."""
 
 from __future__ import annotations
 
@@ -7,7 +8,6 @@ import json
 import os
 import signal
 import threading
-import time
 
 import jax
 import ml_collections
@@ -20,8 +20,8 @@ from ssljax.config.checks import Checks
 from ssljax.errors import TrainingCollapsed, TrainingDiverged
 from ssljax.evaluators import protocols
 from ssljax.methods import TrainState
-from ssljax.monitor import collapse, report, visualize
-from ssljax.monitor.metrics import MetricWriter, progress_bar
+from ssljax.monitor import report, visualize
+from ssljax.monitor.steps import StepLogger
 
 
 def _health_images(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh):
@@ -39,6 +39,19 @@ def _health_images(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh):
   # Unreadable files are left out of the split: cycle the readable ones back to `local` rows, so
   # every process contributes the same number.
   return sharding.to_global(np.resize(images, (local, *images.shape[1:])), mesh)
+
+
+def _health(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh, method):
+  """state -> the label-free health metrics of the encoder on the first training images
+  (`Method.health`), jitted; None when config.health.images is 0 or the split is too small."""
+  images = _health_images(config, mesh) if config.health.images else None
+  if images is None:
+    return None
+  health_of = jax.jit(
+    lambda state, images: method.health(state.params, state.model_state, images),
+    out_shardings=sharding.replicated(mesh),
+  )
+  return lambda state: health_of(state, images)
 
 
 def check_loop_config(checks: Checks) -> None:
@@ -121,30 +134,6 @@ def _close_within(iterator, seconds: float) -> bool:
   return not closer.is_alive()
 
 
-class _SkippedFiles:
-  """The unreadable files the input met, as they are met: their count in metrics.jsonl
-  (data/skipped_files) and their names in WORKDIR/skipped_files.txt, which keeps those an
-  earlier attempt of the run met. The report shows both."""
-
-  def __init__(self, config: ml_collections.ConfigDict, workdir: str, writer: MetricWriter):
-    self.config, self.writer = config, writer
-    self.file = os.path.join(workdir, report.SKIPPED_FILES)
-    self.known: set[str] = set()
-    if os.path.exists(self.file):
-      with open(self.file) as f:
-        self.known = {line.rstrip('\n') for line in f if line.strip()}
-
-  def record(self, step: int) -> None:
-    found = self.known | set(data.skipped_files(self.config))
-    if found == self.known:
-      return
-    self.known = found
-    self.writer.write(step, {'data/skipped_files': float(len(found))})
-    if jax.process_index() == 0:
-      with open(self.file, 'w') as f:
-        f.write('\n'.join(sorted(found)) + '\n')
-
-
 def _check_finite(
   fetched: list[dict], first_step: int, last_saved: int | None, ckpt: Checkpointer, config
 ) -> None:
@@ -179,18 +168,31 @@ def _stop_collapsed(message: str, last_saved: int | None, ckpt: Checkpointer) ->
   )
 
 
+def _save_on_signal(
+  signum: int, done: int, state: TrainState, last_saved: int | None, ckpt: Checkpointer
+) -> int:
+  """Saves step `done` (unless just saved) once a signal arrived; returns the exit code."""
+  if last_saved != done:
+    ckpt.save(done, state._asdict(), force=True)
+  ckpt.wait()
+  name = signal.Signals(signum).name
+  logging.warning('Saved step %d after %s; exiting.', done, name)
+  print(f'{name}: saved step {done} in {ckpt.directory}; rerun to resume.', flush=True)
+  return 128 + signum
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Pretrains config.method, evaluates the encoder, writes WORKDIR/results.json; returns it."""
-  # ---------------------------------------------------------------- Mesh
+  # ---------------------------------------------------------------- Setup
   mesh = sharding.make_mesh()
   validate(config, mesh)
+
+  # ---------------------------------------------------------------- Data
   info = data.dataset_info(config, workdir)
   logging.info('Mesh %s over %d processes; data %s', mesh.shape, jax.process_count(), info)
 
-  # ---------------------------------------------------------------- Model and optimizer
+  # ---------------------------------------------------------------- Model and state
   method, tx, schedule, init, total_steps = build.build_run(config, mesh, info)
-
-  # ---------------------------------------------------------------- Sharding and init
   abstract_state = jax.eval_shape(init, jax.random.PRNGKey(0))
   state_sharding = jax.tree.map(lambda _: sharding.replicated(mesh), abstract_state)
   # config.init_from: another run's encoder, read and checked before anything compiles.
@@ -200,7 +202,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   n_params = sum(x.size for x in jax.tree.leaves(state.params))
   logging.info('%s with %s parameters; %d steps', config.method, f'{n_params:,}', total_steps)
 
-  # ---------------------------------------------------------------- Checkpoint restore
+  # ---------------------------------------------------------------- Restore
   ckpt = Checkpointer(workdir, max_to_keep=config.keep_checkpoints)
   latest = ckpt.latest_step()
   if latest is not None:
@@ -210,8 +212,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   elif warm is not None:
     state = restore.warm_start(method, state, warm)
   start_step = int(state.step)
-
-  # ---------------------------------------------------------------- Pictures
   if jax.process_index() == 0:
     os.makedirs(workdir, exist_ok=True)
     with open(os.path.join(workdir, 'config.json'), 'w') as f:
@@ -220,32 +220,26 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   if start_step == 0:
     drawer.draw(state, 0)  # the first frame: the encoder before any training
 
-  # ---------------------------------------------------------------- Train loop
-  train_step = jax.jit(
-    build.make_train_step(method, tx, schedule, build.device_views(config)),
-    in_shardings=(state_sharding, sharding.data_sharding(mesh)),
-    out_shardings=(state_sharding, sharding.replicated(mesh)),
-    donate_argnums=0,
+  # ---------------------------------------------------------------- The loop
+  train_step = build.jit_train_step(config, mesh, method, tx, schedule, state_sharding)
+  steps = StepLogger(
+    config,
+    workdir,
+    total_steps,
+    start_step,
+    health=_health(config, mesh, method),
+    skipped_files=lambda: data.skipped_files(config),
   )
-  writer = MetricWriter(workdir)
-  health_batch = _health_images(config, mesh) if config.health.images else None
-  health_of = jax.jit(
-    lambda state, images: method.health(state.params, state.model_state, images),
-    out_shardings=sharding.replicated(mesh),
-  )
-  collapse_warned = False
-  skipped = _SkippedFiles(config, workdir, writer)
-  bar = progress_bar(total_steps, start_step)
   batches = sharding.prefetch_to_mesh(
     data.build_train_iterator(config, start_step=start_step), mesh
   )
   supervised_cache = protocols.SupervisedCache()  # the baseline ignores the weights: once a run
   interrupts = _Interrupts()
   last_saved = latest
-  # Device metrics not yet fetched, and host metrics not yet logged. Every fetch checks that each
-  # step was finite, and nothing is saved or evaluated before its steps are fetched: a
-  # non-finite state never reaches a checkpoint, at no cost beyond the fetches logging makes.
-  pending, window, t_log, step_log = [], [], time.perf_counter(), start_step
+  # Device metrics not yet fetched. Every fetch checks that each step was finite, and nothing is
+  # saved or evaluated before its steps are fetched: a non-finite state never reaches a
+  # checkpoint, at no cost beyond the fetches logging makes.
+  pending = []
   signal_exit = 0  # the exit code once a signal's checkpoint is saved
   try:
     for step in range(start_step, total_steps):
@@ -263,52 +257,23 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       if log_now or save_now or interrupts.received:
         fetched = jax.device_get(pending)
         _check_finite(fetched, done - len(fetched) + 1, last_saved, ckpt, config)
-        window += fetched
+        steps.add(fetched)
         pending = []
-      if log_now:
-        means = {k: float(np.mean([m[k] for m in window])) for k in window[0] if k != 'finite'}
-        elapsed = time.perf_counter() - t_log
-        means['images_per_sec'] = (done - step_log) * config.batch_size / elapsed
-        if health_batch is not None:  # label-free: is the representation collapsing?
-          means.update(jax.device_get(health_of(state, health_batch)))
-        writer.write(done, means)
-        reason = collapse.below_floor(means, config)
-        if reason and config.health.stop_on_collapse:
-          _write_report(config, workdir, total_steps)  # it shows the warning
-          _stop_collapsed(collapse.warning(done, reason, config), last_saved, ckpt)
-        if reason and not collapse_warned:
-          logging.warning('%s', collapse.warning(done, reason, config))
-          collapse_warned = True
-        skipped.record(done)
-        bar.set_postfix(loss=f'{means["loss"]:.4f}', img_s=f'{means["images_per_sec"]:,.0f}')
-        bar.update(done - bar.n)
-        if bar.disable:
-          logging.info(
-            'step %d/%d loss %.4f %.0f img/s',
-            done,
-            total_steps,
-            means['loss'],
-            means['images_per_sec'],
-          )
-        window, t_log, step_log = [], time.perf_counter(), done
+      if log_now and (collapsed := steps.log(done, state)):
+        _write_report(config, workdir, total_steps)  # it shows the warning
+        _stop_collapsed(collapsed, last_saved, ckpt)
       if save_now:
         ckpt.save(done, state._asdict(), force=eval_now)
         last_saved = done
       if interrupts.received:
-        if last_saved != done:
-          ckpt.save(done, state._asdict(), force=True)
-        ckpt.wait()
-        name = signal.Signals(interrupts.received).name
-        logging.warning('Saved step %d after %s; exiting.', done, name)
-        print(f'{name}: saved step {done} in {ckpt.directory}; rerun to resume.', flush=True)
-        writer.close()
-        signal_exit = 128 + interrupts.received
+        signal_exit = _save_on_signal(interrupts.received, done, state, last_saved, ckpt)
+        steps.close()
         raise SystemExit(signal_exit)
       if eval_now:
         # Saved above, so a signal during the (long) evaluation may end the process at once.
         interrupts.restore()
         results = protocols.evaluate_state(config, method, state, None, mesh, supervised_cache)
-        writer.write(done, {f'eval/{k}': v for k, v in results['pretrained'].items()})
+        steps.write_eval(done, results['pretrained'])
         drawer.draw(state, done)
         _write_report(config, workdir, total_steps)
         interrupts.install()
@@ -316,7 +281,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       ckpt.save(total_steps, state._asdict(), force=True)
   finally:
     input_closed = _close_within(batches, _CLOSE_SECONDS)  # its threads stop now, not at exit
-    bar.close()
+    steps.stop_progress()
     interrupts.restore()
     ckpt.wait()
     if signal_exit and not input_closed:
@@ -330,16 +295,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   drawer.finish()
   baseline = init if config.eval_config.random_init else None
   results = protocols.evaluate_state(config, method, state, baseline, mesh, supervised_cache)
-  skipped.record(total_steps)
+  steps.record_skipped(total_steps)
   results['step'] = int(state.step)
   results['config'] = config.name
   if results['pretrained']:
-    writer.write(total_steps, {f'eval/{k}': v for k, v in results['pretrained'].items()})
+    steps.write_eval(total_steps, results['pretrained'])
+
+  # ---------------------------------------------------------------- The end
   if jax.process_index() == 0:
     with open(os.path.join(workdir, 'results.json'), 'w') as f:
       json.dump(results, f, indent=2)
   _write_report(config, workdir, total_steps)
-  writer.close()
+  steps.close()
   ckpt.close()
   return results
 

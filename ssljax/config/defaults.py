@@ -1,5 +1,8 @@
-"""Defaults every method shares. A method's own sections and settings live in its file
-(`Method.default_config` in ssljax/methods/<name>.py), which starts from `base_config()`."""
+"""Defaults every method shares, one function per section; `base_config` assembles them. A
+method's own sections and settings live in its file (`Method.default_config` in
+ssljax/methods/<name>.py), which starts from `base_config()`."""
+
+from typing import Any
 
 import ml_collections
 from ml_collections.config_dict import placeholder
@@ -31,19 +34,9 @@ def augment_defaults(image_size: int) -> ml_collections.ConfigDict:
   )
 
 
-def base_config(method: str = '', image_size: int = 32) -> ml_collections.ConfigDict:
-  """Data, views, encoder, optimizer, schedule, logging, evaluation and pictures: the sections
-  every method reads, for images of `image_size` pixels. `method` is set by each method's
-  default_config (empty: none chosen)."""
-  c = ml_collections.ConfigDict()
-  c.name = ''  # the run's name: default workdir is runs/<name>
-  c.method = method  # simclr | byol | dino | mae | ijepa | triplet
-  c.seed = 0
-  # Warm start: another run's workdir. A new run starts its encoder (online and every EMA copy)
-  # from that run's latest encoder, by name and shape; heads start fresh (REMEDIS's pipeline).
-  c.init_from = ''
-
-  c.data = ml_collections.ConfigDict(
+def data_defaults(image_size: int) -> ml_collections.ConfigDict:
+  """config.data: where the images come from and how evaluation reads them."""
+  return ml_collections.ConfigDict(
     dict(
       source='digits',  # digits | tfds | idx | folder | synthetic
       name='',  # tfds dataset name (source=tfds)
@@ -69,11 +62,11 @@ def base_config(method: str = '', image_size: int = 32) -> ml_collections.Config
       dicom_window=placeholder(tuple),
     )
   )
-  c.augment = augment_defaults(image_size)
-  # One entry per view spec, taken in sorted order of the names; each overrides c.augment.
-  c.views = ml_collections.ConfigDict(dict(view1={}, view2={}))
 
-  c.model = ml_collections.ConfigDict(
+
+def model_defaults() -> ml_collections.ConfigDict:
+  """config.model: the encoder and the heads every method builds on it."""
+  return ml_collections.ConfigDict(
     dict(
       encoder='resnet18',  # resnet18 | resnet34 | resnet50 | vit_tiny | vit_small | vit_base
       stem='small',  # small (3x3 conv, no max-pool: 28-64 px) | imagenet (7x7/2 + max-pool)
@@ -105,35 +98,92 @@ def base_config(method: str = '', image_size: int = 32) -> ml_collections.Config
       vit_heads=0,
     )
   )
-  c.eval_encoder = 'online'  # which network is evaluated; methods with a teacher offer more
 
-  c.batch_size = 256  # global, over all devices and hosts
-  c.epochs = 10
-  c.total_steps = 0  # 0: epochs * (train examples // batch_size)
-  c.warmup_epochs = 1.0
-  c.optimizer = 'lars'  # lars | adamw
-  c.base_lr = 0.3
-  c.lr_scaling = 'linear'  # linear: base_lr * B / 256 | sqrt: base_lr * sqrt(B) | none
-  c.weight_decay = 1e-6
-  c.momentum = 0.9
-  c.b2 = 0.999  # adamw
-  c.weight_decay_end = placeholder(float)  # adamw: cosine from weight_decay to this (None: fixed)
-  c.grad_clip = 0.0  # > 0: clip the gradient to this norm
-  c.grad_clip_by = 'global_norm'  # or parameter_norm: each parameter's own (DINO's official)
 
-  c.log_every = 20
-  # Label-free health (ssljax.monitor.health and .collapse): at each log step, RankMe and the
-  # normalised std of h on the first `images` un-augmented training images (0: off). Below
-  # either floor the run warns once, with the method's remedies; stop_on_collapse stops it
-  # instead, without saving the collapsed state.
-  c.health = ml_collections.ConfigDict(
+def optim_defaults() -> dict[str, Any]:
+  """Batch size, schedule and optimizer: top-level fields of the config (`config.base_lr`),
+  merged in by base_config (a dict: ConfigDict.update would sort them)."""
+  return dict(
+    batch_size=256,  # global, over all devices and hosts
+    epochs=10,
+    total_steps=0,  # 0: epochs * (train examples // batch_size)
+    warmup_epochs=1.0,
+    optimizer='lars',  # lars | adamw
+    base_lr=0.3,
+    lr_scaling='linear',  # linear: base_lr * B / 256 | sqrt: base_lr * sqrt(B) | none
+    weight_decay=1e-6,
+    momentum=0.9,
+    b2=0.999,  # adamw
+    weight_decay_end=placeholder(float),  # adamw: cosine from weight_decay to this (None: fixed)
+    grad_clip=0.0,  # > 0: clip the gradient to this norm
+    grad_clip_by='global_norm',  # or parameter_norm: each parameter's own (DINO's official)
+  )
+
+
+def health_defaults() -> ml_collections.ConfigDict:
+  """config.health, label-free (ssljax.monitor.health and .collapse): at each log step, RankMe
+  and the normalised std of h on the first `images` un-augmented training images (0: off). Below
+  either floor the run warns once, with the method's remedies; stop_on_collapse stops it instead,
+  without saving the collapsed state."""
+  return ml_collections.ConfigDict(
     dict(images=512, min_rankme=MIN_RANKME, min_std=MIN_STD, stop_on_collapse=False)
   )
-  c.checkpoint_every = 500
-  c.keep_checkpoints = 3
-  c.eval_every = 0  # 0: only at the end
-  c.eval = ('linear', 'linear_few', 'knn')
-  c.eval_config = ml_collections.ConfigDict(
+
+
+def finetune_defaults() -> ml_collections.ConfigDict:
+  """config.eval_config.finetune: the recipe of the 'finetune' and 'supervised' protocols."""
+  return ml_collections.ConfigDict(
+    dict(
+      epochs=30.0,  # passes over the labelled subset
+      min_steps=100,  # at least this many steps (tiny label budgets)
+      warmup_epochs=3.0,
+      batch_size=64,  # global; the devices must divide it
+      optimizer='auto',  # auto: adamw for ViTs, sgd (Nesterov) for ResNets | sgd | lars | adamw
+      base_lr=placeholder(float),  # None: sgd 0.1, lars 0.1, adamw 4e-3; times B / 256
+      weight_decay=placeholder(float),  # None: sgd 1e-4, lars 1e-6, adamw 0.05
+      momentum=0.9,  # sgd / lars momentum, adamw beta1
+      layer_decay=0.75,  # ViTs: lr of block i x decay**(depth - i) (MAE: 0.65 B, 0.75 L/H)
+      label_smoothing=0.1,
+      drop_path=0.1,  # ViTs: stochastic depth while fine-tuning
+      crop_scale=placeholder(tuple),  # random resized crop (area); None: config.augment's
+      flip=placeholder(bool),  # random horizontal flip; None: config.augment's
+      mixup=0.0,  # Beta alpha of mixup (MAE: 0.8); 0: off
+      cutmix=0.0,  # Beta alpha of cutmix (MAE: 1.0); 0: off
+      mix_switch_prob=0.5,  # both on: the chance a batch uses cutmix
+      random_erasing=0.0,  # the chance an image gets an erased rectangle (MAE: 0.25)
+      randaugment='',  # timm's name, e.g. rand-m9-mstd0.5-inc1 (MAE's); '': off
+      seed=0,  # head init, batch order, augmentations; and the supervised baseline's init
+    )
+  )
+
+
+def linear_sgd_defaults() -> ml_collections.ConfigDict:
+  """config.eval_config.linear_sgd: the papers' linear protocol ('linear_sgd' in config.eval,
+  evaluators/linear_sgd.py), a preset and the fields that override it."""
+  return ml_collections.ConfigDict(
+    dict(
+      preset='auto',  # simclr | byol | dino | mae; auto: the method's (I-JEPA: mae)
+      # None: the preset's value
+      optimizer=placeholder(str),  # sgd (Nesterov) | momentum | lars
+      base_lr=placeholder(float),  # times B / 256
+      weight_decay=placeholder(float),
+      epochs=placeholder(float),
+      warmup_epochs=placeholder(float),
+      batch_size=placeholder(int),  # global; the devices must divide it
+      head_norm=placeholder(bool),  # BatchNorm without affine before the head (MAE)
+      last_blocks=placeholder(int),  # ViTs: concatenate the CLS of the last n blocks (DINO 4)
+      head_init_std=placeholder(float),  # 0: zeros (SimCLR)
+      min_steps=100,
+      crop_scale=placeholder(tuple),  # None: config.augment's
+      flip=placeholder(bool),  # None: config.augment's
+      seed=0,
+    )
+  )
+
+
+def eval_defaults() -> ml_collections.ConfigDict:
+  """config.eval_config: how the protocols in config.eval probe the encoder."""
+  return ml_collections.ConfigDict(
     dict(
       few_per_class=5,  # k labelled images per class for linear_few
       subset_seed=0,  # which k images: fixed, so every method is probed on the same ones
@@ -157,53 +207,16 @@ def base_config(method: str = '', image_size: int = 32) -> ml_collections.Config
       ),
       # 'finetune' trains the whole encoder + a linear head on h with cross-entropy; 'supervised'
       # runs the same recipe from a random init (the baseline without pretraining).
-      finetune=ml_collections.ConfigDict(
-        dict(
-          epochs=30.0,  # passes over the labelled subset
-          min_steps=100,  # at least this many steps (tiny label budgets)
-          warmup_epochs=3.0,
-          batch_size=64,  # global; the devices must divide it
-          optimizer='auto',  # auto: adamw for ViTs, sgd (Nesterov) for ResNets | sgd | lars | adamw
-          base_lr=placeholder(float),  # None: sgd 0.1, lars 0.1, adamw 4e-3; times B / 256
-          weight_decay=placeholder(float),  # None: sgd 1e-4, lars 1e-6, adamw 0.05
-          momentum=0.9,  # sgd / lars momentum, adamw beta1
-          layer_decay=0.75,  # ViTs: lr of block i x decay**(depth - i) (MAE: 0.65 B, 0.75 L/H)
-          label_smoothing=0.1,
-          drop_path=0.1,  # ViTs: stochastic depth while fine-tuning
-          crop_scale=placeholder(tuple),  # random resized crop (area); None: config.augment's
-          flip=placeholder(bool),  # random horizontal flip; None: config.augment's
-          mixup=0.0,  # Beta alpha of mixup (MAE: 0.8); 0: off
-          cutmix=0.0,  # Beta alpha of cutmix (MAE: 1.0); 0: off
-          mix_switch_prob=0.5,  # both on: the chance a batch uses cutmix
-          random_erasing=0.0,  # the chance an image gets an erased rectangle (MAE: 0.25)
-          randaugment='',  # timm's name, e.g. rand-m9-mstd0.5-inc1 (MAE's); '': off
-          seed=0,  # head init, batch order, augmentations; and the supervised baseline's init
-        )
-      ),
+      finetune=finetune_defaults(),
       # 'linear_sgd' in config.eval: the papers' linear protocol (evaluators/linear_sgd.py).
-      linear_sgd=ml_collections.ConfigDict(
-        dict(
-          preset='auto',  # simclr | byol | dino | mae; auto: the method's (I-JEPA: mae)
-          # None: the preset's value
-          optimizer=placeholder(str),  # sgd (Nesterov) | momentum | lars
-          base_lr=placeholder(float),  # times B / 256
-          weight_decay=placeholder(float),
-          epochs=placeholder(float),
-          warmup_epochs=placeholder(float),
-          batch_size=placeholder(int),  # global; the devices must divide it
-          head_norm=placeholder(bool),  # BatchNorm without affine before the head (MAE)
-          last_blocks=placeholder(int),  # ViTs: concatenate the CLS of the last n blocks (DINO 4)
-          head_init_std=placeholder(float),  # 0: zeros (SimCLR)
-          min_steps=100,
-          crop_scale=placeholder(tuple),  # None: config.augment's
-          flip=placeholder(bool),  # None: config.augment's
-          seed=0,
-        )
-      ),
+      linear_sgd=linear_sgd_defaults(),
     )
   )
-  # Pictures under WORKDIR/pictures at every evaluation (ssljax.monitor.visualize).
-  c.visualize = ml_collections.ConfigDict(
+
+
+def visualize_defaults() -> ml_collections.ConfigDict:
+  """config.visualize: the pictures under WORKDIR/pictures at every evaluation."""
+  return ml_collections.ConfigDict(
     dict(
       embeddings=True,  # 2-D projection of test embeddings, coloured by label, one frame per eval
       projection='pca',  # pca | tsne | umap (pip install umap-learn)
@@ -213,6 +226,36 @@ def base_config(method: str = '', image_size: int = 32) -> ml_collections.Config
       num_images=6,  # images in the attention / reconstruction pictures
     )
   )
+
+
+def base_config(method: str = '', image_size: int = 32) -> ml_collections.ConfigDict:
+  """Data, views, encoder, optimizer, schedule, logging, evaluation and pictures: the sections
+  every method reads, for images of `image_size` pixels. `method` is set by each method's
+  default_config (empty: none chosen)."""
+  c = ml_collections.ConfigDict()
+  c.name = ''  # the run's name: default workdir is runs/<name>
+  c.method = method  # simclr | byol | dino | mae | ijepa | triplet
+  c.seed = 0
+  # Warm start: another run's workdir. A new run starts its encoder (online and every EMA copy)
+  # from that run's latest encoder, by name and shape; heads start fresh (REMEDIS's pipeline).
+  c.init_from = ''
+
+  c.data = data_defaults(image_size)
+  c.augment = augment_defaults(image_size)
+  # One entry per view spec, taken in sorted order of the names; each overrides c.augment.
+  c.views = ml_collections.ConfigDict(dict(view1={}, view2={}))
+  c.model = model_defaults()
+  c.eval_encoder = 'online'  # which network is evaluated; methods with a teacher offer more
+  c.update(optim_defaults())
+
+  c.log_every = 20
+  c.health = health_defaults()
+  c.checkpoint_every = 500
+  c.keep_checkpoints = 3
+  c.eval_every = 0  # 0: only at the end
+  c.eval = ('linear', 'linear_few', 'knn')
+  c.eval_config = eval_defaults()
+  c.visualize = visualize_defaults()
   # WORKDIR/report.md (monitor/report.py): summary, results, curves, pictures; rewritten at every
   # evaluation so a run can be read, or copied, without TensorBoard.
   c.report = True

@@ -1,14 +1,11 @@
-"""experiments/profile_step.py's op classification, on a module XLA:CPU really compiled."""
-
-import os
-import sys
+"""ssljax.cpu.step_profile, experiments/step_profile.py's op classification, on a module XLA:CPU
+really compiled."""
 
 import jax
 import jax.numpy as jnp
 from jax import lax
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(__file__)), 'experiments'))
-import profile_step  # noqa: E402
+from ssljax.cpu import step_profile
 
 
 def test_op_kinds_of_a_compiled_step():
@@ -19,11 +16,11 @@ def test_op_kinds_of_a_compiled_step():
 
   x, w, v = jnp.ones((6, 8, 8, 2)), jnp.ones((3, 3, 2, 4)), jnp.ones((4, 4))
   hlo = jax.jit(jax.grad(loss, argnums=(0, 1))).lower(x, w, v).compile().as_text()
-  ops = profile_step.parse_ops(hlo)
-  kinds = profile_step.op_kinds(ops, views=6)
+  ops = step_profile.parse_ops(hlo)
+  kinds = step_profile.op_kinds(ops, views=6)
   found = set(kinds.values())
   for kind in (
-    profile_step.LOOP,  # the scans: their tuple-shaped while ops are not timed twice
+    step_profile.LOOP,  # the scans: their tuple-shaped while ops are not timed twice
     'conv forward',
     'conv gradient wrt input',
     'conv gradient wrt weights',
@@ -31,10 +28,10 @@ def test_op_kinds_of_a_compiled_step():
   ):
     assert kind in found, (kind, kinds)
   loops = [line.split()[0][1:] for line in hlo.splitlines() if ' while(' in line]
-  assert loops and all(kinds[name] == profile_step.LOOP for name in loops)
+  assert loops and all(kinds[name] == step_profile.LOOP for name in loops)
   # An unfused convolution is finished once an op reading its output starts: the forward one
   # feeds the loop (through a bitcast and the loop's tuple), the kernel gradient a copy.
-  finished_by = profile_step.finished_by(ops)
+  finished_by = step_profile.finished_by(ops)
   forward, kernel_gradient = (
     c for c in finished_by if kinds[c] in ('conv forward', 'conv gradient wrt weights')
   )
@@ -60,11 +57,11 @@ def test_wall_time_counts_each_instant_once():
     (11 * ms, 15 * ms, 'norm'),
     (16 * ms, 17 * ms, 'last'),
   ]
-  seconds = profile_step.wall_time_by_op(events, {'conv': {'reader'}})
+  seconds = step_profile.wall_time_by_op(events, {'conv': {'reader'}})
   _assert_seconds(seconds, {'conv': 9, 'relu': 1, 'reader': 3, 'norm': 3, 'last': 1})
   # A loop reading conv starts at 3 and its body runs 3-9: the loop finishes conv (gap 2-3 is
   # conv's, 9-10 the body's) and counts nothing itself (the trace times its body's ops).
   events.append((3 * ms, 9 * ms, 'loop'))
   events.append((3 * ms, 9 * ms, 'body'))
-  seconds = profile_step.wall_time_by_op(events, {'conv': {'loop'}}, {'loop'})
+  seconds = step_profile.wall_time_by_op(events, {'conv': {'loop'}}, {'loop'})
   _assert_seconds(seconds, {'conv': 2, 'relu': 1, 'body': 7, 'reader': 3, 'norm': 3, 'last': 1})

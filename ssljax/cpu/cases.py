@@ -1,6 +1,7 @@
-"""The jitted train step of a config on synthetic data, as the benchmarks time it, the configs of
-the CPU cases that bench_vs_pytorch and profile_step share, and the convolutions of the ResNet
-cases that bench_conv_layers times."""
+"""The benchmark cases of experiments/ (bench_vs_pytorch, profile_step, bench_conv_layers): the
+ssljax config each case trains, which its PyTorch peer is built from too, and the convolutions of
+the ResNet cases. Here rather than in experiments/ so the tests can check them by importing the
+package. The cases start from the configs of a checkout (configs/ beside this package)."""
 
 from __future__ import annotations
 
@@ -8,45 +9,20 @@ import importlib.util
 import math
 import os
 
-import jax
+import ml_collections
 
-from ssljax import build, data, methods, optim, sharding
 from ssljax.models import resnet
 
-
-def build_step(config):
-  """(jitted train step, initial state, mesh, the synthetic copy of config) for `config`."""
-  mesh = sharding.make_mesh()
-  sharding.check_batch_size(config.batch_size, mesh)
-  method = methods.build(config, mesh, total_steps=1000)
-  tx, schedule = optim.build_optimizer(config, 1000, 10, method.held_parameters())
-  channels = config.data.channels if config.data.source == 'synthetic' else None
-  synthetic = config.copy_and_resolve_references()
-  with synthetic.unlocked():
-    synthetic.data.source = 'synthetic'
-    if channels is None:
-      synthetic.data.channels = 3 if config.data.source == 'tfds' else 1
-  info = data.dataset_info(synthetic)
-  shapes = [(s.image_size, s.image_size, info.image_shape[-1]) for s in data.view_specs(synthetic)]
-  init = build.init_state(method, tx, shapes)
-  state_sharding = jax.tree.map(
-    lambda _: sharding.replicated(mesh), jax.eval_shape(init, jax.random.PRNGKey(0))
-  )
-  state = jax.jit(init, out_shardings=state_sharding)(jax.random.PRNGKey(0))
-  step = jax.jit(
-    build.make_train_step(method, tx, schedule, build.device_views(config)),
-    in_shardings=(state_sharding, sharding.data_sharding(mesh)),
-    out_shardings=(state_sharding, sharding.replicated(mesh)),
-    donate_argnums=0,
-  )
-  return step, state, mesh, synthetic
+CASES = ('resnet18_w8', 'resnet18_w64', 'vit', 'resnet50_224')
+CONFIGS = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(__file__))), 'configs')
 
 
-def case_config(name: str):
-  """The ssljax config of a case (what the PyTorch peer is built from too)."""
-  path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'configs')
+def case_config(name: str) -> ml_collections.ConfigDict:
+  """The ssljax config of a case: synthetic data, views made on the host (the step alone)."""
+  if name not in CASES:
+    raise SystemExit(f'unknown case {name!r}: {", ".join(CASES)}')
   name_file = 'simclr_imagenet.py' if name == 'resnet50_224' else 'simclr_fashion_mnist.py'
-  spec = importlib.util.spec_from_file_location('cfg', os.path.join(path, name_file))
+  spec = importlib.util.spec_from_file_location('cfg', os.path.join(CONFIGS, name_file))
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
   c = module.get_config()
@@ -64,12 +40,10 @@ def case_config(name: str):
     c.model.encoder, c.model.patch_size = 'vit_tiny', 4
     c.model.vit_width, c.model.vit_depth, c.model.vit_heads = 96, 4, 3
     c.optimizer, c.base_lr, c.weight_decay = 'adamw', 1e-3, 0.05
-  elif name != 'resnet18_w8':
-    raise SystemExit(f'unknown case {name!r}: resnet18_w8, resnet18_w64, vit or resnet50_224')
   return c
 
 
-def conv_layers(config) -> list[dict]:
+def conv_layers(config: ml_collections.ConfigDict) -> list[dict]:
   """The distinct convolutions of a case's ResNet (BasicBlock, small stem) over the step's 2N
   views: shapes and how many times the network runs each (bench_conv_layers times them)."""
   stages, block = resnet.ARCHS[config.model.encoder]

@@ -1,19 +1,15 @@
-"""bench_step.conv_layers, the table of experiments/bench_conv_layers.py: the convolutions the
-case's ResNet really runs."""
+"""ssljax.cpu.cases.conv_layers, the table of experiments/bench_conv_layers.py: the convolutions
+the case's ResNet really runs."""
 
 import collections
-import os
-import sys
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import pytest
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(__file__)), 'experiments'))
-from bench_step import case_config, conv_layers  # noqa: E402
-
-from ssljax.models import resnet  # noqa: E402
+from ssljax.cpu.cases import case_config, conv_layers
+from ssljax.models import resnet
 
 
 @pytest.mark.parametrize('case', ['resnet18_w8', 'resnet18_w64'])
