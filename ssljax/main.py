@@ -15,6 +15,7 @@ if __name__ == '__main__':  # before JAX starts: XLA's options and the allocator
 
 import jax  # noqa: E402
 from absl import app, flags, logging  # noqa: E402
+from absl.logging import converter  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
 from ssljax import errors, train  # noqa: E402
@@ -49,10 +50,17 @@ def run_name(config, config_path: str) -> str:
 
 
 class _QuietLibraries:
-  """Drops the INFO chatter of Orbax (a dozen lines per checkpoint) from the absl log."""
+  """Drops library chatter from the absl log: Orbax's INFO lines (a dozen per checkpoint) and its
+  notice that a type handler was replaced, and JAX's search for a TPU. --verbosity=1 keeps all."""
+
+  _NOTICES = ('Type handler registry', "Unable to initialize backend 'tpu'")
 
   def filter(self, record) -> bool:
-    return record.levelno >= 30 or 'orbax' not in record.pathname
+    if logging.get_verbosity() >= 1 or record.levelno >= converter.STANDARD_ERROR:
+      return True
+    if any(notice in str(record.msg) for notice in self._NOTICES):
+      return False
+    return record.levelno >= converter.STANDARD_WARNING or 'orbax' not in record.pathname
 
 
 def main(argv) -> None:
