@@ -13,10 +13,12 @@ from PIL import Image
 
 from ssljax import data
 from ssljax.config.defaults import base_config
-from ssljax.data import order, synthetic
+from ssljax.data import order
+from ssljax.data.sources import synthetic
 
 tf = pytest.importorskip('tensorflow')
-from ssljax.data import augment, pipeline, sources  # noqa: E402
+from ssljax.data import augment, pipeline  # noqa: E402
+from ssljax.data.sources import StreamedTfds, idx  # noqa: E402
 
 FASHION_MNIST = '/usr/share/datasets/fashion-mnist'
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -317,16 +319,16 @@ def _write_idx(path, array, magic_type=0x08):
 def test_read_idx_round_trip_and_bad_magic(tmp_path):
   array = np.arange(24, dtype=np.uint8).reshape(2, 3, 4)
   _write_idx(tmp_path / 'x-idx3-ubyte.gz', array)
-  np.testing.assert_array_equal(sources.read_idx(tmp_path / 'x-idx3-ubyte.gz'), array)
+  np.testing.assert_array_equal(idx.read_idx(tmp_path / 'x-idx3-ubyte.gz'), array)
   bad = tmp_path / 'bad-idx3-ubyte'
   bad.write_bytes(b'\x12\x34\x08\x03' + bytes(100))
   with pytest.raises(ValueError, match='bad-idx3-ubyte.*not an idx file'):
-    sources.read_idx(bad)
+    idx.read_idx(bad)
   truncated = tmp_path / 'short-idx3-ubyte'
   _write_idx(truncated, array)
   truncated.write_bytes(truncated.read_bytes()[:-3])
   with pytest.raises(ValueError, match='short-idx3-ubyte'):
-    sources.read_idx(truncated)
+    idx.read_idx(truncated)
 
 
 def test_idx_missing_directory(tmp_path):
@@ -344,7 +346,8 @@ def test_idx_fashion_mnist():
   c.data.source = 'idx'
   c.data.path = FASHION_MNIST
   data.check_available(c)
-  train, test = sources.load(c.data, 'train'), sources.load(c.data, 'test')
+  source = data.source(c)
+  train, test = source.load('train'), source.load('test')
   assert train.images.shape == (60000, 28, 28, 1) and train.images.dtype == np.uint8
   assert test.images.shape == (10000, 28, 28, 1)
   assert set(np.unique(train.labels)) == set(range(10)) == set(np.unique(test.labels))
@@ -544,7 +547,7 @@ def test_tfds_prepared_dataset(tmp_path, streamed):
   c.augment.image_size = 16
   c.batch_size = 8
   data.check_available(c)
-  assert sources.is_streamed(c.data) == streamed
+  assert isinstance(data.source(c), StreamedTfds) == streamed
   assert data.dataset_info(c) == data.DatasetInfo(40, 3, (16, 16, 3))
   it = data.build_train_iterator(c)
   batches = [next(it)['views'] for _ in range(7)]  # crosses the epoch boundary
@@ -585,7 +588,7 @@ def test_tfds_array_record_follows_global_indices_whatever_the_process_count(tmp
   c.data.update(dict(source='tfds', name=builder.name, data_dir=str(tmp_path), image_size=16))
   c.augment.image_size = 16
   c.batch_size = 8
-  assert sources.is_streamed(c.data) and sources.has_random_access(c.data)
+  assert data.source(c).random_access()
   monkeypatch.setattr(pipeline, 'RANDOM_ACCESS_CHUNK', 16)  # 2 steps a chunk: resume mid-chunk
   it = data.build_train_iterator(c)
   batches = [next(it)['views'] for _ in range(7)]  # crosses the epoch boundary (40 examples)

@@ -1,8 +1,9 @@
 """Input data: sources, augmented training views and evaluation splits.
 
 This module imports no TensorFlow: the synthetic source (benchmarks, tests) runs without it, and
-the TF pipeline (`pipeline`, `augment`, the tfds part of `sources`) is imported on first use.
-The example order lives in `order`, the shared types in `types`; this module is the public API.
+the TF pipeline (`pipeline`, `augment`, tensorflow_datasets) is imported on first use. What kind
+of data a run reads is one `sources.Source`, picked by config.data.source; the example order
+lives in `order`, the shared types in `types`; this module is the public API.
 """
 
 from __future__ import annotations
@@ -15,9 +16,10 @@ import ml_collections
 import numpy as np
 
 from ssljax.config.views import view_specs, view_specs_if_valid
-from ssljax.data import shifts, sources, synthetic
+from ssljax.data import augment_device, shifts
 from ssljax.data.checks import check_config
-from ssljax.data.types import DatasetInfo, EvalSplit, source_name
+from ssljax.data.sources import source, source_class, synthetic
+from ssljax.data.types import DatasetInfo, EvalSplit
 from ssljax.errors import DatasetNotFoundError
 
 __all__ = [
@@ -32,6 +34,7 @@ __all__ = [
   'labelled_train_iterator',
   'load_eval_split',
   'skipped_files',
+  'source',
   'view_specs',
   'view_specs_if_valid',
 ]
@@ -42,28 +45,20 @@ __all__ = [
 
 def check_available(config: ml_collections.ConfigDict) -> None:
   """Fails fast, before any compilation, when the configured data is not on this machine."""
-  source = source_name(config)
+  source_class(config)
   shifts.check(config.data.get('shift', ''), config.data.get('shift_severity', 3))
-  if source in ('digits', 'synthetic'):
-    return
-  sources.check(config.data)
+  source(config).check_available()
 
 
 def dataset_info(config: ml_collections.ConfigDict, workdir: str | None = None) -> DatasetInfo:
   """Sizes the model and the schedule need; cheap (metadata, a folder's file list, or the cached
   in-memory arrays). A folder's list is cached in `workdir`, so a restart does not list it."""
-  source = source_name(config)
-  size = int(config.data.image_size)
-  if source == 'synthetic':
-    d = config.data
-    return DatasetInfo(int(d.num_examples), int(d.num_classes), (size, size, int(d.channels)))
-  num_train, num_classes, channels = sources.metadata(config.data, workdir)
-  return DatasetInfo(num_train, num_classes, (size, size, channels))
+  return source(config).info(workdir)
 
 
 def skipped_files(config: ml_collections.ConfigDict) -> tuple[str, ...]:
   """'path: why' of every unreadable image file this process met so far (folder sources)."""
-  return sources.skipped_files(config.data) if source_name(config) != 'synthetic' else ()
+  return source(config).skipped_files()
 
 
 def build_train_iterator(
@@ -71,21 +66,22 @@ def build_train_iterator(
 ) -> Iterator[dict]:
   """Endless process-local batches {'views': [float32 (B/P, S, S, C) in [0, 1], ...]}, or with
   config.augment.on='device' {'images', 'elements'} that the train step makes the views of
-  (`ssljax.data.base_images`).
+  (`ssljax.data.augment_device`).
 
   Batch `start_step` onwards equal what an uninterrupted run yields from that step (exactly for
   in-memory sources; see `pipeline` for streamed ones).
   """
-  if config.augment.get('on', 'host') == 'device':
-    from ssljax.data import base_images
-
-    return base_images.train_iterator(config, start_step=start_step)
-  specs = view_specs(config)
-  if source_name(config) == 'synthetic':
-    return synthetic.train_iterator(config, specs, start_step=start_step)
-  from ssljax.data import pipeline
-
-  return pipeline.train_iterator(config, specs, start_step=start_step)
+  device = config.augment.get('on', 'host') == 'device'
+  specs = None if device else view_specs(config)
+  batch_size, processes = int(config.batch_size), jax.process_count()
+  if batch_size % processes:
+    raise ValueError(f'batch_size {batch_size} is not divisible by {processes} processes')
+  if device:
+    return (
+      {'images': images, 'elements': augment_device.split_elements(elements)}
+      for elements, images in source(config).base_images(start_step)
+    )
+  return ({'views': list(views)} for views in source(config).train_views(specs, start_step))
 
 
 def eval_split(config: ml_collections.ConfigDict, split: str) -> EvalSplit:
@@ -97,12 +93,7 @@ def eval_split(config: ml_collections.ConfigDict, split: str) -> EvalSplit:
   """
   if split not in ('train', 'test'):
     raise ValueError(f"split must be 'train' or 'test', got {split!r}")
-  if source_name(config) == 'synthetic':
-    unshifted = EvalSplit.of_arrays(*synthetic.eval_split(config, split))
-  else:
-    from ssljax.data import pipeline
-
-    unshifted = pipeline.eval_split(config, split)
+  unshifted = source(config).eval_split(split)
   shift = config.data.get('shift', '')
   if not shift:
     return unshifted
@@ -137,9 +128,9 @@ def labelled_train_iterator(
   For supervised training on a labelled subset (fine-tuning, the from-scratch baseline): element e
   of the stream is example perm_(e // n)[e % n] (a seeded permutation per epoch, as
   `global_indices`), augmented by `augment.augment_view(spec)` seeded by (seed, process, e).
-  `images` are float32 in [0, 1] (an evaluation split). tf_augment=False (the synthetic source:
-  no TensorFlow) crops and flips in NumPy instead: a random window of spec.crop_scale[0]'s side
-  fraction or more, nearest-resized back.
+  `images` are float32 in [0, 1] (an evaluation split). tf_augment=False (a source without
+  TensorFlow: `Source.uses_tensorflow`) crops and flips in NumPy instead: a random window of
+  spec.crop_scale[0]'s side fraction or more, nearest-resized back.
   """
   if len(labels) == 0 or len(images) != len(labels):
     raise ValueError(

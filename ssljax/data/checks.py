@@ -6,12 +6,12 @@ import ml_collections
 
 from ssljax.config.checks import MISSING, Checks
 from ssljax.data import shifts
-from ssljax.data.types import SOURCES
+from ssljax.data.sources import SOURCES
 
 
 def check_config(checks: Checks) -> None:
   """Records every problem of the data and augmentation fields in `checks`."""
-  checks.choice('data.source', SOURCES)
+  checks.choice('data.source', tuple(SOURCES))
   checks.count('data.image_size', 1)
   checks.probability('data.max_bad_fraction')
   window = checks.value('data.dicom_window')
@@ -23,10 +23,9 @@ def check_config(checks: Checks) -> None:
       and window[1] > 0
     )
     checks.require(ok, 'data.dicom_window', '(center, width) with width > 0, or None', (40, 400))
-  if checks.value('data.source') == 'synthetic':
-    checks.count('data.num_classes', 2)
-    checks.choice('data.channels', (1, 3))
-    checks.count('data.num_examples', 1)
+  name = checks.value('data.source')
+  if isinstance(name, str) and name in SOURCES:
+    SOURCES[name].check_config(checks)  # the fields of that kind of source
   data = checks.value('data')
   checks.absorb(shifts.check, data.get('shift', ''), data.get('shift_severity', 3))
   _check_augment(checks, 'augment', checks.value('augment'))

@@ -1,4 +1,5 @@
-"""tf.data pipelines: augmented training views and un-augmented evaluation splits.
+"""tf.data pipelines: augmented training views and un-augmented evaluation splits, built from
+what a source (`ssljax.data.sources`) hands over: arrays, a folder's decoded steps, a tfds builder.
 
 In-memory and folder sources follow the global index order of `ssljax.data.order.global_indices`
 exactly, and each example's augmentation is seeded by (config.seed, global element e, view), so a
@@ -24,8 +25,8 @@ import ml_collections
 import numpy as np
 import tensorflow as tf
 
-from ssljax.data import augment, folder, order, random_access, sources
-from ssljax.data.types import EvalSplit, padded
+from ssljax.data import augment, order, random_access
+from ssljax.data.types import padded
 
 AUTOTUNE = tf.data.AUTOTUNE
 SHUFFLE_BUFFER = 10_000  # streamed sources: examples in the shuffle buffer of each process
@@ -117,18 +118,24 @@ def _batched(ds: tf.data.Dataset, local: int) -> Iterator[tuple[np.ndarray, ...]
   return ds.as_numpy_iterator()
 
 
-def _in_memory_batches(config, view_fns, start_step: int, local: int):
-  """Batches following `global_indices`, fed to tf.data a chunk of steps at a time.
+def _local(config: ml_collections.ConfigDict) -> int:
+  return int(config.batch_size) // jax.process_count()
+
+
+def in_memory_views(
+  config: ml_collections.ConfigDict, images: np.ndarray, specs, start_step: int
+) -> Iterator[tuple[np.ndarray, ...]]:
+  """Views of the train split `images`, following `global_indices`, fed to tf.data a chunk of
+  steps at a time.
 
   The indices come from numpy in this thread, never from a Python callback inside tf.data (those
   can deadlock the interpreter's exit while background threads still run).
   """
-  split = sources.load(config.data, 'train')
-  num, seed = len(split.labels), int(config.seed)
+  num, seed, local = len(images), int(config.seed), _local(config)
   if num == 0:
     raise ValueError('the train split is empty')
-  images = tf.constant(split.images)
-  example = _example_function(view_fns, seed, int(config.data.image_size))
+  images = tf.constant(images)
+  example = _example_function(_view_functions(specs), seed, int(config.data.image_size))
   shard = dict(
     batch_size=int(config.batch_size),
     process_index=jax.process_index(),
@@ -156,14 +163,14 @@ def _in_memory_batches(config, view_fns, start_step: int, local: int):
   return batches()
 
 
-def _folder_batches(config, view_fns, start_step: int, local: int):
-  """Batches following `global_indices`, each step's files decoded by `random_access`'s threads
-  a few steps ahead, then augmented by one traced function over the batch. (A tf.data dataset
-  per step would be traced again every step: 0.3 s each; a Python generator inside tf.data could
-  deadlock the interpreter's exit.)"""
-  side = int(round(config.data.image_size * sources.FOLDER_MARGIN))
-  reader = sources.folder_reader(config.data, side)
-  seed = int(config.seed)
+def folder_views(
+  config: ml_collections.ConfigDict, steps: Iterator[tuple[np.ndarray, np.ndarray]], specs
+) -> Iterator[tuple[np.ndarray, ...]]:
+  """Views of a folder's (elements, images) `steps` (decoded by `random_access`'s threads a few
+  steps ahead), augmented by one traced function over the batch. (A tf.data dataset per step
+  would be traced again every step: 0.3 s each; a Python generator inside tf.data could deadlock
+  the interpreter's exit.)"""
+  view_fns, local, seed = _view_functions(specs), _local(config), int(config.seed)
   example = _example_function(view_fns, seed, int(config.data.image_size))
 
   @tf.function(autograph=False)
@@ -175,9 +182,6 @@ def _folder_batches(config, view_fns, start_step: int, local: int):
       parallel_iterations=local,
     )
 
-  steps = random_access.train_steps(
-    reader, seed=seed, batch_size=int(config.batch_size), start_step=start_step
-  )
   try:
     for elements, images in steps:
       yield tuple(v.numpy() for v in views(images, elements))
@@ -185,20 +189,18 @@ def _folder_batches(config, view_fns, start_step: int, local: int):
     steps.close()
 
 
-def _random_access_batches(config, view_fns, start_step: int, local: int, example=None):
+def _random_access_batches(config, builder, image_key: str, example, start_step: int, local: int):
   """Batches following `global_indices` from a tfds dataset prepared as array_record: for each
   chunk of steps a background thread reads the named records (raw bytes, by index) while tf.data
-  decodes and augments the previous chunk, as the streamed path does. `example` replaces the
-  views (see `base_batches`)."""
-  tfds = sources.import_tfds()
-  builder = sources.tfds_builder(config.data.name, config.data.data_dir)
-  image_key, _ = sources.tfds_keys(config.data)
+  decodes and `example` (image, element) augments the previous chunk, as the streamed path
+  does."""
+  import tensorflow_datasets as tfds
+
   features = builder.info.features
   records = builder.as_data_source(
     split=config.data.train_split, deserialize_method=tfds.decode.DeserializeMethod.RAW_BYTES
   )
   num, seed = len(records), int(config.seed)
-  example = example or _example_function(view_fns, seed, int(config.data.image_size))
   skip = {image_key: tfds.decode.SkipDecoding()}
 
   def decode_and_augment(record, element):
@@ -233,15 +235,13 @@ def _random_access_batches(config, view_fns, start_step: int, local: int, exampl
     reader.shutdown(wait=False, cancel_futures=True)
 
 
-def _streamed_batches(config, view_fns, start_step: int, local: int, example=None):
-  """Batches from this process's files, shuffled with the seed; see the module's note on resume.
-  `example` replaces the views (see `base_batches`)."""
-  tfds = sources.import_tfds()
-  builder = sources.tfds_builder(config.data.name, config.data.data_dir)
-  image_key, _ = sources.tfds_keys(config.data)
+def _streamed_batches(config, builder, image_key: str, example, start_step: int, local: int):
+  """Batches of `example` (image, element) over this process's files, shuffled with the seed;
+  see the module's note on resume."""
+  import tensorflow_datasets as tfds
+
   feature = builder.info.features[image_key]
   seed, batch_size = int(config.seed), int(config.batch_size)
-  example = example or _example_function(view_fns, seed, int(config.data.image_size))
   first = jax.process_index() * local
   ds = builder.as_dataset(
     split=tfds.split_for_jax_process(config.data.train_split),
@@ -260,22 +260,19 @@ def _streamed_batches(config, view_fns, start_step: int, local: int, example=Non
   return _batched(ds, local)
 
 
-def train_iterator(
-  config: ml_collections.ConfigDict, specs: list[ml_collections.ConfigDict], *, start_step: int
-) -> Iterator[dict]:
-  """Endless {'views': [...]} batches of this process, from `start_step` on."""
-  batch_size, processes = int(config.batch_size), jax.process_count()
-  if batch_size % processes:
-    raise ValueError(f'batch_size {batch_size} is not divisible by {processes} processes')
-  local = batch_size // processes
-  if config.data.source == 'folder':
-    make = _folder_batches
-  elif sources.is_streamed(config.data):
-    make = _random_access_batches if sources.has_random_access(config.data) else _streamed_batches
-  else:
-    make = _in_memory_batches
-  batches = make(config, _view_functions(specs), start_step, local)
-  return ({'views': list(views)} for views in batches)
+def tfds_views(
+  config: ml_collections.ConfigDict,
+  builder,
+  image_key: str,
+  specs,
+  start_step: int,
+  *,
+  random_access: bool,
+) -> Iterator[tuple[np.ndarray, ...]]:
+  """Views of a streamed tfds dataset: read by index when `random_access` (array_record)."""
+  example = _example_function(_view_functions(specs), int(config.seed), int(config.data.image_size))
+  make = _random_access_batches if random_access else _streamed_batches
+  return make(config, builder, image_key, example, start_step, _local(config))
 
 
 def _base_example(side: int):
@@ -297,15 +294,20 @@ def _base_example(side: int):
   return example
 
 
-def base_batches(
-  config: ml_collections.ConfigDict, *, start_step: int
+def tfds_base_images(
+  config: ml_collections.ConfigDict,
+  builder,
+  image_key: str,
+  side: int,
+  start_step: int,
+  *,
+  random_access: bool,
 ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-  """(global elements, uint8 base images) of this process, step by step, from a streamed tfds
-  dataset, for augment.on='device': decoded and resized once, to data.image_size x FOLDER_MARGIN."""
-  local = int(config.batch_size) // jax.process_count()
-  side = int(round(config.data.image_size * sources.FOLDER_MARGIN))
-  make = _random_access_batches if sources.has_random_access(config.data) else _streamed_batches
-  for images, elements in make(config, [], start_step, local, example=_base_example(side)):
+  """(global elements, uint8 (side, side, C) base images) of this process, step by step, from a
+  streamed tfds dataset, for augment.on='device': decoded and resized once."""
+  make = _random_access_batches if random_access else _streamed_batches
+  example, local = _base_example(side), _local(config)
+  for images, elements in make(config, builder, image_key, example, start_step, local):
     yield elements, images
 
 
@@ -342,55 +344,22 @@ def labelled_batches(
     yield from _batched(chunk(first), batch_size)
 
 
-def eval_split(config: ml_collections.ConfigDict, split: str) -> EvalSplit:
-  """This process's share of the un-augmented split (see `ssljax.data.eval_split`)."""
-  size = int(config.data.image_size)
-  max_examples = int(config.eval_config.get('max_examples', 0))
-  if config.data.source == 'folder':
-    reader_side = random_access.eval_side(size)
-    index = folder.folder_index(config.data.path)
-    share = order.process_share(len(index.split(split).files), max_examples)
-
-    def read_folder(batch: int):
-      reader = sources.folder_reader(config.data, reader_side)
-      return random_access.eval_batches(
-        reader, index.split(split).labels, split, share, batch, size
-      )
-
-    return EvalSplit(len(share), (size, size, index.channels), read_folder)
-  if sources.is_streamed(config.data):
-    builder = sources.tfds_builder(config.data.name, config.data.data_dir)
-    num = builder.info.splits[sources.split_name(config.data, split)].num_examples
-    if max_examples > 0:
-      num = min(num, max_examples)
-    rows = len(range(jax.process_index(), num, jax.process_count()))
-    image_key, _ = sources.tfds_keys(config.data)
-    channels = builder.info.features[image_key].shape[-1]
-    return EvalSplit(
-      rows,
-      (size, size, channels),
-      lambda batch: _tfds_eval_batches(config, split, max_examples, batch),
-    )
-  arrays = sources.load(config.data, split)
-  share = order.process_share(len(arrays.labels), max_examples)
-  images, labels = arrays.images[share], arrays.labels[share]
-
-  def read_arrays(batch: int):
-    ds = tf.data.Dataset.from_tensor_slices((images, labels))
-    return _eval_batches(ds, size, batch)
-
-  return EvalSplit(len(share), (size, size, images.shape[-1]), read_arrays)
+def array_eval_batches(images: np.ndarray, labels: np.ndarray, size: int, batch: int):
+  """(images, labels, valid) batches of arrays in memory, resized to `size`; see `_eval_batches`."""
+  return _eval_batches(tf.data.Dataset.from_tensor_slices((images, labels)), size, batch)
 
 
-def _tfds_eval_batches(config, split: str, max_examples: int, batch: int):
-  tfds = sources.import_tfds()
-  builder = sources.tfds_builder(config.data.name, config.data.data_dir)
-  image_key, label_key = sources.tfds_keys(config.data)
+def tfds_eval_batches(
+  config, builder, keys: tuple[str, str], split: str, max_examples: int, batch: int
+):
+  """(images, labels, valid) batches of this process's share of a tfds `split`; `keys` names its
+  (image, label) features."""
+  import tensorflow_datasets as tfds
+
+  image_key, label_key = keys
   feature = builder.info.features[image_key]
   ds = builder.as_dataset(
-    split=sources.split_name(config.data, split),
-    shuffle_files=False,
-    decoders={image_key: tfds.decode.SkipDecoding()},
+    split=split, shuffle_files=False, decoders={image_key: tfds.decode.SkipDecoding()}
   )
   if max_examples > 0:
     ds = ds.take(max_examples)

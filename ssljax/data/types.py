@@ -1,4 +1,4 @@
-"""Types the data modules share: what the model is told about a dataset, the source names."""
+"""Types the data modules share: what the model is told about a dataset, an evaluation split."""
 
 from __future__ import annotations
 
@@ -7,12 +7,7 @@ import dataclasses
 import itertools
 from collections.abc import Callable, Iterator
 
-import ml_collections
 import numpy as np
-
-from ssljax.errors import ConfigError
-
-SOURCES = ('digits', 'tfds', 'idx', 'folder', 'synthetic')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -20,16 +15,6 @@ class DatasetInfo:
   num_train: int  # examples in the train split (global, all hosts)
   num_classes: int
   image_shape: tuple[int, int, int]  # (H, W, C) of the model input
-
-
-def source_name(config: ml_collections.ConfigDict) -> str:
-  source = config.data.source
-  if source not in SOURCES:
-    raise ConfigError(
-      f'config.data.source={source!r}: one of {", ".join(SOURCES)}; '
-      'e.g. --config.data.source=digits'
-    )
-  return source
 
 
 Batch = tuple[np.ndarray, np.ndarray, np.ndarray]  # images, labels, valid

@@ -343,7 +343,7 @@ class _Run:
       mesh=self.mesh,
       ft=ft,
       eval_batch_size=self.ec.batch_size,
-      tf_augment=self.config.data.source != 'synthetic',
+      tf_augment=data.source(self.config).uses_tensorflow,
       frozen=frozen,
     )
     if not pretrained:

@@ -16,9 +16,47 @@ import jax
 import ml_collections
 import numpy as np
 
+from ssljax.config.checks import Checks
 from ssljax.data import order
+from ssljax.data.sources.base import InMemory, Split
+from ssljax.data.types import DatasetInfo, EvalSplit
 
 POOL = 4  # distinct training batches; each costs local_batch x views in memory
+
+
+class Synthetic(InMemory):
+  """data.num_examples random train images (a quarter as many test), data.num_classes labels."""
+
+  uses_tensorflow = False
+
+  @classmethod
+  def check_config(cls, checks: Checks) -> None:
+    checks.count('data.num_classes', 2)
+    checks.choice('data.channels', (1, 3))
+    checks.count('data.num_examples', 1)
+
+  def info(self, workdir: str | None = None) -> DatasetInfo:
+    d = self.data
+    return DatasetInfo(int(d.num_examples), int(d.num_classes), self.image_shape(int(d.channels)))
+
+  def load(self, split: str) -> Split:
+    return Split(*arrays(self.config, split), int(self.data.num_classes))
+
+  def train_views(self, specs, start_step: int) -> Iterator[list[np.ndarray]]:
+    """Cycles POOL batches of NumPy crops and flips."""
+    images, _ = arrays(self.config, 'train')
+    pool: dict[int, list[np.ndarray]] = {}
+    for step in itertools.count(start_step):
+      k = step % POOL
+      if k not in pool:
+        pool[k] = _batch(self.config, specs, k, images)
+      yield pool[k]
+
+  def eval_split(self, split: str) -> EvalSplit:
+    """Already at data.image_size: float32 in [0, 1], no resizing."""
+    images, labels = arrays(self.config, split)
+    share = order.process_share(len(labels), self.max_examples())
+    return EvalSplit.of_arrays(images[share].astype(np.float32) / 255.0, labels[share])
 
 
 @functools.lru_cache(maxsize=4)
@@ -82,34 +120,6 @@ def _batch(config, specs, step: int, images: np.ndarray) -> list[np.ndarray]:
     view.flags.writeable = False  # pooled: the same array is yielded again
     views.append(view)
   return views
-
-
-def train_iterator(
-  config: ml_collections.ConfigDict, specs: list[ml_collections.ConfigDict], *, start_step: int
-) -> Iterator[dict]:
-  """Endless {'views': [float32 (B/P, S, S, C) in [0, 1], ...]}, cycling POOL batches."""
-  if int(config.batch_size) % jax.process_count():
-    raise ValueError(
-      f'batch_size {config.batch_size} is not divisible by {jax.process_count()} processes'
-    )
-  images, _ = arrays(config, 'train')
-  pool: dict[int, list[np.ndarray]] = {}
-
-  def batches():
-    for step in itertools.count(start_step):
-      k = step % POOL
-      if k not in pool:
-        pool[k] = _batch(config, specs, k, images)
-      yield {'views': list(pool[k])}
-
-  return batches()
-
-
-def eval_split(config: ml_collections.ConfigDict, split: str) -> tuple[np.ndarray, np.ndarray]:
-  """This process's share of the split as float32 in [0, 1] (already at data.image_size)."""
-  images, labels = arrays(config, split)
-  share = order.process_share(len(labels), int(config.eval_config.get('max_examples', 0)))
-  return images[share].astype(np.float32) / 255.0, labels[share]
 
 
 def labelled_batches(
