@@ -14,9 +14,9 @@ import math
 from collections.abc import Callable
 
 import ml_collections
-import tensorflow as tf
 
 from ssljax.data.augment_device import blur_kernel_size
+from ssljax.data.tf_import import tf
 
 try:
   tf.config.set_visible_devices([], 'GPU')

@@ -23,9 +23,9 @@ from collections.abc import Iterator
 import jax
 import ml_collections
 import numpy as np
-import tensorflow as tf
 
 from ssljax.data import augment, order, random_access
+from ssljax.data.tf_import import tf
 from ssljax.data.types import padded
 
 AUTOTUNE = tf.data.AUTOTUNE

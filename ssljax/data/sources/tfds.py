@@ -6,6 +6,7 @@ No TensorFlow at import: tensorflow_datasets is imported on first use.
 from __future__ import annotations
 
 import functools
+import importlib
 import os
 
 import jax
@@ -101,10 +102,10 @@ class StreamedTfds(Tfds):
 
 def import_tfds():
   """tensorflow_datasets, imported on first use with TF kept off the accelerators."""
-  import tensorflow_datasets as tfds
+  # TensorFlow first, as ssljax.data loads it: quietly, and with the GPUs hidden from it.
+  from ssljax.data import augment  # noqa: F401
 
-  from ssljax.data import augment  # noqa: F401  (hides the GPUs from TF before it starts)
-
+  tfds = importlib.import_module('tensorflow_datasets')
   return tfds
 
 
