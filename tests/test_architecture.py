@@ -1,4 +1,5 @@
-"""The shape of the house: no import cycles in ssljax/, TensorFlow only inside ssljax/data/.
+"""The shape of the house: no import cycles in ssljax/, TensorFlow only inside ssljax/data/, layers
+that point one way.
 
 Imports are read from the source (every `import` statement, inside functions too, except under
 `if TYPE_CHECKING:`), so a loop closed by an import inside a function counts. Run this file as
@@ -125,6 +126,32 @@ def test_tensorflow_is_imported_only_inside_data():
         if any((n or '').split('.')[0] in ('tensorflow', 'tensorflow_datasets') for n in names):
           offenders.append(module)
   assert not offenders
+
+
+def _reaches(graph: dict[str, set[str]], start: str) -> set[str]:
+  """Every module `start` imports, directly or through others."""
+  seen, todo = set(), [start]
+  while todo:
+    for nxt in graph[todo.pop()] - seen:
+      seen.add(nxt)
+      todo.append(nxt)
+  return seen
+
+
+def test_layers_point_one_way():
+  """Losses, models and methods reach nothing of the input pipeline's package (what a view is
+  lives in ssljax.config.views); the CPU kernels import no other ssljax module; the loop imports no
+  method's file."""
+  graph = import_graph()
+  data = {m for m in graph if m == f'{PACKAGE}.data' or m.startswith(f'{PACKAGE}.data.')}
+  for layer in ('losses', 'models', 'methods', 'cpu'):
+    for module in (
+      m for m in graph if m == f'{PACKAGE}.{layer}' or m.startswith(f'{PACKAGE}.{layer}.')
+    ):
+      assert not _reaches(graph, module) & data, module
+  kernels = [f'{PACKAGE}.cpu.{name}' for name in ('conv', 'winograd', 'batch_norm', 'gelu')]
+  assert not set().union(*(_reaches(graph, m) for m in kernels)) - set(kernels)
+  assert not {m for m in graph[f'{PACKAGE}.train'] if m.startswith(f'{PACKAGE}.methods.')}
 
 
 if __name__ == '__main__':
