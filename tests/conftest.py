@@ -43,6 +43,7 @@ MAX_WORKERS = 4  # each worker holds 8 virtual devices and compiles its own prog
 LONGEST_FIRST = (
   'test_restore.py',  # trains the shared SimCLR run
   'test_train.py',  # trains the shared MAE run
+  'test_kernels.py',
   'test_dino.py',
   'test_byol.py',
   'test_methods.py',
