@@ -24,6 +24,7 @@ from ssljax import build, checkpoint, data, methods, sharding
 from ssljax.config import defaults
 from ssljax.errors import ConfigError, RunNotFoundError
 from ssljax.methods import Method, TrainState
+from ssljax.models import vit
 
 __all__ = [
   'WarmStart',
@@ -206,8 +207,10 @@ def prepare_warm_start(
       f'{os.path.join(source, "checkpoints")}. {fix}'
     )
   _, theirs, step = encoder_variables(source, method.mesh)
-  ours = _flat(method.encoder_variables(abstract_state.params, abstract_state.model_state))
-  theirs = _flat(theirs)
+  ours = method.encoder_variables(abstract_state.params, abstract_state.model_state)
+  if isinstance(method.encoder, vit.ViT):  # blocks scanned in one run and not in the other
+    theirs = vit.to_layout(theirs, scan=method.encoder.scan, depth=method.encoder.depth)
+  theirs, ours = _flat(theirs), _flat(ours)
   loaded = sorted(ours.keys() & theirs.keys())
   for name in loaded:
     if np.shape(theirs[name]) != tuple(ours[name].shape):

@@ -87,6 +87,11 @@ def model_defaults() -> ml_collections.ConfigDict:
       drop_path=0.0,  # stochastic depth at the last block (linear from 0 at the first)
       pool='cls',  # h = the CLS token | mean of the patch tokens
       cls_token=True,  # False: patch tokens only (I-JEPA), needs pool='mean'
+      # The blocks as one nn.scan (compile time flat in depth; checkpoints convert between the
+      # layouts, models.vit.scan_layout) and which activations the backward pass recomputes:
+      # none | nothing_saveable | dots_saveable | dots_with_no_batch_dims_saveable.
+      scan=False,
+      remat='none',
       # Pixels in [0, 1] enter as (x - mean) / std, one value for every channel or one per
       # channel (models.pixels.IMAGENET_MEAN / _STD; `python -m ssljax.data.scan --path=DIR`
       # prints a folder's). () is the encoder's default: ViTs (0.5,) / (0.25,), about

@@ -287,10 +287,19 @@ def _compiled_copy(mesh: jax.sharding.Mesh):
 
 
 def finetune_encoder(encoder: nn.Module, ft: ml_collections.ConfigDict) -> nn.Module:
-  """`encoder` as fine-tuning runs it: ViTs with drop path ft.drop_path (same parameters)."""
+  """`encoder` as fine-tuning runs it: ViTs with drop path ft.drop_path and their blocks
+  unscanned, one subtree each (layer-wise learning-rate decay finds them by name); the same
+  parameters, laid out by `encoder_layout`."""
   if isinstance(encoder, vit_lib.ViT):
-    return encoder.clone(drop_path=float(ft.drop_path))
+    return encoder.clone(drop_path=float(ft.drop_path), scan=False)
   return encoder
+
+
+def encoder_layout(variables: dict, encoder: nn.Module) -> dict:
+  """`variables` laid out for `encoder` (a ViT's blocks scanned or not; anything else as is)."""
+  if isinstance(encoder, vit_lib.ViT):
+    return vit_lib.to_layout(variables, scan=encoder.scan, depth=encoder.depth)
+  return variables
 
 
 def random_encoder_variables(
@@ -406,6 +415,7 @@ def finetune(
       f'this process holds none of the {num_train} labelled images: use a larger label budget'
     )
   encoder = finetune_encoder(encoder, ft)
+  encoder_variables = encoder_layout(encoder_variables, encoder)
   recipe = resolve_recipe(encoder, num_classes, ft, frozen)
   lrs = schedule(ft, num_train, recipe.optimizer)
   rng, head_rng = jax.random.split(jax.random.PRNGKey(int(ft.seed)))

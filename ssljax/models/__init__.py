@@ -123,6 +123,8 @@ def check_config(checks: Checks) -> None:
     return
   checks.choice('model.pos_embed', ('learned', 'sincos'))
   checks.choice('model.pool', ('cls', 'mean'))
+  checks.boolean('model.scan')
+  checks.choice('model.remat', vit_lib.REMAT_POLICIES)
   checks.boolean('model.cls_token')
   if checks.value('model.pool') == 'cls' and checks.value('model.cls_token') is False:
     checks.fail('model.pool', 'cls needs a CLS token (config.model.cls_token=True)', fix='mean')
@@ -180,6 +182,8 @@ def build_encoder(config: ml_collections.ConfigDict):
       num_heads=m.vit_heads,
       use_cls=m.cls_token,
       kernels=resolve_kernels(config),
+      scan=m.get('scan', False),
+      remat=m.get('remat', 'none'),
     )
   return resnet_lib.resnet(
     m.encoder,

@@ -189,13 +189,19 @@ class Block(nn.Module):
 
   @nn.compact
   def __call__(
-    self, x: jax.Array, *, train: bool, valid: jax.Array | None = None
+    self,
+    x: jax.Array,
+    train: bool,
+    valid: jax.Array | None = None,
+    rate: jax.Array | None = None,
   ) -> tuple[jax.Array, jax.Array]:
+    """`rate` (a scalar array) overrides drop_rate: a scanned stack's rate differs per block.
+    `train` may be passed by position, as rematerialization needs it (a static argument)."""
     norm = lambda name: nn.LayerNorm(epsilon=1e-6, dtype=self.dtype, name=name)
 
     def residual(y):
-      if train and self.drop_rate > 0:
-        return drop_path(y, self.drop_rate, self.make_rng('dropout'))
+      if train and (rate is not None or self.drop_rate > 0):
+        return drop_path(y, self.drop_rate if rate is None else rate, self.make_rng('dropout'))
       return y
 
     y, attn = Attention(self.num_heads, self.dtype, self.kernels, name='attn')(
@@ -205,6 +211,71 @@ class Block(nn.Module):
     mlp = Mlp(int(x.shape[-1] * self.mlp_ratio), self.dtype, self.kernels, name='mlp')
     y = mlp(norm('norm2')(x))
     return x + residual(y), attn
+
+
+REMAT_POLICIES = (
+  'none',  # keep every activation for the backward pass
+  'nothing_saveable',  # recompute each block's activations in the backward pass
+  'dots_saveable',  # keep matrix products' outputs, recompute the rest
+  'dots_with_no_batch_dims_saveable',  # keep the weight products' outputs (not attention's)
+)
+
+
+def _remat(block: type[nn.Module], policy: str, static_argnums: tuple[int, ...]):
+  """`block` under jax.checkpoint with the named policy (jax.checkpoint_policies), or as it is."""
+  if policy == 'none':
+    return block
+  return nn.remat(
+    block, policy=getattr(jax.checkpoint_policies, policy), static_argnums=static_argnums
+  )
+
+
+class _ScanStep(nn.Module):
+  """One Block as the body of nn.scan over the blocks: the carry is (tokens, the attention of
+  the block before, or None when not asked for), the scanned input its stochastic-depth rate
+  (None without stochastic depth), and the output the CLS token it leaves (`ViT.last_cls`)."""
+
+  num_heads: int
+  mlp_ratio: float
+  dtype: Any
+  kernels: Kernels
+
+  @nn.compact
+  def __call__(self, carry, rate, train, valid):
+    x, attn = carry
+    block = Block(self.num_heads, self.mlp_ratio, 0.0, self.dtype, self.kernels, name='block')
+    x, new_attn = block(x, train=train, valid=valid, rate=rate)
+    return (x, None if attn is None else new_attn), x[:, 0]
+
+
+def scan_layout(params: dict, depth: int) -> dict:
+  """A ViT's variables with blocks_0 .. blocks_{depth-1} stacked as one scanned 'blocks'."""
+  blocks = [params[f'blocks_{i}'] for i in range(depth)]
+  rest = {k: v for k, v in params.items() if not k.startswith('blocks_')}
+  return {**rest, 'blocks': {'block': jax.tree.map(lambda *xs: jnp.stack(xs), *blocks)}}
+
+
+def unscan_layout(params: dict, depth: int) -> dict:
+  """The inverse of scan_layout: one subtree per block, as an unscanned ViT names them."""
+  stacked = params['blocks']['block']
+  rest = {k: v for k, v in params.items() if k != 'blocks'}
+  return {
+    **rest,
+    **{f'blocks_{i}': jax.tree.map(lambda x, i=i: x[i], stacked) for i in range(depth)},
+  }
+
+
+def to_layout(variables: dict, *, scan: bool, depth: int) -> dict:
+  """`variables` ({collection: tree} of a ViT encoder of `depth` blocks) with the blocks scanned
+  (`scan`) or one subtree per block, whichever layout they were saved in."""
+  out = {}
+  for collection, tree in variables.items():
+    if scan and 'blocks_0' in tree:
+      tree = scan_layout(tree, depth)
+    elif not scan and 'blocks' in tree:
+      tree = unscan_layout(tree, depth)
+    out[collection] = tree
+  return out
 
 
 class ViT(nn.Module):
@@ -230,6 +301,10 @@ class ViT(nn.Module):
   use_cls: bool = True
   dtype: Any = jnp.float32
   kernels: Kernels = XLA  # ssljax.models.kernels
+  # The blocks as one nn.scan (compile time flat in depth; variables stacked under 'blocks',
+  # scan_layout / unscan_layout convert), and which activations the backward pass recomputes.
+  scan: bool = False
+  remat: str = 'none'  # one of REMAT_POLICIES
 
   def setup(self):
     if self.width % self.num_heads:
@@ -254,11 +329,24 @@ class ViT(nn.Module):
       self.pos_table = self.param('pos_embed', _token_init, (1, self.use_cls + g * g, self.width))
     elif self.width % 4:
       raise ValueError(f'model.pos_embed=sincos needs a width divisible by 4, got {self.width}')
+    if self.remat not in REMAT_POLICIES:
+      raise ValueError(f'model.remat must be one of {REMAT_POLICIES}, got {self.remat!r}')
     # Stochastic depth rises linearly from 0 at the first block to drop_path at the last.
-    rates = np.linspace(0.0, self.drop_path, self.depth)
-    self.blocks = [
-      Block(self.num_heads, self.mlp_ratio, float(r), self.dtype, self.kernels) for r in rates
-    ]
+    self.rates = np.linspace(0.0, self.drop_path, self.depth)
+    if self.scan:
+      self.blocks = nn.scan(
+        _remat(_ScanStep, self.remat, static_argnums=(3,)),
+        variable_axes={'params': 0},
+        split_rngs={'params': True, 'dropout': True},
+        in_axes=(0 if self.drop_path > 0 else nn.broadcast, nn.broadcast, nn.broadcast),
+        length=self.depth,
+      )(self.num_heads, self.mlp_ratio, self.dtype, self.kernels)
+    else:
+      block = _remat(Block, self.remat, static_argnums=(2,))
+      self.blocks = [
+        block(self.num_heads, self.mlp_ratio, float(r), self.dtype, self.kernels)
+        for r in self.rates
+      ]
     self.norm = nn.LayerNorm(epsilon=1e-6, dtype=self.dtype)
 
   @nn.nowrap
@@ -306,11 +394,25 @@ class ViT(nn.Module):
     probabilities (N, heads, T, T) in float32.
     """
     x, valid = self._with_cls(tokens, valid, self.use_cls if add_cls is None else add_cls)
-    attn = None
-    for block in self.blocks:
-      x, attn = block(x, train=train, valid=valid)
+    x, attn, _ = self._blocks(x, train, valid, return_attention)
     x = self.norm(x).astype(jnp.float32)
     return (x, attn) if return_attention else x
+
+  def _blocks(
+    self, x: jax.Array, train: bool, valid: jax.Array | None, return_attention: bool
+  ) -> tuple[jax.Array, jax.Array | None, list[jax.Array]]:
+    """Every block in turn: (tokens, the last block's attention or None, each block's CLS)."""
+    if not self.scan:
+      attn, cls = None, []
+      for block in self.blocks:
+        x, attn = block(x, train, valid)
+        cls.append(x[:, 0])
+      return x, attn if return_attention else None, cls
+    n, t = x.shape[:2]
+    attn = jnp.zeros((n, self.num_heads, t, t), jnp.float32) if return_attention else None
+    rates = jnp.asarray(self.rates, jnp.float32) if self.drop_path > 0 else None
+    (x, attn), cls = self.blocks((x, attn), rates, train, valid)
+    return x, attn, list(cls)
 
   def _with_cls(
     self, tokens: jax.Array, valid: jax.Array | None, add_cls: bool
@@ -333,12 +435,8 @@ class ViT(nn.Module):
     if not self.use_cls or not 1 <= n <= self.depth:
       raise ValueError(f'last_cls needs a CLS token and 1 <= n <= {self.depth}, got n={n}')
     x, _ = self._with_cls(self.embed(images), None, True)
-    out = []
-    for i, block in enumerate(self.blocks):
-      x, _ = block(x, train=False, valid=None)
-      if i >= self.depth - n:
-        out.append(self.norm(x[:, 0]).astype(jnp.float32))
-    return jnp.concatenate(out, axis=-1)
+    _, _, cls = self._blocks(x, False, None, False)
+    return jnp.concatenate([self.norm(c).astype(jnp.float32) for c in cls[-n:]], axis=-1)
 
   def tokens(self, images: jax.Array, *, train: bool) -> jax.Array:
     """The final-normed patch tokens (N, L, D) of the whole image, CLS (if any) dropped."""
@@ -347,7 +445,8 @@ class ViT(nn.Module):
   def __call__(
     self, images: jax.Array, *, train: bool, return_attention: bool = False
   ) -> jax.Array | tuple[jax.Array, jax.Array]:
-    x, attn = self.transform(self.embed(images), train=train, return_attention=True)
+    out = self.transform(self.embed(images), train=train, return_attention=return_attention)
+    x, attn = out if return_attention else (out, None)
     if self.pool == 'cls':
       h = x[:, 0]
     else:
@@ -371,6 +470,8 @@ def vit(
   num_heads: int = 0,
   use_cls: bool = True,
   kernels: Kernels = XLA,
+  scan: bool = False,
+  remat: str = 'none',
 ) -> ViT:
   """Builds a ViT by name ('vit_tiny', 'vit_small', 'vit_base') for image_size-px inputs.
 
@@ -393,6 +494,8 @@ def vit(
     use_cls=use_cls,
     dtype=dtype,
     kernels=kernels,
+    scan=scan,
+    remat=remat,
   )
 
 
