@@ -100,14 +100,37 @@ def make_train_step(
   metrics['finite'] says whether the loss and the gradient norm were finite (a NaN anywhere in
   the gradient makes its norm NaN)."""
 
+  grad_fn = jax.value_and_grad(method.loss, has_aux=True)
+  accum = int(method.config.get('accum_steps', 1))
+
+  def gradients(state: TrainState, batch: dict, rng: jax.Array):
+    """((loss, (model_state, metrics)), grads) of the batch, or with accum_steps = k > 1 the
+    mean over k micro-batches (rows i, i + k, ... of the batch: every device keeps its share),
+    equal to the whole batch's for the methods that allow it (Method.accumulation_refusal)."""
+    if accum == 1:
+      return grad_fn(state.params, state.model_state, batch, rng, state.step)
+    batch = {**batch, **method.batch_randomness(rng, batch)}
+    micro = jax.tree.map(
+      lambda x: jnp.moveaxis(x.reshape(x.shape[0] // accum, accum, *x.shape[1:]), 1, 0), batch
+    )
+
+    def part(batch: dict):  # loss, metrics and gradients of one micro-batch
+      (loss, (_, metrics)), grads = grad_fn(state.params, state.model_state, batch, rng, state.step)
+      return loss, metrics, grads
+
+    def add(total, batch):
+      return jax.tree.map(jnp.add, total, part(batch)), None
+
+    first = part(jax.tree.map(lambda x: x[0], micro))
+    total, _ = jax.lax.scan(add, first, jax.tree.map(lambda x: x[1:], micro))
+    loss, metrics, grads = jax.tree.map(lambda x: x / accum, total)
+    return (loss, (state.model_state, metrics)), grads  # these methods leave model_state as is
+
   def train_step(state: TrainState, batch: dict) -> tuple[TrainState, dict]:
     if views is not None:
       batch = views(batch)
     rng, step_rng = jax.random.split(state.rng)
-    grad_fn = jax.value_and_grad(method.loss, has_aux=True)
-    (loss, (model_state, metrics)), grads = grad_fn(
-      state.params, state.model_state, batch, step_rng, state.step
-    )
+    (loss, (model_state, metrics)), grads = gradients(state, batch, step_rng)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     model_state = method.after_step(params, model_state, state.step)

@@ -22,6 +22,11 @@ LR_SCALINGS = ('linear', 'sqrt', 'none')
 def check_config(checks: Checks) -> None:
   """Records every problem of the batch, schedule and optimizer fields."""
   checks.count('batch_size', 1)
+  if checks.count('accum_steps', 1) and isinstance(checks.value('batch_size'), int):
+    accum, batch = checks.value('accum_steps'), checks.value('batch_size')
+    if batch % accum:
+      divisors = [d for d in range(1, accum + 1) if batch % d == 0]
+      checks.fail('accum_steps', f'a divisor of batch_size={batch}', max(divisors), value=accum)
   checks.nonnegative('epochs')
   checks.count('total_steps', 0)
   checks.nonnegative('warmup_epochs')

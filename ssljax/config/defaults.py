@@ -110,6 +110,9 @@ def optim_defaults() -> dict[str, Any]:
   merged in by base_config (a dict: ConfigDict.update would sort them)."""
   return dict(
     batch_size=256,  # global, over all devices and hosts
+    # > 1: each step's gradient summed over this many micro-batches of batch_size / accum_steps
+    # (less activation memory, the same update); refused by methods whose loss couples examples.
+    accum_steps=1,
     epochs=10,
     total_steps=0,  # 0: epochs * (train examples // batch_size)
     warmup_epochs=1.0,

@@ -76,6 +76,8 @@ class Method:
     specs = view_specs_if_valid(checks.config)
     if specs is None:
       return
+    if checks.value('accum_steps') not in (1, None) and (why := cls.accumulation_refusal(checks)):
+      checks.fail('accum_steps', f'1 for {name}: {why}', fix=1)
     views = len(specs)
     if cls.num_views is not None and views != cls.num_views:
       checks.fail(
@@ -84,6 +86,21 @@ class Method:
         f'see configs/{name}_digits.py',
         value=tuple(sorted(checks.config.views.keys())),
       )
+
+  @classmethod
+  def accumulation_refusal(cls, checks: Checks) -> str | None:
+    """Why config.accum_steps > 1 would change this method's update, or None where micro-batches
+    give exactly the batch's: a loss that is a mean of per-example terms of equal weight, with no
+    statistic over the batch (BatchNorm, a centre, negatives) and its randomness drawn for the
+    whole batch by `batch_randomness`."""
+    return 'its loss couples the examples of a batch'
+
+  def batch_randomness(self, rng: jax.Array, batch: dict) -> dict:
+    """Per-example random draws the loss would make from `rng`, made for the whole batch (leading
+    axis the batch): with accum_steps > 1 they are added to the batch before it is split, so each
+    micro-batch uses its rows of the same draws."""
+    del rng, batch
+    return {}
 
   @classmethod
   def require_vit(cls, checks: Checks) -> bool:

@@ -42,6 +42,14 @@ class BYOL(Method):
   eval_encoders = ('online', 'target')
 
   @classmethod
+  def accumulation_refusal(cls, checks):
+    del checks
+    return (
+      'BatchNorm in the projector and predictor (and a ResNet encoder) normalizes over '
+      'the whole batch'
+    )
+
+  @classmethod
   def default_config(cls, image_size: int = 224) -> ml_collections.ConfigDict:
     """BYOL's defaults: 4096 -> 256 heads, LARS, asymmetric views, target momentum 0.996 -> 1
     (Grill et al. 2020, table 6)."""

@@ -38,6 +38,11 @@ class DINO(Method):
   eval_encoders = ('online', 'target')  # the student, the teacher
 
   @classmethod
+  def accumulation_refusal(cls, checks):
+    del checks
+    return "the teacher's outputs are centred with the mean over the whole batch"
+
+  @classmethod
   def default_config(
     cls, image_size: int = 224, local_size: int = 96, num_local: int = 8
   ) -> ml_collections.ConfigDict:

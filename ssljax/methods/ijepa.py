@@ -98,6 +98,14 @@ class IJEPA(Method):
   eval_encoders = ('target', 'context', 'online')  # online: the context encoder
 
   @classmethod
+  def accumulation_refusal(cls, checks):
+    del checks
+    return (
+      'its loss averages over the target blocks the masking kept, a count that differs '
+      'between micro-batches, and the block sizes are drawn per batch'
+    )
+
+  @classmethod
   def default_config(cls, image_size: int = 224) -> ml_collections.ConfigDict:
     """I-JEPA's defaults (Assran et al. 2023, official code): ViT-H/14 without CLS, 4 target
     blocks (scale 0.15-0.2, aspect 0.75-1.5) and a context block (0.85-1.0) per image, a

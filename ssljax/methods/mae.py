@@ -145,14 +145,25 @@ class MAE(Method):
     variables = self.net.init(rng, images, self._noise(rng, images), train=False)
     return variables['params'], {}
 
+  @classmethod
+  def accumulation_refusal(cls, checks):
+    if checks.value('model.drop_path'):
+      return 'stochastic depth (model.drop_path > 0) draws its masks per batch'
+    return None
+
+  def batch_randomness(self, rng, batch):
+    mask_rng, _ = jax.random.split(rng)  # as `loss` splits it
+    return {'noise': self._noise(mask_rng, batch['views'][0])}
+
   def loss(self, params, model_state, batch, rng, step):
     del step
     images = batch['views'][0]
     mask_rng, drop_rng = jax.random.split(rng)
+    noise = batch['noise'] if 'noise' in batch else self._noise(mask_rng, images)
     pred, mask = self.net.apply(
       {'params': params},
       images,
-      self._noise(mask_rng, images),
+      noise,
       train=True,
       rngs=dropout_rngs(drop_rng),
     )

@@ -26,6 +26,15 @@ class SimCLR(Method):
   num_views = 2
 
   @classmethod
+  def accumulation_refusal(cls, checks):
+    del checks
+    return (
+      "NT-Xent's negatives are the other views of the whole batch (a micro-batch sees "
+      'fewer; GradCache would make it exact, not built), and BatchNorm (in the projector, and '
+      'in a ResNet) normalizes over the batch'
+    )
+
+  @classmethod
   def default_config(cls, image_size: int = 32) -> ml_collections.ConfigDict:
     """SimCLR's defaults (Chen et al. 2020): the full augmentation, LARS, NT-Xent at
     temperature 0.5, a 2-layer projector to 128 dimensions."""

@@ -13,6 +13,14 @@ from ssljax.methods.simclr import SimCLR
 
 class Triplet(SimCLR):
   @classmethod
+  def accumulation_refusal(cls, checks):
+    del checks
+    return (
+      'its negatives are mined among the views of the whole batch, and BatchNorm (in the '
+      'projector, and in a ResNet) normalizes over the batch'
+    )
+
+  @classmethod
   def default_config(cls, image_size: int = 32) -> ml_collections.ConfigDict:
     """SimCLR's setup with the triplet loss: the lecture's random negatives, L2-normalized
     projections (FaceNet's unit hypersphere: squared distances in [0, 4], so the margin means
