@@ -12,23 +12,16 @@ import time
 import jax
 import numpy as np
 import pytest
+from conftest import MAIN_FLAGS
 
 from ssljax import checkpoint, main
 from ssljax.methods import TrainState
 
-# simclr_digits shrunk: 2 x 2 devices or 1 x 4, batch 16 (8 rows a process), k-NN at the end.
+# conftest's tiny SimCLR run, logged every step: 2 x 2 devices or 1 x 4, 8 rows a process.
 FLAGS = (
-  '--config=configs/simclr_digits.py',
-  '--config.model.width=4',
-  '--config.model.proj_dim=8',
-  '--config.batch_size=16',
-  '--config.total_steps=40',
-  '--config.checkpoint_every=5',
+  *(f for f in MAIN_FLAGS if not f.startswith('--config.log_every=')),
   '--config.log_every=1',
-  "--config.eval=('knn',)",
-  '--config.eval_config.batch_size=64',
   '--config.eval_config.max_examples=512',
-  '--config.eval_config.random_init=False',
   '--config.health.images=0',
 )
 SECONDS = 600  # a run's limit: 2 cores shared by both processes
