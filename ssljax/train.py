@@ -10,6 +10,7 @@ import signal
 import threading
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from absl import logging
@@ -94,12 +95,15 @@ def validate(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> None
 class _Interrupts:
   """While training, SIGTERM (preemption) and Ctrl-C become a flag the loop checks after every
   step, so it saves and exits within a step; a second signal exits at once. Evaluations start
-  from a saved state and run with the previous handlers: a signal ends them at once."""
+  from a saved state and run with the previous handlers: a signal ends them at once. Over
+  several processes the flag stays set through evaluations instead: a process that left alone
+  would leave the others waiting in a collective (`_Agreement` turns the flags into one step)."""
 
   _SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
   def __init__(self):
     self.received: int | None = None
+    self._when = 'this step' if jax.process_count() == 1 else 'the step every process agrees on'
     self._previous = {s: signal.getsignal(s) for s in self._SIGNALS}
     self.install()
 
@@ -112,14 +116,40 @@ class _Interrupts:
       os._exit(128 + signum)  # asked twice: no more waiting
     self.received = signum
     logging.warning(
-      '%s received: saving a checkpoint after this step, then exiting (again: exit now).',
+      '%s received: saving a checkpoint after %s, then exiting (again: exit now).',
       signal.Signals(signum).name,
+      self._when,
     )
 
   def restore(self):
     for s, handler in self._previous.items():
       # None: the previous handler was not set from Python; the default is the closest.
       signal.signal(s, signal.SIG_DFL if handler is None else handler)
+
+
+class _Agreement:
+  """Several processes: a signal reaches some of them (a pod's maintenance event, one host's
+  SIGTERM), yet the checkpoint save is a collective every process must join. After each step
+  every process posts the signal it received (0: none) to a tiny max all-reduce over the mesh,
+  queued behind that step; the loop reads it one step later, when the step has finished anyway,
+  so the steps keep their one-step lead. Every process reads the same maximum at the same step,
+  so all save that step and exit with the same code."""
+
+  def __init__(self, mesh: jax.sharding.Mesh):
+    self._mesh = mesh
+    self._local = len(mesh.local_devices)
+    self._max = jax.jit(jnp.max, out_shardings=sharding.replicated(mesh))
+    self._posted: list[jax.Array] = []
+
+  def post(self, signum: int | None) -> None:
+    flags = np.full((self._local,), signum or 0, np.int32)
+    self._posted.append(self._max(sharding.to_global(flags, self._mesh)))
+
+  def agreed(self, *, last: bool) -> int:
+    """The largest signal number any process received by the step before the newest (by the
+    newest when `last`); 0 if none."""
+    ready, self._posted = (self._posted, []) if last else (self._posted[:-1], self._posted[-1:])
+    return max((int(x) for x in ready), default=0)
 
 
 _CLOSE_SECONDS = 5
@@ -235,6 +265,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   )
   supervised_cache = protocols.SupervisedCache()  # the baseline ignores the weights: once a run
   interrupts = _Interrupts()
+  # One process acts on its own signal after the step; several act on the agreed one.
+  agreement = _Agreement(mesh) if jax.process_count() > 1 else None
   last_saved = latest
   # Device metrics not yet fetched. Every fetch checks that each step was finite, and nothing is
   # saved or evaluated before its steps are fetched: a non-finite state never reaches a
@@ -245,16 +277,19 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     for step in range(start_step, total_steps):
       state, metrics = train_step(state, next(batches))
       pending.append(metrics)
+      done = step + 1
+      if agreement:
+        agreement.post(interrupts.received)
       if len(pending) > 1:
         # At most one step queued behind the running one. Unbounded async dispatch let Python run
         # up to log_every steps ahead, blocked in C++ where a signal handler cannot run: a
         # preempted run went on for 23 more 4-second steps before it saw the signal.
         jax.block_until_ready(pending[-2])
-      done = step + 1
+      stop = agreement.agreed(last=done == total_steps) if agreement else interrupts.received
       log_now = done % config.log_every == 0 or done == total_steps
       eval_now = bool(config.eval_every) and done % config.eval_every == 0 and done < total_steps
       save_now = done % config.checkpoint_every == 0 or eval_now  # evaluations start saved
-      if log_now or save_now or interrupts.received:
+      if log_now or save_now or stop:
         fetched = jax.device_get(pending)
         _check_finite(fetched, done - len(fetched) + 1, last_saved, ckpt, config)
         steps.add(fetched)
@@ -265,13 +300,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       if save_now:
         ckpt.save(done, state._asdict(), force=eval_now)
         last_saved = done
-      if interrupts.received:
-        signal_exit = _save_on_signal(interrupts.received, done, state, last_saved, ckpt)
+      if stop:
+        signal_exit = _save_on_signal(stop, done, state, last_saved, ckpt)
         steps.close()
         raise SystemExit(signal_exit)
       if eval_now:
-        # Saved above, so a signal during the (long) evaluation may end the process at once.
-        interrupts.restore()
+        # Saved above, so a signal during the (long) evaluation may end one process at once;
+        # over several, it waits for the step after it (_Interrupts).
+        if not agreement:
+          interrupts.restore()
         results = protocols.evaluate_state(config, method, state, None, mesh, supervised_cache)
         steps.write_eval(done, results['pretrained'])
         drawer.draw(state, done)
@@ -288,6 +325,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       # Everything is saved; tf.data's teardown has been seen to block for 20 s or more.
       logging.warning('The input pipeline did not stop within %d s: exiting.', _CLOSE_SECONDS)
       logging.flush()
+      if agreement:
+        jax.distributed.shutdown()  # else the others wait for this process at their exit
       os._exit(signal_exit)
 
   # ---------------------------------------------------------------- Evaluation

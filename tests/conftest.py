@@ -146,6 +146,21 @@ def shrink():
   return shrink_config
 
 
+# A tiny SimCLR run for `start_main`: 40 steps, a checkpoint every 5, k-NN at the end.
+MAIN_FLAGS = (
+  '--config=configs/simclr_digits.py',
+  '--config.model.width=4',
+  '--config.model.proj_dim=8',
+  '--config.batch_size=16',
+  '--config.total_steps=40',
+  '--config.checkpoint_every=5',
+  '--config.log_every=5',
+  "--config.eval=('knn',)",
+  '--config.eval_config.batch_size=64',
+  '--config.eval_config.random_init=False',
+)
+
+
 def _start_main(workdir, *flags: str, devices: int = 2, env: dict | None = None):
   """`python -m ssljax.main --workdir=WORKDIR FLAGS...` as a subprocess on CPU devices; `env`
   adds to the environment."""

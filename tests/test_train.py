@@ -12,6 +12,7 @@ import time
 import jax
 import numpy as np
 import pytest
+from conftest import MAIN_FLAGS
 from PIL import Image
 
 from ssljax import checkpoint, models, sharding, train
@@ -121,20 +122,6 @@ def test_indivisible_batch_is_refused_before_compiling(tmp_path, config_file, sh
   with pytest.raises(ConfigError, match=r'batch_size=12: .*8 devices.*--config.batch_size=16'):
     train.train_and_evaluate(config, str(tmp_path))
   assert not os.path.exists(tmp_path / 'checkpoints')
-
-
-MAIN_FLAGS = (
-  '--config=configs/simclr_digits.py',
-  '--config.model.width=4',
-  '--config.model.proj_dim=8',
-  '--config.batch_size=16',
-  '--config.total_steps=40',
-  '--config.checkpoint_every=5',
-  '--config.log_every=5',
-  "--config.eval=('knn',)",
-  '--config.eval_config.batch_size=64',
-  '--config.eval_config.random_init=False',
-)
 
 
 @pytest.mark.slow
