@@ -19,11 +19,16 @@ from collections.abc import Iterable
 
 os.environ.setdefault('EPATH_USE_TF', 'false')
 
+import fsspec.config  # noqa: E402
 from etils import epath  # noqa: E402
 
 from ssljax.errors import UserError  # noqa: E402
 
 INSTALL_GCS = "pip install 'ssljax[gcs]'"
+
+# gcsfs caches listings, and never sees what Orbax's tensorstore or another process writes: a
+# cached listing would hide a checkpoint. No cache (a user's fsspec setting wins).
+fsspec.config.conf.setdefault('gcs', {}).setdefault('use_listings_cache', False)
 
 
 def is_remote(path: str | os.PathLike) -> bool:
