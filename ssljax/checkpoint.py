@@ -9,6 +9,14 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from ssljax import paths
+
+
+def directory(workdir: str) -> str:
+  """WORKDIR/checkpoints: a gs:// URL as it is, a local path made absolute (Orbax needs one)."""
+  root = workdir if paths.is_remote(workdir) else os.path.abspath(workdir)
+  return str(paths.path(root) / 'checkpoints')
+
 
 def _serial_saves_on_cpu() -> None:
   """On CPU, save each array from its first replica. Orbax's default spreads a replicated array's
@@ -29,7 +37,7 @@ class Checkpointer:
 
   def __init__(self, workdir: str, *, max_to_keep: int):
     _serial_saves_on_cpu()
-    self.directory = os.path.join(os.path.abspath(workdir), 'checkpoints')
+    self.directory = directory(workdir)
     self._manager = ocp.CheckpointManager(
       self.directory,
       options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True),
@@ -55,13 +63,13 @@ class Checkpointer:
 
 
 def _reader(workdir: str) -> ocp.CheckpointManager | None:
-  directory = os.path.join(os.path.abspath(workdir), 'checkpoints')
-  if not os.path.isdir(directory):
+  where = directory(workdir)
+  if not paths.path(where).is_dir():
     return None
   # Only reads: no save, no max_to_keep, so nothing is ever deleted (read_only=True would do the
   # same, with a warning at every call).
   return ocp.CheckpointManager(
-    directory,
+    where,
     options=ocp.CheckpointManagerOptions(create=False),
     item_handlers=ocp.PyTreeCheckpointHandler(),
   )

@@ -24,7 +24,7 @@ import ml_collections  # noqa: E402
 from absl import app, flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
-from ssljax import build, data, errors, restore, sharding, train  # noqa: E402
+from ssljax import build, data, errors, paths, restore, sharding, train  # noqa: E402
 from ssljax.evaluators import protocols  # noqa: E402
 
 USAGE = 'python -m ssljax.evaluate --workdir=RUN [--config=configs/X.py] [--config.field=value]'
@@ -57,8 +57,7 @@ def evaluate_run(config: ml_collections.ConfigDict, run_dir: str) -> dict:
   results['eval'] = list(config.eval)
   results['eval_config'] = config.eval_config.to_dict()
   if jax.process_index() == 0:
-    with open(os.path.join(run_dir, 'eval.json'), 'w') as f:
-      json.dump(results, f, indent=2)
+    paths.write_atomic(paths.path(run_dir) / 'eval.json', json.dumps(results, indent=2))
   return results
 
 

@@ -20,7 +20,7 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from ssljax import build, checkpoint, data, methods, sharding
+from ssljax import build, checkpoint, data, methods, paths, sharding
 from ssljax.config import defaults
 from ssljax.errors import ConfigError, RunNotFoundError
 from ssljax.methods import Method, TrainState
@@ -67,14 +67,13 @@ def _with_defaults(config: ml_collections.ConfigDict, base: ml_collections.Confi
 def load_config(run_dir: str) -> ml_collections.ConfigDict:
   """The config a run was trained with (RUN/config.json), with any field added since then at its
   default."""
-  path = os.path.join(run_dir, 'config.json')
-  if not os.path.exists(path):
+  path = paths.path(run_dir) / 'config.json'
+  if not path.exists():
     raise RunNotFoundError(
       f'{path} not found: {run_dir!r} is not a run directory. Give the workdir of a run that '
       'python -m ssljax.main wrote (it holds config.json and checkpoints/).'
     )
-  with open(path) as f:
-    config = ml_collections.ConfigDict(_tuples(json.load(f)))
+  config = ml_collections.ConfigDict(_tuples(json.loads(path.read_text())))
   # The method's own defaults (its sections too); the shared ones for an unknown method, which
   # ssljax.methods then refuses with the list of choices.
   method = methods.METHODS.get(config.get('method'))
@@ -86,7 +85,7 @@ def _latest_step(run_dir: str) -> int:
   step = checkpoint.latest_saved_step(run_dir)
   if step is None:
     raise RunNotFoundError(
-      f'no checkpoint under {os.path.join(os.path.abspath(run_dir), "checkpoints")}: train the '
+      f'no checkpoint under {checkpoint.directory(run_dir)}: train the '
       'run first (python -m ssljax.main --workdir=...), or give a run that has one.'
     )
   return step
@@ -197,7 +196,7 @@ def prepare_warm_start(
     'config.init_from must be the workdir of an ssljax run with a checkpoint (config.json and '
     "checkpoints/), or '' to start from a random initialisation."
   )
-  if not os.path.exists(os.path.join(source, 'config.json')):
+  if not (paths.path(source) / 'config.json').exists():
     raise ConfigError(
       f'config.init_from={source!r}: {os.path.join(source, "config.json")} not found. {fix}'
     )

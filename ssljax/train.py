@@ -15,7 +15,7 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from ssljax import build, data, methods, models, optim, restore, sharding
+from ssljax import build, data, methods, models, optim, paths, restore, sharding
 from ssljax.checkpoint import Checkpointer
 from ssljax.config.checks import Checks
 from ssljax.errors import TrainingCollapsed, TrainingDiverged
@@ -216,6 +216,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   # ---------------------------------------------------------------- Setup
   mesh = sharding.make_mesh()
   validate(config, mesh)
+  paths.require(workdir, config.get('init_from'), config.data.get('data_dir'))
 
   # ---------------------------------------------------------------- Data
   info = data.dataset_info(config, workdir)
@@ -242,10 +243,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   elif warm is not None:
     state = restore.warm_start(method, state, warm)
   start_step = int(state.step)
-  if jax.process_index() == 0:
-    os.makedirs(workdir, exist_ok=True)
-    with open(os.path.join(workdir, 'config.json'), 'w') as f:
-      f.write(config.to_json_best_effort(indent=2))  # what `ssljax.monitor.visualize` rebuilds from
+  if jax.process_index() == 0:  # what `ssljax.monitor.visualize` rebuilds from
+    paths.write_atomic(paths.path(workdir) / 'config.json', config.to_json_best_effort(indent=2))
   drawer = visualize.Pictures(config, method, workdir)
   if start_step == 0:
     drawer.draw(state, 0)  # the first frame: the encoder before any training
@@ -342,8 +341,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
   # ---------------------------------------------------------------- The end
   if jax.process_index() == 0:
-    with open(os.path.join(workdir, 'results.json'), 'w') as f:
-      json.dump(results, f, indent=2)
+    paths.write_atomic(paths.path(workdir) / 'results.json', json.dumps(results, indent=2))
   _write_report(config, workdir, total_steps)
   steps.close()
   ckpt.close()

@@ -8,8 +8,8 @@ for the user, and no figure is left registered in pyplot's global list (nothing 
 
 from __future__ import annotations
 
+import io
 import math
-import os
 from collections.abc import Sequence
 
 import numpy as np
@@ -18,6 +18,8 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from PIL import Image
 from sklearn.manifold import TSNE
+
+from ssljax import paths
 
 PROJECTIONS = ('pca', 'tsne', 'umap')
 _CELL_IN = 2.0  # inches per image cell in the attention / reconstruction grids
@@ -159,21 +161,22 @@ def save_frames(
     raise ValueError('save_frames needs at least one frame')
   frames = []
   for p in frame_paths:
-    with Image.open(p) as im:
+    with Image.open(io.BytesIO(paths.path(p).read_bytes())) as im:
       frames.append(im.convert('RGB'))
   size = frames[0].size
   frames = [f if f.size == size else f.resize(size, Image.Resampling.BILINEAR) for f in frames]
 
   if gif_path is not None:
-    _makedirs_for(gif_path)
+    gif = io.BytesIO()
     frames[0].save(
-      gif_path,
+      gif,
       format='GIF',
       save_all=True,
       append_images=frames[1:],
       duration=int(duration_ms),
       loop=0,
     )
+    paths.write_atomic(gif_path, gif.getvalue())
   if grid_path is not None:
     cols = min(4, len(frames))
     rows = math.ceil(len(frames) / cols)
@@ -181,8 +184,9 @@ def save_frames(
     grid = Image.new('RGB', (cols * w, rows * h), 'white')
     for i, f in enumerate(frames):
       grid.paste(f, ((i % cols) * w, (i // cols) * h))
-    _makedirs_for(grid_path)
-    grid.save(grid_path, format='PNG')
+    png = io.BytesIO()
+    grid.save(png, format='PNG')
+    paths.write_atomic(grid_path, png.getvalue())
 
 
 # ----------------------------------------------------------------------------- image grids
@@ -321,16 +325,12 @@ def _set_column_titles(axes: np.ndarray, titles: Sequence[str]) -> None:
     ax.set_title(t, fontsize='small')
 
 
-def _makedirs_for(path: str) -> None:
-  parent = os.path.dirname(os.path.abspath(path))
-  os.makedirs(parent, exist_ok=True)
-
-
 def _save(fig: Figure, path: str) -> None:
   """Writes the figure as PNG and drops its artists (the Figure is never known to pyplot)."""
-  _makedirs_for(path)
   FigureCanvasAgg(fig)
+  png = io.BytesIO()
   try:
-    fig.savefig(path, format='png', dpi=_DPI)
+    fig.savefig(png, format='png', dpi=_DPI)
   finally:
     fig.clear()
+  paths.write_atomic(path, png.getvalue())

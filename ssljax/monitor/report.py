@@ -15,6 +15,7 @@ the page: a NaN loss is the very thing a reader needs to see.
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import os
@@ -28,7 +29,7 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from ssljax import errors
+from ssljax import errors, paths
 from ssljax.monitor import collapse
 
 REPORT = 'report.md'
@@ -124,7 +125,7 @@ def write_report(workdir: str, config: Any = None, *, total_steps: int | None = 
   lines += [_config_json(config), '```', '', '</details>', '']
 
   path = os.path.join(workdir, REPORT)
-  _write_atomic(path, '\n'.join(lines))
+  paths.write_atomic(path, '\n'.join(lines))
   return path
 
 
@@ -134,8 +135,7 @@ def write_report(workdir: str, config: Any = None, *, total_steps: int | None = 
 def _read_json(path: str) -> dict | None:
   """The file's object, or None when it is missing or unreadable (a run still writing it)."""
   try:
-    with open(path) as f:
-      data = json.load(f)
+    data = json.loads(paths.path(path).read_text())
   except (OSError, ValueError):
     return None
   return data if isinstance(data, dict) else None
@@ -150,8 +150,7 @@ def _read_metrics(path: str) -> tuple[Series, int]:
   by_name: dict[str, dict[int, float]] = {}
   bad = 0
   try:
-    with open(path) as f:
-      raw = f.read().splitlines()
+    raw = paths.path(path).read_text().splitlines()
   except OSError:
     return {}, 0
   for line in raw:
@@ -239,11 +238,10 @@ def _summary(config, series: Series, results, total_steps, bad_lines: int) -> li
 
 def _skipped_files(workdir: str) -> list[str]:
   """The unreadable image files the run left out, from WORKDIR/skipped_files.txt."""
-  path = os.path.join(workdir, SKIPPED_FILES)
-  if not os.path.exists(path):
+  path = paths.path(workdir) / SKIPPED_FILES
+  if not path.exists():
     return []
-  with open(path) as f:
-    files = [line.rstrip('\n') for line in f if line.strip()]
+  files = [line for line in path.read_text().splitlines() if line.strip()]
   shown = [f'  - `{line}`' for line in files[:10]]
   more = [f'  - ... ({len(files) - 10} more in {SKIPPED_FILES})'] if len(files) > 10 else []
   return ['', f'**{len(files)} unreadable image file(s) were skipped:**', '', *shown, *more]
@@ -299,12 +297,13 @@ def _results_table(results: dict | None, series: Series) -> list[str]:
 def _pictures(workdir: str) -> list[str]:
   """The latest picture of each kind under WORKDIR/pictures; for embeddings, also the first."""
   root = os.path.join(workdir, 'pictures')
-  if not os.path.isdir(root):
+  if not paths.path(root).is_dir():
     return ['No pictures yet.']
+  entries = {p.name: p.is_dir() for p in paths.path(root).iterdir()}  # name -> is a directory
   lines = []
   order = list(_KIND_TITLES)  # the known kinds first, in this order; then any other, by name
   kinds = sorted(
-    (d for d in os.listdir(root) if os.path.isdir(os.path.join(root, d))),
+    (d for d, is_dir in entries.items() if is_dir),
     key=lambda d: (order.index(d) if d in order else len(order), d),
   )
   for kind in kinds:
@@ -326,15 +325,15 @@ def _pictures(workdir: str) -> list[str]:
     if kind == 'embeddings':
       grid = os.path.join(root, 'embeddings_grid.png')
       gif = os.path.join(root, 'embeddings.gif')
-      if os.path.isfile(grid):
+      if entries.get('embeddings_grid.png') is False:
         lines += ['', f'Every evaluation: ![every frame]({_link(workdir, grid)})']
-      if os.path.isfile(gif):
+      if entries.get('embeddings.gif') is False:
         lines += ['', f'[Animation]({_link(workdir, gif)})']
     lines.append('')
   known = {'embeddings_grid.png', 'embeddings.gif'}
-  for name in sorted(os.listdir(root)):
+  for name, is_dir in sorted(entries.items()):
     path = os.path.join(root, name)
-    if name in known or not os.path.isfile(path) or not name.endswith(('.png', '.gif')):
+    if name in known or is_dir or not name.endswith(('.png', '.gif')):
       continue
     lines += [f'### {name}', '', f'![{name}]({_link(workdir, path)})', '']
   while lines and not lines[-1]:
@@ -345,7 +344,7 @@ def _pictures(workdir: str) -> list[str]:
 def _frames(directory: str) -> list[tuple[int, str]]:
   """(step, path) of the step_N.png files, sorted by step."""
   found = []
-  for name in os.listdir(directory):
+  for name in paths.names(directory):
     match = _STEP_FRAME.match(name)
     if match:
       found.append((int(match.group(1)), os.path.join(directory, name)))
@@ -464,21 +463,14 @@ def _curve(ax, steps: np.ndarray, values: np.ndarray, label: str, marker: str | 
 
 def _save(fig: Figure, path: str) -> None:
   """PNG through a temporary file, so a reader never sees half an image."""
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
   fig.set_layout_engine('constrained')
   FigureCanvasAgg(fig)
+  png = io.BytesIO()
   try:
-    fig.savefig(path + '.tmp', format='png', dpi=_DPI)
+    fig.savefig(png, format='png', dpi=_DPI)
   finally:
     fig.clear()
-  os.replace(path + '.tmp', path)
-
-
-def _write_atomic(path: str, text: str) -> None:
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  with open(path + '.tmp', 'w') as f:
-    f.write(text)
-  os.replace(path + '.tmp', path)
+  paths.write_atomic(path, png.getvalue())
 
 
 def main(argv: list[str]) -> None:
@@ -486,7 +478,7 @@ def main(argv: list[str]) -> None:
   if not workdir or len(argv) != 2:
     print('usage: python -m ssljax.monitor.report --workdir=DIR', file=sys.stderr)
     sys.exit(2)
-  if not os.path.isdir(workdir):
+  if not paths.path(workdir).is_dir():
     print(f'error: {workdir} is not a directory', file=sys.stderr)
     sys.exit(2)
   print(f'wrote {errors.run_command(write_report, workdir)}')

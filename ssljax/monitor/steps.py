@@ -5,7 +5,6 @@ each fetch of step metrics and asks it to log at every log step; it keeps no cou
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
@@ -15,6 +14,7 @@ import ml_collections
 import numpy as np
 from absl import logging
 
+from ssljax import paths
 from ssljax.monitor import collapse, report
 from ssljax.monitor.metrics import MetricWriter, progress_bar
 
@@ -26,11 +26,10 @@ class SkippedFiles:
 
   def __init__(self, workdir: str, writer: MetricWriter, found: Callable[[], Iterable[str]]):
     self.writer, self.found = writer, found
-    self.file = os.path.join(workdir, report.SKIPPED_FILES)
+    self.file = paths.path(workdir) / report.SKIPPED_FILES
     self.known: set[str] = set()
-    if os.path.exists(self.file):
-      with open(self.file) as f:
-        self.known = {line.rstrip('\n') for line in f if line.strip()}
+    if self.file.exists():
+      self.known = {line for line in self.file.read_text().splitlines() if line.strip()}
 
   def record(self, step: int) -> None:
     found = self.known | set(self.found())
@@ -39,8 +38,7 @@ class SkippedFiles:
     self.known = found
     self.writer.write(step, {'data/skipped_files': float(len(found))})
     if jax.process_index() == 0:
-      with open(self.file, 'w') as f:
-        f.write('\n'.join(sorted(found)) + '\n')
+      paths.write_atomic(self.file, '\n'.join(sorted(found)) + '\n')
 
 
 class StepLogger:

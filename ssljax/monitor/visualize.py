@@ -19,7 +19,6 @@ they cost no communication and never block the other processes.
 
 from __future__ import annotations
 
-import glob
 import os
 import sys
 
@@ -28,7 +27,7 @@ import ml_collections
 import numpy as np
 from absl import app, flags, logging
 
-from ssljax import data, errors, models
+from ssljax import data, errors, models, paths
 from ssljax.config.checks import Checks
 from ssljax.methods import Method, TrainState
 from ssljax.monitor import pictures
@@ -112,7 +111,12 @@ class Pictures:
     """The 'step 0 ... step N' summary of the embedding frames: a GIF and a grid."""
     if not self.enabled or not self.config.visualize.embeddings:
       return
-    frames = sorted(glob.glob(os.path.join(self.directory, 'embeddings', 'step_*.png')))
+    frames_dir = os.path.join(self.directory, 'embeddings')
+    frames = [
+      os.path.join(frames_dir, n)
+      for n in paths.names(frames_dir)
+      if n.startswith('step_') and n.endswith('.png')
+    ]
     if frames:
       pictures.save_frames(
         frames,
