@@ -44,6 +44,8 @@ LONGEST_FIRST = (
   'test_restore.py',  # trains the shared SimCLR run
   'test_train.py',  # trains the shared MAE run
   'test_kernels.py',
+  'test_vit_scan.py',
+  'test_accumulation.py',
   'test_dino.py',
   'test_byol.py',
   'test_methods.py',

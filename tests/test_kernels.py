@@ -138,6 +138,7 @@ def test_both_kernels_build_the_same_model_and_train_it_the_same(name, tmp_path)
   assert np.isfinite(metrics['loss'])
 
 
+@pytest.mark.slow  # the fast tier trains both paths a step above; this is the whole run
 def test_a_run_on_the_xla_kernels_trains_and_evaluates(tmp_path):
   config = _config('simclr_digits', 'xla')
   config.data.source = 'digits'
