@@ -75,3 +75,15 @@ def replicated_init():
   threefry, which XLA compiles several times faster than the partitionable one (that one pays
   only where parameters are split over devices). Use as `with sharding.replicated_init(): ...`."""
   return jax.threefry_partitionable(False)
+
+
+def bytes_per_device(tree) -> int:
+  """Bytes of `tree`'s arrays held by one device (the first of this process): the whole array
+  where it is replicated, its shard where it is split."""
+  device = jax.local_devices()[0]
+  return sum(
+    shard.data.nbytes
+    for leaf in jax.tree.leaves(tree)
+    for shard in leaf.addressable_shards
+    if shard.device == device
+  )

@@ -231,7 +231,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   init = jax.jit(init, out_shardings=state_sharding)
   state = init(jax.random.PRNGKey(config.seed))
   n_params = sum(x.size for x in jax.tree.leaves(state.params))
-  logging.info('%s with %s parameters; %d steps', config.method, f'{n_params:,}', total_steps)
+  state_bytes = sharding.bytes_per_device(state)  # parameters, optimizer state, EMA copies
+  logging.info(
+    '%s with %s parameters; %d steps; state %.3f GiB per device',
+    config.method,
+    f'{n_params:,}',
+    total_steps,
+    state_bytes / 2**30,
+  )
 
   # ---------------------------------------------------------------- Restore
   ckpt = Checkpointer(workdir, max_to_keep=config.keep_checkpoints)
@@ -259,6 +266,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     health=_health(config, mesh, method),
     skipped_files=lambda: data.skipped_files(config),
   )
+  steps.writer.write(start_step, {'state_bytes_per_device': state_bytes})
   batches = sharding.prefetch_to_mesh(
     data.build_train_iterator(config, start_step=start_step), mesh
   )

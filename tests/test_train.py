@@ -17,6 +17,7 @@ from PIL import Image
 
 from ssljax import checkpoint, models, sharding, train
 from ssljax.errors import ConfigError
+from ssljax.methods import TrainState
 from ssljax.monitor import visualize
 from ssljax.restore import load_config, restore_latest
 
@@ -39,6 +40,10 @@ def check_run_outputs(workdir, results, config):
   assert all(0.0 <= v <= 1.0 for v in on_disk['pretrained'].values())
   lines = [json.loads(x) for x in open(os.path.join(workdir, 'metrics.jsonl'))]
   train_lines = [x for x in lines if 'loss' in x]
+  # The state one device holds, logged once at the start: here replicated, the whole state.
+  saved = checkpoint.restore_arrays(workdir, 3, TrainState._fields)
+  held = [x['state_bytes_per_device'] for x in lines if 'state_bytes_per_device' in x]
+  assert held == [sum(np.asarray(a).nbytes for a in jax.tree.leaves(saved))] and held[0] > 0
   assert [x['step'] for x in train_lines] == [1, 2, 3]
   assert all(np.isfinite(x['loss']) and x['images_per_sec'] > 0 for x in train_lines)
   for x in train_lines if config.health.images else []:  # label-free health, inference mode

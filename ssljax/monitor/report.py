@@ -37,6 +37,7 @@ PLOTS = 'report'  # WORKDIR/report/: loss.png, eval.png
 _NOT_PLOTTED = (
   'images_per_sec',  # a speed, summarised in the text; it swings at compile time
   'data/skipped_files',  # a count, shown in the text with the files
+  'state_bytes_per_device',  # logged once at the start, shown in the text
 )
 SKIPPED_FILES = 'skipped_files.txt'  # unreadable image files the data source left out
 _DPI = 100
@@ -218,6 +219,9 @@ def _summary(config, series: Series, results, total_steps, bad_lines: int) -> li
     speed = speed[np.isfinite(speed)]
     if speed.size:
       lines.append(f'- images/s: {np.median(speed):,.0f} (median of {speed.size} logs)')
+  if 'state_bytes_per_device' in series:
+    held = series['state_bytes_per_device'][1][-1] / 2**30
+    lines.append(f'- training state held by each device: {held:.3f} GiB')
   if 'loss' in series:
     steps_, loss = series['loss']
     lines.append(f'- loss: {_num(loss[-1])} at step {steps_[-1]} (first logged: {_num(loss[0])})')
