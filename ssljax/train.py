@@ -216,7 +216,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   # ---------------------------------------------------------------- Setup
   mesh = sharding.make_mesh()
   validate(config, mesh)
-  paths.require(workdir, config.get('init_from'), config.data.get('data_dir'))
+  paths.require(
+    workdir, config.get('init_from'), config.data.get('data_dir'), config.data.get('path')
+  )
 
   # ---------------------------------------------------------------- Data
   info = data.dataset_info(config, workdir)

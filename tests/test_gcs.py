@@ -32,8 +32,9 @@ import jax
 import numpy as np
 import pytest
 from conftest import ROOT, load_config_file, shrink_config
+from PIL import Image
 
-from ssljax import checkpoint, errors, paths, train
+from ssljax import checkpoint, data, errors, paths, train
 from ssljax.monitor import report
 from ssljax.monitor.metrics import MetricWriter
 
@@ -311,3 +312,37 @@ def test_gs_workdir_run_killed_and_rerun_is_bit_identical(gcs_env, tmp_path):
     f'killed + rerun {killed_secs:.0f} s, evaluate {evaluate_secs:.0f} s, '
     f'load_encoder x2 {load_secs:.0f} s'
   )
+
+
+def test_a_folder_source_in_a_bucket_reads_what_the_same_folder_on_disk_gives(gcs_env, tmp_path):
+  """data.source=folder with data.path=gs://...: the same classes, splits, evaluation images,
+  training views and skipped files as the identical folder on this machine."""
+  local = tmp_path / 'images'
+  rng = np.random.default_rng(0)
+  for split, count in (('train', 6), ('test', 3)):
+    for label in ('cat', 'dog'):
+      (local / split / label).mkdir(parents=True)
+      for i in range(count):
+        pixels = rng.integers(0, 256, (12, 12, 3), np.uint8)
+        Image.fromarray(pixels).save(local / split / label / f'{i}.png')
+  (local / 'train' / 'dog' / 'broken.png').write_bytes(b'not a png')
+  remote = f'gs://{BUCKET}/folder'
+  for file in local.rglob('*.png'):
+    paths.path(f'{remote}/{file.relative_to(local).as_posix()}').write_bytes(file.read_bytes())
+
+  def config(path: str):
+    c = shrink_config(load_config_file('simclr_digits.py'))
+    c.data.source, c.data.path, c.data.max_bad_fraction = 'folder', path, 0.5
+    c.batch_size = 8
+    return c
+
+  here, there = config(str(local)), config(remote)
+  assert data.dataset_info(there) == data.dataset_info(here)
+  for split in ('train', 'test'):
+    pairs = zip(data.load_eval_split(there, split), data.load_eval_split(here, split), strict=True)
+    for a, b in pairs:
+      np.testing.assert_array_equal(a, b)
+  batches = [next(data.build_train_iterator(c)) for c in (there, here)]
+  jax.tree.map(np.testing.assert_array_equal, *batches)
+  skipped = [[s.split(': ')[0] for s in data.skipped_files(c)] for c in (there, here)]
+  assert skipped == [[f'{remote}/train/dog/broken.png'], [str(local / 'train/dog/broken.png')]]

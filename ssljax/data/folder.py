@@ -81,9 +81,33 @@ class FolderIndex:
     return len(self.train.files) + len(self.test.files)
 
 
+def _absolute(path: str) -> str:
+  """A local path made absolute; a URL (gs://BUCKET/...) as it is."""
+  return path if '://' in path else os.path.abspath(path)
+
+
+def _remote(path: str):
+  """The fsspec file system of a URL (gcsfs for gs://), or None for a local path."""
+  if '://' not in path:
+    return None
+  import fsspec
+
+  return fsspec.core.url_to_fs(path)[0]
+
+
+def _isdir(path: str) -> bool:
+  fs = _remote(path)
+  return fs.isdir(path) if fs else os.path.isdir(path)
+
+
 def _walk(directory: str) -> tuple[list[str], list[tuple[str, int]]]:
   """Image files under `directory` (paths relative to it, sorted by their parts) and every
-  directory with its mtime. os.scandir: the file type comes with the listing, no stat per file."""
+  directory with its mtime. os.scandir: the file type comes with the listing, no stat per file.
+  A bucket is listed in one request and has no directory mtimes (none is returned)."""
+  if fs := _remote(directory):
+    prefix = fs._strip_protocol(directory).rstrip('/') + '/'
+    found = [f[len(prefix) :] for f in fs.find(directory) if f.startswith(prefix)]
+    return sorted((f for f in found if images.is_image_file(f)), key=lambda f: f.split('/')), []
   files, directories = [], []
   stack = [directory]
   while stack:
@@ -120,10 +144,10 @@ def _first_channels(root: str, files: list[str]) -> int | None:
 
 
 def _scan(path: str) -> FolderIndex:
-  root = os.path.abspath(path)
-  if not path or not os.path.isdir(root):
+  root = _absolute(path)
+  if not path or not _isdir(root):
     raise DatasetNotFoundError(f"folder source: data.path='{path}' is not a directory. {HINT}")
-  two = all(os.path.isdir(os.path.join(root, s)) for s in ('train', 'test'))
+  two = all(_isdir(os.path.join(root, s)) for s in ('train', 'test'))
   listed = {s: _walk(os.path.join(root, s)) for s in ('train', 'test')} if two else {}
   if not two:
     listed = {'train': _walk(root), 'test': ([], [])}
@@ -215,9 +239,11 @@ _INDEX_LOCK = threading.Lock()
 
 def folder_index(path: str, workdir: str | None = None) -> FolderIndex:
   """The folder's file list: from memory or WORKDIR's cache when no directory changed since,
-  else listed now. With a `workdir` (a local directory), process 0 writes it there."""
-  root = os.path.abspath(path) if path else ''
-  cache = _cache_file(workdir, root) if workdir and '://' not in workdir and root else None
+  else listed now. With a `workdir` (a local directory), process 0 writes it there. A folder in
+  a bucket has no directory mtimes to tell a change by: it is listed again by each process."""
+  root = _absolute(path) if path else ''
+  local = workdir and '://' not in workdir and root and '://' not in root
+  cache = _cache_file(workdir, root) if local else None
   with _INDEX_LOCK:
     index = _INDEXES.get(root)
     if index is None or not _unchanged(index):
@@ -242,7 +268,7 @@ _SHOWN = 20  # files named in a log line or an error
 
 def skipped_files(root: str) -> tuple[str, ...]:
   """'path: why' of every unreadable file of the folder met so far in this process, sorted."""
-  root = os.path.abspath(root)
+  root = _absolute(root)
   with _SKIPPED_LOCK:
     return tuple(f'{p}: {why}' for p, why in sorted(_SKIPPED[root].items()))
 

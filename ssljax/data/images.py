@@ -9,6 +9,7 @@ NumPy and Pillow only: no TensorFlow.
 
 from __future__ import annotations
 
+import io
 import os
 
 import numpy as np
@@ -48,11 +49,22 @@ def read_image(path: str, *, dicom_window: tuple[float, float] | None = None) ->
   if os.path.splitext(path)[1].lower() in DICOM_SUFFIXES:
     return _read_dicom(path, dicom_window)
   try:
-    with Image.open(path) as im:
+    with Image.open(readable(path)) as im:
       im.load()  # decode now: a truncated file fails here, not later
       return _pil_pixels(im)
   except (OSError, SyntaxError, ValueError) as e:  # Pillow's errors for broken files
     raise BadImageError(path, str(e) or type(e).__name__) from e
+
+
+def readable(path: str) -> str | io.BytesIO:
+  """What Pillow and pydicom open: a local path as it is, a URL (gs://) as its bytes in memory,
+  read through fsspec (gcsfs for gs://, the `gcs` extra)."""
+  if '://' not in path:
+    return path
+  import fsspec
+
+  with fsspec.open(path, 'rb') as f:
+    return io.BytesIO(f.read())
 
 
 def describe(path: str, pixels: np.ndarray | None = None) -> dict:
@@ -110,7 +122,7 @@ def _read_dicom(path: str, window: tuple[float, float] | None = None) -> np.ndar
   from pydicom.pixels import apply_modality_lut
 
   try:
-    ds = pydicom.dcmread(path)
+    ds = pydicom.dcmread(readable(path))
     stored = ds.pixel_array
   except Exception as e:  # pydicom raises many types for a broken or undecodable file
     raise BadImageError(path, f'{type(e).__name__}: {e}') from e
