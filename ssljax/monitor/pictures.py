@@ -133,7 +133,7 @@ def save_embedding_frame(
       markerscale=2.0,
       frameon=False,
     )
-  _save(fig, path)
+  save_png(fig, path)
 
 
 def _class_name(label: object, class_names: Sequence[str] | None) -> str:
@@ -231,7 +231,7 @@ def save_attention_maps(
         vmax=1.0,
       )
   _set_column_titles(axes, col_titles)
-  _save(fig, path)
+  save_png(fig, path)
 
 
 def save_reconstructions(
@@ -263,7 +263,7 @@ def save_reconstructions(
     for k, col in enumerate(columns):
       _show(axes[r, k], col[r])
   _set_column_titles(axes, ['original', 'masked', 'reconstruction', 'reconstruction + visible'])
-  _save(fig, path)
+  save_png(fig, path)
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -325,8 +325,9 @@ def _set_column_titles(axes: np.ndarray, titles: Sequence[str]) -> None:
     ax.set_title(t, fontsize='small')
 
 
-def _save(fig: Figure, path: str) -> None:
-  """Writes the figure as PNG and drops its artists (the Figure is never known to pyplot)."""
+def save_png(fig: Figure, path: str) -> None:
+  """Writes the figure as PNG, whole or not at all (`paths.write_atomic`), and drops its artists
+  (the Figure is never known to pyplot)."""
   FigureCanvasAgg(fig)
   png = io.BytesIO()
   try:

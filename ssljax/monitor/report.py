@@ -15,7 +15,6 @@ the page: a NaN loss is the very thing a reader needs to see.
 
 from __future__ import annotations
 
-import io
 import json
 import math
 import os
@@ -26,11 +25,10 @@ import urllib.parse
 from typing import Any
 
 import numpy as np
-from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from ssljax import errors, paths
-from ssljax.monitor import collapse
+from ssljax.monitor import collapse, pictures
 
 REPORT = 'report.md'
 PLOTS = 'report'  # WORKDIR/report/: loss.png, eval.png
@@ -39,8 +37,8 @@ _NOT_PLOTTED = (
   'data/skipped_files',  # a count, shown in the text with the files
   'state_bytes_per_device',  # logged once at the start, shown in the text
 )
-SKIPPED_FILES = 'skipped_files.txt'  # unreadable image files the data source left out
 _DPI = 100
+SKIPPED_FILES = 'skipped_files.txt'  # unreadable image files the data source left out
 _STEP_FRAME = re.compile(r'^step_(\d+)\.png$')
 _KIND_TITLES = {
   'embeddings': 'Embeddings (2-D projection of test h, coloured by label)',
@@ -466,15 +464,9 @@ def _curve(ax, steps: np.ndarray, values: np.ndarray, label: str, marker: str | 
 
 
 def _save(fig: Figure, path: str) -> None:
-  """PNG through a temporary file, so a reader never sees half an image."""
+  """Laid out by matplotlib's constrained layout, then saved as the pictures are."""
   fig.set_layout_engine('constrained')
-  FigureCanvasAgg(fig)
-  png = io.BytesIO()
-  try:
-    fig.savefig(png, format='png', dpi=_DPI)
-  finally:
-    fig.clear()
-  paths.write_atomic(path, png.getvalue())
+  pictures.save_png(fig, path)
 
 
 def main(argv: list[str]) -> None:
