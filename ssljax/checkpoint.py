@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 import jax
@@ -14,8 +13,7 @@ from ssljax import paths
 
 def directory(workdir: str) -> str:
   """WORKDIR/checkpoints: a gs:// URL as it is, a local path made absolute (Orbax needs one)."""
-  root = workdir if paths.is_remote(workdir) else os.path.abspath(workdir)
-  return str(paths.path(root) / 'checkpoints')
+  return str(paths.path(paths.absolute(workdir)) / 'checkpoints')
 
 
 def _serial_saves_on_cpu() -> None:

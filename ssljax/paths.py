@@ -36,6 +36,11 @@ def is_remote(path: str | os.PathLike) -> bool:
   return '://' in os.fspath(path)
 
 
+def absolute(p: str) -> str:
+  """A local path made absolute (Orbax and the caches key on it); a URL as it is."""
+  return p if is_remote(p) else os.path.abspath(p)
+
+
 def require(*paths: str | os.PathLike | None) -> None:
   """Raises a one-line UserError when one of `paths` is a gs:// URL and gcsfs is missing."""
   for p in paths:

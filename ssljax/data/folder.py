@@ -21,6 +21,7 @@ from absl import logging
 
 from ssljax.data import images, random_access
 from ssljax.errors import DataError, DatasetNotFoundError
+from ssljax.paths import absolute, is_remote
 
 HINT = (
   'Point data.path at a directory of images (png/jpg/bmp/tif/dcm): flat (unlabelled), one '
@@ -81,14 +82,9 @@ class FolderIndex:
     return len(self.train.files) + len(self.test.files)
 
 
-def _absolute(path: str) -> str:
-  """A local path made absolute; a URL (gs://BUCKET/...) as it is."""
-  return path if '://' in path else os.path.abspath(path)
-
-
 def _remote(path: str):
   """The fsspec file system of a URL (gcsfs for gs://), or None for a local path."""
-  if '://' not in path:
+  if not is_remote(path):
     return None
   import fsspec
 
@@ -144,7 +140,7 @@ def _first_channels(root: str, files: list[str]) -> int | None:
 
 
 def _scan(path: str) -> FolderIndex:
-  root = _absolute(path)
+  root = absolute(path)
   if not path or not _isdir(root):
     raise DatasetNotFoundError(f"folder source: data.path='{path}' is not a directory. {HINT}")
   two = all(_isdir(os.path.join(root, s)) for s in ('train', 'test'))
@@ -241,8 +237,8 @@ def folder_index(path: str, workdir: str | None = None) -> FolderIndex:
   """The folder's file list: from memory or WORKDIR's cache when no directory changed since,
   else listed now. With a `workdir` (a local directory), process 0 writes it there. A folder in
   a bucket has no directory mtimes to tell a change by: it is listed again by each process."""
-  root = _absolute(path) if path else ''
-  local = workdir and '://' not in workdir and root and '://' not in root
+  root = absolute(path) if path else ''
+  local = workdir and root and not is_remote(workdir) and not is_remote(root)
   cache = _cache_file(workdir, root) if local else None
   with _INDEX_LOCK:
     index = _INDEXES.get(root)
@@ -268,7 +264,7 @@ _SHOWN = 20  # files named in a log line or an error
 
 def skipped_files(root: str) -> tuple[str, ...]:
   """'path: why' of every unreadable file of the folder met so far in this process, sorted."""
-  root = _absolute(root)
+  root = absolute(root)
   with _SKIPPED_LOCK:
     return tuple(f'{p}: {why}' for p, why in sorted(_SKIPPED[root].items()))
 

@@ -16,6 +16,7 @@ import numpy as np
 from PIL import Image
 
 from ssljax.errors import UserError
+from ssljax.paths import is_remote
 
 PIL_SUFFIXES = ('.png', '.jpg', '.jpeg', '.bmp', '.tif', '.tiff')
 DICOM_SUFFIXES = ('.dcm', '.dicom')
@@ -59,7 +60,7 @@ def read_image(path: str, *, dicom_window: tuple[float, float] | None = None) ->
 def readable(path: str) -> str | io.BytesIO:
   """What Pillow and pydicom open: a local path as it is, a URL (gs://) as its bytes in memory,
   read through fsspec (gcsfs for gs://, the `gcs` extra)."""
-  if '://' not in path:
+  if not is_remote(path):
     return path
   import fsspec
 
