@@ -55,6 +55,17 @@ def build_run(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh, info) 
   return Run(method, tx, schedule, init_state(method, tx, views_shape), total_steps)
 
 
+def state_layout(
+  config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh, init: Callable
+) -> tuple[TrainState, TrainState]:
+  """(shapes, shardings) of the state `init` makes: the shapes from `jax.eval_shape` (nothing
+  runs), the shardings by config.mesh's rule (`sharding.state_sharding`). `jax.jit(init,
+  out_shardings=shardings)` then creates every tensor already split, never whole on one device."""
+  abstract = jax.eval_shape(init, jax.random.PRNGKey(0))
+  min_size = config.get('mesh', {}).get('fsdp_min_size', sharding.FSDP_MIN_SIZE)
+  return abstract, sharding.state_sharding(abstract, mesh, min_size)
+
+
 def init_state(
   method: Method, tx: optax.GradientTransformation, views_shape: list[tuple[int, int, int]]
 ) -> Callable[[jax.Array], TrainState]:
@@ -64,7 +75,7 @@ def init_state(
     init_rng, train_rng = jax.random.split(rng)
     # Two examples are enough: parameter shapes do not depend on the batch size.
     batch = {'views': [jnp.zeros((2,) + s, jnp.float32) for s in views_shape]}
-    with sharding.replicated_init():
+    with sharding.init_numbers(method.mesh):
       params, model_state = method.init(init_rng, batch)
     return TrainState(jnp.zeros((), jnp.int32), params, model_state, tx.init(params), train_rng)
 
@@ -155,8 +166,9 @@ def jit_train_step(
   schedule: optax.Schedule,
   state_sharding,
 ) -> Callable[[TrainState, dict], tuple[TrainState, dict]]:
-  """`make_train_step` jitted on `mesh`: the batch split over the devices, the state donated
-  (updated in place), the metrics replicated. The loop and the benchmarks time the same step."""
+  """`make_train_step` jitted on `mesh`: the batch split over the devices, the state laid out
+  by `state_sharding` (`state_layout`) and donated (updated in place), the metrics replicated.
+  The loop and the benchmarks time the same step."""
   return jax.jit(
     make_train_step(method, tx, schedule, device_views(config)),
     in_shardings=(state_sharding, sharding.data_sharding(mesh)),
@@ -168,7 +180,7 @@ def jit_train_step(
 def synthetic_step(config: ml_collections.ConfigDict):
   """(jitted train step, initial state, mesh, the synthetic copy of config) for `config`: the
   step the benchmarks time, on synthetic images of the shapes config's data would have."""
-  mesh = sharding.make_mesh()
+  mesh = sharding.make_mesh(config.get('mesh'))
   sharding.check_batch_size(config.batch_size, mesh)
   method = methods.build(config, mesh, total_steps=1000)
   tx, schedule = optim.build_optimizer(config, 1000, 10, method.held_parameters())
@@ -181,9 +193,7 @@ def synthetic_step(config: ml_collections.ConfigDict):
   info = data.dataset_info(synthetic)
   shapes = [(s.image_size, s.image_size, info.image_shape[-1]) for s in data.view_specs(synthetic)]
   init = init_state(method, tx, shapes)
-  state_sharding = jax.tree.map(
-    lambda _: sharding.replicated(mesh), jax.eval_shape(init, jax.random.PRNGKey(0))
-  )
+  _, state_sharding = state_layout(config, mesh, init)
   state = jax.jit(init, out_shardings=state_sharding)(jax.random.PRNGKey(0))
   step = jit_train_step(config, mesh, method, tx, schedule, state_sharding)
   return step, state, mesh, synthetic

@@ -39,15 +39,12 @@ def get_config(run_dir: str) -> ml_collections.ConfigDict:
 def evaluate_run(config: ml_collections.ConfigDict, run_dir: str) -> dict:
   """Evaluates RUN's latest checkpoint with `config` (config.eval, config.eval_config, and for
   the baseline config.eval_config.random_init), writes RUN/eval.json on process 0; returns it."""
-  mesh = sharding.make_mesh()
+  mesh = sharding.make_mesh(config.mesh)
   train.validate(config, mesh)  # the run's config with any --config.* override
   method, _, _, init, _ = build.build_run(config, mesh, data.dataset_info(config))
   state = restore.latest_state(config, run_dir, init, mesh)
   # The random-init baseline, initialised exactly as in training.
-  replicated = jax.tree.map(
-    lambda _: sharding.replicated(mesh), jax.eval_shape(init, jax.random.PRNGKey(0))
-  )
-  init = jax.jit(init, out_shardings=replicated)
+  init = jax.jit(init, out_shardings=build.state_layout(config, mesh, init)[1])
   logging.info('Evaluating %s at step %d', run_dir, int(state.step))
   results = protocols.evaluate_state(
     config, method, state, init if config.eval_config.random_init else None, mesh

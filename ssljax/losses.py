@@ -15,7 +15,7 @@ def _l2_normalize(x: jax.Array, eps: float = 1e-12) -> jax.Array:
   return x * jax.lax.rsqrt(jnp.maximum(jnp.sum(x * x, axis=-1, keepdims=True), eps * eps))
 
 
-def _gather(z1: jax.Array, z2: jax.Array, axis_name: str | None):
+def _gather(z1: jax.Array, z2: jax.Array, axis_name: str | tuple[str, ...] | None):
   """(all z1, all z2, global index of this device's first row): the global batch, gathered
   differentiably inside `jax.shard_map` (its transpose sums the gradients back)."""
   if axis_name is None:
@@ -25,7 +25,11 @@ def _gather(z1: jax.Array, z2: jax.Array, axis_name: str | None):
 
 
 def nt_xent(
-  z1: jax.Array, z2: jax.Array, *, temperature: float, axis_name: str | None = None
+  z1: jax.Array,
+  z2: jax.Array,
+  *,
+  temperature: float,
+  axis_name: str | tuple[str, ...] | None = None,
 ) -> jax.Array:
   """SimCLR's NT-Xent loss, L = 1/(2N) sum_i [l(i, i+N) + l(i+N, i)].
 
@@ -94,7 +98,7 @@ def batch_triplet(
   negatives: str = 'random',
   normalize: bool = True,
   rng: jax.Array | None = None,
-  axis_name: str | None = None,
+  axis_name: str | tuple[str, ...] | None = None,
 ) -> jax.Array:
   """The triplet loss over the 2N views of a batch, each view the anchor once: its positive is
   the other view of its image, its negative one view of another image of the global batch.
@@ -195,7 +199,7 @@ def dino_center(
   teacher_logits: jax.Array,
   *,
   momentum: float,
-  axis_name: str | None = None,
+  axis_name: str | tuple[str, ...] | None = None,
 ) -> jax.Array:
   """c <- m c + (1 - m) mean of the raw teacher logits over the global batch and global views.
 

@@ -94,12 +94,13 @@ def _latest_step(run_dir: str) -> int:
 def latest_state(
   config: ml_collections.ConfigDict, run_dir: str, init: Callable, mesh: jax.sharding.Mesh
 ) -> TrainState:
-  """The run's latest TrainState, replicated over `mesh`; `init` (rng -> TrainState) gives the
-  structure (from `build.build_run` with the run's config)."""
+  """The run's latest TrainState, laid out on `mesh` by config.mesh's rule (whatever mesh it
+  was saved from); `init` (rng -> TrainState) gives the structure (from `build.build_run` with
+  the run's config)."""
   step = _latest_step(run_dir)
-  like = jax.eval_shape(init, jax.random.PRNGKey(0))
+  abstract, shardings = build.state_layout(config, mesh, init)
   like = jax.tree.map(
-    lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sharding.replicated(mesh)), like
+    lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings
   )
   ckpt = checkpoint.Checkpointer(run_dir, max_to_keep=config.keep_checkpoints)
   state = TrainState(**ckpt.restore(step, like._asdict()))
@@ -108,8 +109,8 @@ def latest_state(
 
 
 def restore_latest(config: ml_collections.ConfigDict, run_dir: str) -> tuple[Method, TrainState]:
-  """The method and its latest saved state, on this process's devices."""
-  mesh = sharding.make_mesh()
+  """The method and its latest saved state, on the mesh config.mesh asks for."""
+  mesh = sharding.make_mesh(config.get('mesh'))
   run = build.build_run(config, mesh, data.dataset_info(config))
   return run.method, latest_state(config, run_dir, run.init, mesh)
 

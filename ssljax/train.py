@@ -214,7 +214,7 @@ def _save_on_signal(
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Pretrains config.method, evaluates the encoder, writes WORKDIR/results.json; returns it."""
   # ---------------------------------------------------------------- Setup
-  mesh = sharding.make_mesh()
+  mesh = sharding.make_mesh(config.mesh)
   validate(config, mesh)
   paths.require(
     workdir, config.get('init_from'), config.data.get('data_dir'), config.data.get('path')
@@ -222,12 +222,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
   # ---------------------------------------------------------------- Data
   info = data.dataset_info(config, workdir)
-  logging.info('Mesh %s over %d processes; data %s', mesh.shape, jax.process_count(), info)
+  logging.info('Mesh %s over %d processes; data %s', dict(mesh.shape), jax.process_count(), info)
 
   # ---------------------------------------------------------------- Model and state
   method, tx, schedule, init, total_steps = build.build_run(config, mesh, info)
-  abstract_state = jax.eval_shape(init, jax.random.PRNGKey(0))
-  state_sharding = jax.tree.map(lambda _: sharding.replicated(mesh), abstract_state)
+  abstract_state, state_sharding = build.state_layout(config, mesh, init)
   # config.init_from: another run's encoder, read and checked before anything compiles.
   warm = restore.prepare_warm_start(config, method, abstract_state, workdir)
   init = jax.jit(init, out_shardings=state_sharding)

@@ -80,8 +80,8 @@ def _finish(procs, timeout: float = SECONDS) -> list[str]:
   return logs
 
 
-def _run(start_main, workdir, processes: int, devices: int) -> list[str]:
-  procs = _start(start_main, workdir, processes, devices)
+def _run(start_main, workdir, processes: int, devices: int, *flags: str) -> list[str]:
+  procs = _start(start_main, workdir, processes, devices, *flags)
   logs = _finish(procs)
   for p, log in zip(procs, logs, strict=True):
     assert p.returncode == 0, log[-3000:]
@@ -194,3 +194,33 @@ def test_sigterm_to_one_process_saves_the_same_step_everywhere(
   jax.tree.map(np.testing.assert_array_equal, state_a, state_b)
   after = {x['step']: x['loss'] for x in _train_lines(workdir) if x['step'] > saved_step}
   assert after == {x['step']: x['loss'] for x in _train_lines(straight) if x['step'] > saved_step}
+
+
+@pytest.mark.slow
+def test_a_state_split_over_two_processes_trains_draws_and_restores_whole(
+  two_process_run, tmp_path, start_main
+):
+  """config.mesh.fsdp=4 on 2 processes x 2 devices: every tensor is split across the processes.
+  The same steps as 1 process x 4 devices on the same mesh, the pictures drawn (every process
+  gathers the parameters for them), a quarter of the data-parallel run's state per device, and
+  its checkpoint restored here (8 devices, one process, whole) equal to the 1-process run's."""
+  flags = ('--config.mesh.fsdp=4', '--config.mesh.fsdp_min_size=0')
+  _run(start_main, tmp_path / 'two', 2, 2, *flags)
+  _run(start_main, tmp_path / 'one', 1, 4, *flags)
+  two, one = (_train_lines(tmp_path / name) for name in ('two', 'one'))
+  assert [x['step'] for x in two] == list(range(1, 41))
+  np.testing.assert_allclose([x['loss'] for x in two[:3]], [x['loss'] for x in one[:3]], rtol=1e-5)
+  assert os.path.exists(tmp_path / 'two' / 'pictures' / 'embeddings' / 'step_0000040.png')
+  with open(tmp_path / 'two' / 'results.json') as f:
+    assert 0.0 < json.load(f)['pretrained']['knn'] <= 1.0
+
+  def state_bytes(workdir) -> int:
+    with open(os.path.join(workdir, 'metrics.jsonl')) as f:
+      return json.loads(f.readline())['state_bytes_per_device']
+
+  replicated, split = state_bytes(two_process_run[0]), state_bytes(tmp_path / 'two')
+  print(f'state per device: data parallel {replicated} bytes, fsdp=4 {split} bytes')
+  assert 3.0 <= replicated / split <= 4.0
+  # Read without a target (no mesh): whole NumPy arrays from the shards both processes wrote.
+  saved = checkpoint.restore_arrays(tmp_path / 'two', 40, ('params',))['params']
+  assert all(np.all(np.isfinite(x)) for x in jax.tree.leaves(saved))

@@ -155,22 +155,25 @@ def byol_config(config_file, shrink):
 
 
 @pytest.mark.slow  # trains the tiny SimCLR run in this worker (~50 s)
+@pytest.mark.parametrize('fsdp', [1, 8])
 def test_warm_start_loads_the_encoder_into_online_and_target(
-  simclr_digits_run, tmp_path, capsys, byol_config
+  simclr_digits_run, tmp_path, capsys, byol_config, fsdp
 ):
   """A BYOL run from a SimCLR run's encoder: every encoder array (parameters and BatchNorm
   statistics) of the online network and of the EMA target is the source's; the heads are new.
-  The steps train_and_evaluate takes before its first train step (no train step compiled)."""
+  The steps train_and_evaluate takes before its first train step (no train step compiled), on a
+  data-only mesh and with every tensor split 8 ways (the split kept)."""
   source_dir, _, _ = simclr_digits_run
   config = byol_config(source_dir)
-  mesh = sharding.make_mesh()
+  config.mesh.fsdp, config.mesh.fsdp_min_size = fsdp, 0
+  mesh = sharding.make_mesh(config.mesh)
   method, _, _, init, _ = build.build_run(config, mesh, data.dataset_info(config))
-  abstract = jax.eval_shape(init, jax.random.PRNGKey(0))
+  abstract, layout = build.state_layout(config, mesh, init)
   warm = restore.prepare_warm_start(config, method, abstract, str(tmp_path))
-  replicated = jax.tree.map(lambda _: sharding.replicated(mesh), abstract)
-  fresh = jax.jit(init, out_shardings=replicated)(jax.random.PRNGKey(config.seed))
+  fresh = jax.jit(init, out_shardings=layout)(jax.random.PRNGKey(config.seed))
   state = restore.warm_start(method, fresh, warm)
   assert jax.tree.structure(state) == jax.tree.structure(fresh)
+  assert jax.tree.leaves(jax.tree.map(lambda a: a.sharding, state)) == jax.tree.leaves(layout)
 
   source = checkpoint.restore_arrays(source_dir, 3, ('params', 'model_state'))
   params, stats = source['params']['encoder'], source['model_state']['batch_stats']['encoder']

@@ -8,6 +8,7 @@ import ml_collections
 from ml_collections.config_dict import placeholder
 
 from ssljax.monitor.collapse import MIN_RANKME, MIN_STD
+from ssljax.sharding import mesh_defaults
 
 
 def augment_defaults(image_size: int) -> ml_collections.ConfigDict:
@@ -255,6 +256,10 @@ def base_config(method: str = '', image_size: int = 32) -> ml_collections.Config
   c.model = model_defaults()
   c.eval_encoder = 'online'  # which network is evaluated; methods with a teacher offer more
   c.update(optim_defaults())
+  # The devices as a data x fsdp mesh (ssljax/sharding.py): the batch split over both, the
+  # parameters, optimizer state and EMA copies split over fsdp (1: data parallel, every device
+  # holds them whole). -1 takes the rest; tensors below fsdp_min_size elements stay whole.
+  c.mesh = mesh_defaults()
 
   c.log_every = 20
   c.health = health_defaults()

@@ -256,13 +256,19 @@ def _train_step(recipe: Recipe, state: State, batch, learning_rate):
 
 
 @functools.lru_cache(maxsize=16)
-def _compiled_train_step(recipe: Recipe, mesh: jax.sharding.Mesh):
-  """The jitted step: state replicated, the (images, labels) batch sharded over 'data'."""
+def _compiled_train_step(recipe: Recipe, mesh: jax.sharding.Mesh, min_size: int):
+  """The jitted step: the state laid out by config.mesh's rule (`sharding.state_sharding`), the
+  (images, labels) batch split over the mesh, the metrics replicated."""
   replicated = sharding.replicated(mesh)
+
+  def step(state, batch, learning_rate):
+    state, metrics = _train_step(recipe, state, batch, learning_rate)
+    return sharding.constrain_state(state, mesh, min_size), metrics
+
   return jax.jit(
-    functools.partial(_train_step, recipe),
-    in_shardings=(replicated, sharding.data_sharding(mesh), replicated),
-    out_shardings=(replicated, replicated),
+    step,
+    in_shardings=(None, sharding.data_sharding(mesh), replicated),  # None: the state's own
+    out_shardings=(None, replicated),
     donate_argnums=0,
   )
 
@@ -278,11 +284,13 @@ class _Predict:
 
 
 @functools.lru_cache(maxsize=16)
-def _compiled_copy(mesh: jax.sharding.Mesh):
-  # A copy into fresh buffers: the train step donates its state, never the caller's arrays.
+def _compiled_copy(mesh: jax.sharding.Mesh, min_size: int):
+  """A copy into fresh buffers laid out by config.mesh's rule: the train step donates its
+  state, never the caller's arrays."""
   return jax.jit(
-    lambda tree: jax.tree.map(lambda x: jnp.array(x, copy=True), tree),
-    out_shardings=sharding.replicated(mesh),
+    lambda tree: sharding.constrain_state(
+      jax.tree.map(lambda x: jnp.array(x, copy=True), tree), mesh, min_size
+    )
   )
 
 
@@ -303,16 +311,21 @@ def encoder_layout(variables: dict, encoder: nn.Module) -> dict:
 
 
 def random_encoder_variables(
-  encoder: nn.Module, image_shape: tuple[int, ...], seed: int, mesh: jax.sharding.Mesh
+  encoder: nn.Module,
+  image_shape: tuple[int, ...],
+  seed: int,
+  mesh: jax.sharding.Mesh,
+  min_size: int = sharding.FSDP_MIN_SIZE,
 ) -> dict:
-  """A fresh initialisation of `encoder` (the supervised baseline's start), replicated."""
+  """A fresh initialisation of `encoder` (the supervised baseline's start), laid out by
+  config.mesh's rule (`min_size`: config.mesh.fsdp_min_size)."""
 
   def init(rng):
-    with sharding.replicated_init():
+    with sharding.init_numbers(mesh):
       return encoder.init(rng, jnp.zeros((2, *image_shape), jnp.float32), train=False)
 
   shapes = jax.eval_shape(init, jax.random.PRNGKey(0))
-  out = jax.tree.map(lambda _: sharding.replicated(mesh), shapes)
+  out = sharding.state_sharding(shapes, mesh, min_size)
   return dict(jax.jit(init, out_shardings=out)(jax.random.PRNGKey(seed)))
 
 
@@ -400,6 +413,7 @@ def finetune(
   eval_batch_size: int,
   tf_augment: bool = True,
   frozen: bool = False,
+  fsdp_min_size: int = sharding.FSDP_MIN_SIZE,
 ) -> FineTuneResult:
   """Fine-tunes `encoder` from `encoder_variables` with a new linear head; top-1 on each test set.
 
@@ -407,6 +421,7 @@ def finetune(
   labels, `num_train` the global count; `tests` maps a name to this process's share of a test
   split (an `EvalSplit`, or arrays). `ft` is eval_config.finetune. The caller's arrays are
   never modified or donated. `frozen`: only the head learns (`evaluators.linear_sgd`).
+  `fsdp_min_size` (config.mesh's) lays out the state as training does.
   """
   sharding.check_batch_size(int(ft.batch_size), mesh, 'eval_config.finetune.batch_size')
   images, labels = train
@@ -446,7 +461,7 @@ def finetune(
   state = State(
     jnp.zeros((), jnp.int32), params, model_state, recipe.tx(0.0, params).init(params), rng
   )
-  state = _compiled_copy(mesh)(state)
+  state = _compiled_copy(mesh, fsdp_min_size)(state)
 
   spec = augment_defaults(int(images.shape[1]))
   spec.update(
@@ -466,7 +481,7 @@ def finetune(
     ),
     mesh,
   )
-  step_fn = _compiled_train_step(recipe, mesh)
+  step_fn = _compiled_train_step(recipe, mesh, fsdp_min_size)
   losses = []
   for step, learning_rate in enumerate(lrs):
     state, metrics = step_fn(state, next(batches), learning_rate)

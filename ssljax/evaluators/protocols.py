@@ -332,6 +332,7 @@ class _Run:
         images.shape[1:],
         int(ft.seed),
         self.mesh,
+        self.config.mesh.fsdp_min_size,
       )
     result = finetune_lib.finetune(
       self.method.encoder,
@@ -345,6 +346,7 @@ class _Run:
       eval_batch_size=self.ec.batch_size,
       tf_augment=data.source(self.config).uses_tensorflow,
       frozen=frozen,
+      fsdp_min_size=self.config.mesh.fsdp_min_size,
     )
     if not pretrained:
       self.supervised_cache.put(key, result.accuracy)

@@ -244,7 +244,7 @@ def stack_views(views: list[jax.Array]) -> jax.Array:
   """(N, H, W, C) x V -> (N * V, H, W, C), the V views of an example next to each other.
 
   Interleaving per example (not [all view 1; all view 2]) keeps every row on the device that
-  holds its example, so a batch sharded over 'data' needs no communication here.
+  holds its example, so a batch split over the mesh needs no communication here.
   """
   x = jnp.stack(views, axis=1)
   return x.reshape((-1,) + x.shape[2:])

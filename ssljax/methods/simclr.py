@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import ml_collections
 from jax.sharding import PartitionSpec as P
 
-from ssljax import losses, models
+from ssljax import losses, models, sharding
 from ssljax.config import defaults
 from ssljax.methods.base import (
   EncoderWithHead,
@@ -68,9 +68,11 @@ class SimCLR(Method):
     """(z1, z2, rng) -> the contrastive loss of the two views' projections (global arrays).
     NT-Xent runs per device: local rows against all-gathered columns (see losses.nt_xent)."""
     nt_xent = jax.shard_map(
-      functools.partial(losses.nt_xent, temperature=config.loss.temperature, axis_name='data'),
+      functools.partial(
+        losses.nt_xent, temperature=config.loss.temperature, axis_name=sharding.AXES
+      ),
       mesh=mesh,
-      in_specs=(P('data'), P('data')),
+      in_specs=(P(sharding.AXES), P(sharding.AXES)),
       out_specs=P(),
     )
     return lambda z1, z2, rng: nt_xent(z1, z2)

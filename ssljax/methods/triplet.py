@@ -7,7 +7,7 @@ import jax
 import ml_collections
 from jax.sharding import PartitionSpec as P
 
-from ssljax import losses
+from ssljax import losses, sharding
 from ssljax.methods.simclr import SimCLR
 
 
@@ -58,7 +58,9 @@ class Triplet(SimCLR):
         negatives=t.negatives,
         normalize=t.normalize,
         rng=jax.random.fold_in(rng, 1),
-        axis_name='data',
+        axis_name=sharding.AXES,
       )
 
-    return jax.shard_map(loss, mesh=mesh, in_specs=(P('data'), P('data'), P()), out_specs=P())
+    return jax.shard_map(
+      loss, mesh=mesh, in_specs=(P(sharding.AXES), P(sharding.AXES), P()), out_specs=P()
+    )

@@ -89,15 +89,17 @@ class StepLogger:
       logging.warning('%s', collapse.warning(done, reason, self.config))
       self.collapse_warned = True
     self.skipped.record(done)
-    self.bar.set_postfix(loss=f'{means["loss"]:.4f}', img_s=f'{means["images_per_sec"]:,.0f}')
+    rate = means['images_per_sec']
+    rate = f'{rate:,.0f}' if rate >= 10 else f'{rate:.2g}'  # a large model on a CPU: 0.4, not 0
+    self.bar.set_postfix(loss=f'{means["loss"]:.4f}', img_s=rate)
     self.bar.update(done - self.bar.n)
     if self.bar.disable:
       logging.info(
-        'step %d/%d loss %.4f %.0f img/s',
+        'step %d/%d loss %.4f %s img/s',
         done,
         self.total_steps,
         means['loss'],
-        means['images_per_sec'],
+        rate,
       )
     self.window, self.window_start, self.window_step = [], time.perf_counter(), done
     return None

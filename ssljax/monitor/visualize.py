@@ -14,7 +14,8 @@ Command line, on a finished or running run (reads WORKDIR/config.json and the la
   python -m ssljax.visualize reconstructions --workdir=DIR
 
 The pictures are drawn on process 0 with its first device from its share of the test split, so
-they cost no communication and never block the other processes.
+they cost no communication and never block the other processes (unless the parameters are split
+over processes, config.mesh.fsdp: then every process joins in gathering them first).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import jax
 import ml_collections
 import numpy as np
 from absl import app, flags, logging
+from jax.experimental import multihost_utils
 
 from ssljax import data, errors, models, paths
 from ssljax.config.checks import Checks
@@ -34,9 +36,22 @@ from ssljax.monitor import pictures
 from ssljax.restore import load_config, restore_latest
 
 
-def _local(tree):
-  """A copy of replicated global arrays on this process's first device (no collectives)."""
-  return jax.tree.map(lambda a: a.addressable_data(0) if isinstance(a, jax.Array) else a, tree)
+def _whole(tree):
+  """`tree`'s global arrays whole on this process: a replicated array's first local copy, a
+  split one (config.mesh.fsdp > 1) assembled from its shards. Where the shards live on several
+  processes that is a collective every process joins; otherwise nothing leaves the process."""
+  arrays = [a for a in jax.tree.leaves(tree) if isinstance(a, jax.Array)]
+  if all(a.is_fully_replicated or a.is_fully_addressable for a in arrays):
+    device = jax.local_devices()[0]
+    return jax.tree.map(
+      lambda a: (
+        (a.addressable_data(0) if a.is_fully_replicated else jax.device_put(a, device))
+        if isinstance(a, jax.Array)
+        else a
+      ),
+      tree,
+    )
+  return multihost_utils.process_allgather(tree, tiled=True)
 
 
 def check_config(checks: Checks) -> None:
@@ -54,11 +69,13 @@ class Pictures:
   def __init__(self, config: ml_collections.ConfigDict, method: Method, workdir: str):
     self.config, self.method = config, method
     self.directory = os.path.join(workdir, 'pictures')
-    self.enabled = jax.process_index() == 0 and (
+    # The same on every process: a state split over processes is gathered by all of them.
+    self.wanted = bool(
       config.visualize.embeddings
       or (config.visualize.attention and models.is_vit(config))
       or self._reconstructs()
     )
+    self.enabled = jax.process_index() == 0 and self.wanted
     if not self.enabled:
       return
     test = data.eval_split(config, 'test')
@@ -77,10 +94,12 @@ class Pictures:
     return self.config.visualize.reconstructions and self.method.reconstructs
 
   def draw(self, state: TrainState, step: int) -> None:
+    if not self.wanted:
+      return
+    params, model_state = _whole((state.params, state.model_state))
     if not self.enabled:
       return
     v = self.config.visualize
-    params, model_state = _local(state.params), _local(state.model_state)
     title = f'{self.config.name or self.config.method}  step {step}'
     if v.embeddings:
       bs = self.config.eval_config.batch_size
