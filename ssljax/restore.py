@@ -20,7 +20,7 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from ssljax import build, checkpoint, data, methods, paths, sharding
+from ssljax import build, checkpoint, data, methods, models, paths, sharding, weights
 from ssljax.config import defaults
 from ssljax.errors import ConfigError, RunNotFoundError
 from ssljax.methods import Method, TrainState
@@ -130,7 +130,9 @@ def encoder_variables(
   return method, method.encoder_variables(saved['params'], saved['model_state']), step
 
 
-def load_encoder(run_dir: str) -> tuple[Callable[[Any, jax.Array], jax.Array], dict]:
+def load_encoder(
+  run_dir: str, model: str = '', **options: Any
+) -> tuple[Callable[[Any, jax.Array], jax.Array], dict]:
   """(apply_fn, params) of a run's trained encoder, for use outside ssljax:
 
     apply_fn, params = ssljax.load_encoder('runs/simclr_digits')
@@ -139,9 +141,20 @@ def load_encoder(run_dir: str) -> tuple[Callable[[Any, jax.Array], jax.Array], d
   apply_fn is jitted, in inference mode (BatchNorm with its running statistics, no stochastic
   depth) and is a pure function of params, so it can be differentiated or fine-tuned as well.
   Images should have the size and channels the run was trained on (config.data.image_size).
+
+  `run_dir` may instead be a weight file (.safetensors, .pth: timm, torchvision, the official
+  DINO, MAE, I-JEPA checkpoints), `model` its timm name where the file does not say it, and
+  `options` image_size, channels, part, pixel_mean, pixel_std (`weights.import_encoder`); the
+  weights' own input standardization is applied, so images are in [0, 1] as above.
   """
-  method, variables, _ = encoder_variables(run_dir)
-  encoder = method.encoder
+  if weights.is_weight_file(run_dir):
+    imported = weights.import_encoder(run_dir, model, **options)
+    for line in imported.report:
+      logging.info('%s', line)
+    encoder, variables = models.build_encoder(imported.config), imported.variables
+  else:
+    method, variables, _ = encoder_variables(run_dir)
+    encoder = method.encoder
 
   @jax.jit
   def apply_fn(params, images):

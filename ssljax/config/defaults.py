@@ -72,6 +72,10 @@ def model_defaults() -> ml_collections.ConfigDict:
       stem='small',  # small (3x3 conv, no max-pool: 28-64 px) | imagenet (7x7/2 + max-pool)
       width=64,  # channels of the stem and, without stage_widths, of the first stage
       stage_widths=(),  # (): width doubling per stage; else one per stage (the last is h's)
+      # ResNets: how stride-2 convolutions and the max-pool pad: same (XLA's SAME, 2 before and 3
+      # after for the 7x7/2 stem) | torch (symmetric, as PyTorch, timm and the official SimCLR;
+      # weights imported from there need it). Runs saved without the field keep 'same'.
+      padding='same',
       proj_hidden=0,  # 0: the width of h
       proj_dim=128,
       proj_layers=2,

@@ -109,6 +109,7 @@ def check_config(checks: Checks) -> None:
   checks.count('model.pred_hidden', 0)
   if not is_vit(checks.config):
     checks.choice('model.stem', ('small', 'imagenet'))
+    checks.choice('model.padding', resnet_lib.PADDINGS)
     checks.count('model.width', 1)
     stages = len(resnet_lib.ARCHS[checks.value('model.encoder')][0])
     widths = checks.value('model.stage_widths')
@@ -194,6 +195,7 @@ def build_encoder(config: ml_collections.ConfigDict):
     pixel_mean=mean,
     pixel_std=std,
     kernels=resolve_kernels(config),
+    padding=m.get('padding', 'same'),
   )
 
 
