@@ -192,6 +192,7 @@ class WarmStart:
   variables: dict  # NumPy, only the names this run's encoder has, in its dtypes
   loaded: tuple[str, ...]  # variable names (by collection) present in both encoders
   not_loaded: tuple[str, ...]  # present in one only, each marked with where it is
+  notes: tuple[str, ...] = ()  # a weight file's: what each part became, what was left and why
 
 
 def prepare_warm_start(
@@ -204,6 +205,12 @@ def prepare_warm_start(
   source = config.get('init_from', '')
   if not source or checkpoint.latest_saved_step(workdir) is not None:
     return None
+  ours = method.encoder_variables(abstract_state.params, abstract_state.model_state)
+  if weights.is_weight_file(source):  # timm's, torchvision's, DINO's, MAE's, I-JEPA's weights
+    first = _flat(ours).get('params/patch_embed/kernel', _flat(ours).get('params/stem_conv/kernel'))
+    flat, report = weights.import_for_run(config, first.shape[2])
+    theirs, step = weights.names.nested(flat), 0
+    return _matched(source, step, theirs, ours, method, extra_notes=report)
   # ValueErrors, not FileNotFoundErrors: a bad config value, which ssljax.main reports as such.
   fix = (
     'config.init_from must be the workdir of an ssljax run with a checkpoint (config.json and '
@@ -219,7 +226,13 @@ def prepare_warm_start(
       f'{os.path.join(source, "checkpoints")}. {fix}'
     )
   _, theirs, step = encoder_variables(source, method.mesh)
-  ours = method.encoder_variables(abstract_state.params, abstract_state.model_state)
+  return _matched(source, step, theirs, ours, method)
+
+
+def _matched(
+  source: str, step: int, theirs: dict, ours: dict, method: Method, extra_notes: Any = ()
+) -> WarmStart:
+  """The WarmStart of `theirs` (another encoder's variables) into `ours`, by name and shape."""
   if isinstance(method.encoder, vit.ViT):  # blocks scanned in one run and not in the other
     theirs = vit.to_layout(theirs, scan=method.encoder.scan, depth=method.encoder.depth)
   theirs, ours = _flat(theirs), _flat(ours)
@@ -241,7 +254,9 @@ def prepare_warm_start(
   not_loaded = [f'{n} (only in this run)' for n in sorted(ours.keys() - theirs.keys())]
   not_loaded += [f'{n} (only in {source})' for n in sorted(theirs.keys() - ours.keys())]
   variables = {n: np.asarray(theirs[n], ours[n].dtype) for n in loaded}
-  return WarmStart(source, step, _unflat(variables), tuple(loaded), tuple(not_loaded))
+  return WarmStart(
+    source, step, _unflat(variables), tuple(loaded), tuple(not_loaded), tuple(extra_notes)
+  )
 
 
 def warm_start(method: Method, state: TrainState, warm: WarmStart) -> TrainState:
@@ -262,6 +277,8 @@ def warm_start(method: Method, state: TrainState, warm: WarmStart) -> TrainState
     f'into the encoder and its EMA copies:\n  {", ".join(warm.loaded)}\n'
     f'not loaded ({len(warm.not_loaded)}): {", ".join(warm.not_loaded) or "none"}'
   )
+  if warm.notes:
+    message += '\n  ' + '\n  '.join(warm.notes)
   logging.info('%s', message)
   if jax.process_index() == 0:
     print(message, flush=True)

@@ -250,7 +250,13 @@ def base_config(method: str = '', image_size: int = 32) -> ml_collections.Config
   c.seed = 0
   # Warm start: another run's workdir. A new run starts its encoder (online and every EMA copy)
   # from that run's latest encoder, by name and shape; heads start fresh (REMEDIS's pipeline).
+  # Or a weight file (.safetensors, .pth): timm's, torchvision's, the official DINO, MAE or
+  # I-JEPA checkpoints (docs/weights.md); init_from_model: its timm name where the file does not
+  # say it; init_from_part: the network of a file with two (DINO: teacher | student, I-JEPA:
+  # target_encoder | encoder; '': the evaluated one).
   c.init_from = ''
+  c.init_from_model = ''
+  c.init_from_part = ''
 
   c.data = data_defaults(image_size)
   c.augment = augment_defaults(image_size)

@@ -23,7 +23,7 @@ IMAGENET = (pixels.IMAGENET_MEAN, pixels.IMAGENET_STD)
 # timm tags (the part of a name after the dot) by the input statistics their weights expect.
 _HALF_TAGS = ('augreg', 'orig_in21k', 'sam')
 _IMAGENET_TAGS = ('dino', 'mae', 'ijepa', 'in1k_ijepa', 'in22k_ijepa', 'lvd142m')
-_NAME = re.compile(
+NAME = re.compile(
   r'^(?P<arch>vit_(?P<size>tiny|small|base|large|huge)_patch(?P<patch>\d+)(?P<rest>[a-z0-9_]*)'
   r'|resnet(?:18|34|50|101))(?:\.(?P<tag>\w+))?$'
 )
@@ -43,7 +43,7 @@ class Arch(NamedTuple):
 
 
 def parse_name(name: str) -> re.Match:
-  match = _NAME.match(name or '')
+  match = NAME.match(name or '')
   if not match:
     raise WeightsError(f'model={name!r} is not a model ssljax imports; give {NAMES_HELP}.')
   return match
@@ -69,10 +69,13 @@ def input_stats(
   return None
 
 
-def infer(state: Mapping[str, np.ndarray], name: str, path: str) -> Arch:
-  """The encoder `state` (timm's names) is; `name`, when given, must agree with it."""
+def infer(
+  state: Mapping[str, np.ndarray], name: str, path: str, kwargs: Mapping | None = None
+) -> Arch:
+  """The encoder `state` (timm's names) is; `name`, when given, must agree with it, unless
+  timm `kwargs` (ssljax.export's config.json) set the ViT's patch, width and heads."""
   if 'patch_embed.proj.weight' in state:
-    return _vit(state, name, path)
+    return _vit(state, name, path, kwargs or {})
   if 'conv1.weight' in state and 'layer1.0.conv1.weight' in state:
     return _resnet(state, name, path)
   raise WeightsError(
@@ -86,7 +89,7 @@ def _count(state: Mapping[str, np.ndarray], pattern: str) -> int:
   return max(found) + 1 if found else 0
 
 
-def _vit(state: Mapping[str, np.ndarray], name: str, path: str) -> Arch:
+def _vit(state: Mapping[str, np.ndarray], name: str, path: str, kwargs: Mapping) -> Arch:
   width, channels, patch, _ = state['patch_embed.proj.weight'].shape
   depth = _count(state, r'blocks\.(\d+)\.')
   cls = 'cls_token' in state
@@ -105,7 +108,7 @@ def _vit(state: Mapping[str, np.ndarray], name: str, path: str) -> Arch:
     if not match['arch'].startswith('vit'):
       raise WeightsError(f'{path} holds a ViT, but model={name!r} is a ResNet.')
     encoder = f'vit_{match["size"]}'
-    if int(match['patch']) != patch:
+    if int(match['patch']) != patch and 'patch_size' not in kwargs:
       raise WeightsError(f'{path}: patches are {patch} px, model={name!r} says {match["patch"]}.')
   elif width in sizes:
     encoder = sizes[width][0]
@@ -113,15 +116,18 @@ def _vit(state: Mapping[str, np.ndarray], name: str, path: str) -> Arch:
     raise WeightsError(
       f'{path}: a ViT {width} wide, no size ssljax names: give model=NAME ({NAMES_HELP}).'
     )
-  named_width, named_depth, _ = vit_lib.VIT_SIZES[encoder]
-  if width != named_width:
+  named_width, named_depth, named_heads = vit_lib.VIT_SIZES[encoder]
+  heads = kwargs.get('num_heads', named_heads)
+  if width != named_width and 'embed_dim' not in kwargs:
     raise WeightsError(f'{path}: a ViT {width} wide, but model={name!r} is {named_width} wide.')
   fields = dict(
     patch_size=int(patch),
     pos_embed='learned',
     cls_token=cls,
-    pool='cls' if cls else 'mean',
+    pool='cls' if cls and kwargs.get('global_pool', 'token') == 'token' else 'mean',
+    vit_width=0 if width == named_width else int(width),
     vit_depth=0 if depth == named_depth else depth,
+    vit_heads=0 if heads == named_heads else int(heads),
   )
   return Arch(encoder, int(channels), grid * int(patch), fields)
 

@@ -84,10 +84,8 @@ def _without_classifier(state: dict[str, np.ndarray]) -> tuple[dict[str, np.ndar
 def _dino(arrays: Mapping[str, np.ndarray], part: str, path: str) -> Parts:
   if part not in ('teacher', 'student'):
     raise WeightsError(f"{path}: a DINO checkpoint's part is 'teacher' or 'student', not {part!r}")
-  network = _strip(arrays, f'{part}/')
-  encoder = {
-    k.removeprefix('backbone.'): v for k, v in network.items() if not k.startswith('head.')
-  }
+  network = {k.removeprefix('backbone.'): v for k, v in _strip(arrays, f'{part}/').items()}
+  encoder = {k: v for k, v in network.items() if not k.startswith('head.')}
   unused = [f'{part}/{k} (the DINO head)' for k in sorted(network) if k.startswith('head.')]
   unused += _others(arrays, (f'{part}/',), f'not the {part} backbone')
   return Parts('dino', part, encoder, {}, {}, unused)

@@ -184,4 +184,3 @@ def nested(leaves: Mapping[str, np.ndarray]) -> dict:
       node = node.setdefault(p, {})
     node[last] = leaf
   return tree
-
