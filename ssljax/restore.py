@@ -107,6 +107,22 @@ def latest_state(
   return state
 
 
+def state_to_evaluate(
+  config: ml_collections.ConfigDict, run_dir: str, method: Method, init: Callable, mesh
+) -> TrainState:
+  """The run's latest state; for a run directory without a checkpoint whose config.init_from
+  is a weight file, the state initialised with that file's encoder: published weights
+  evaluated on your own data without training (python -m ssljax.evaluate)."""
+  source = config.get('init_from', '')
+  if checkpoint.latest_saved_step(run_dir) is not None or not weights.is_weight_file(source):
+    return latest_state(config, run_dir, init, mesh)
+  abstract = jax.eval_shape(init, jax.random.PRNGKey(0))
+  warm = prepare_warm_start(config, method, abstract, run_dir)
+  replicated = jax.tree.map(lambda _: sharding.replicated(mesh), abstract)
+  state = jax.jit(init, out_shardings=replicated)(jax.random.PRNGKey(config.seed))
+  return warm_start(method, state, warm)
+
+
 def restore_latest(config: ml_collections.ConfigDict, run_dir: str) -> tuple[Method, TrainState]:
   """The method and its latest saved state, on this process's devices."""
   mesh = sharding.make_mesh()
@@ -172,15 +188,7 @@ def _flat(tree: Any) -> dict[str, Any]:
   return {'/'.join(str(getattr(k, 'key', k)) for k in path): leaf for path, leaf in leaves}
 
 
-def _unflat(flat: dict[str, Any]) -> dict:
-  tree: dict = {}
-  for name, leaf in flat.items():
-    *parents, last = name.split('/')
-    node = tree
-    for p in parents:
-      node = node.setdefault(p, {})
-    node[last] = leaf
-  return tree
+_unflat = weights.names.nested  # the inverse of _flat
 
 
 @dataclasses.dataclass(frozen=True)

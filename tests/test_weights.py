@@ -10,6 +10,7 @@ import argparse
 import json
 import os
 import pickle
+import subprocess
 import sys
 
 import jax
@@ -148,7 +149,7 @@ class _Payload:
 def test_a_pickle_with_code_is_refused(tmp_path):
   path = tmp_path / 'evil.pth'
   with open(path, 'wb') as f:
-    pickle.dump({'patch_embed.proj.weight': _Payload()}, f)
+    pickle.dump({'patch_embed.proj.weight': _Payload()}, f, protocol=2)
   with pytest.raises(WeightsError, match=r'evil\.pth: refused to load.*weights_only=True'):
     import_encoder(str(path))
   assert not os.path.exists('ran') and not os.path.exists(tmp_path / 'ran')
@@ -257,7 +258,7 @@ def test_official_dino_mae_ijepa_layouts_load(tmp_path):
   torch.save({'model': encoder | decoder}, tmp_path / 'mae.pth')
   out = import_encoder(str(tmp_path / 'mae.pth'))
   assert out.layout == 'mae'
-  assert 'decoder: 19 arrays -> ssljax MAEDecoder (width 64, 1 blocks' in out.report[-1]
+  assert 'decoder: 19 arrays -> ssljax MAEDecoder (1 blocks' in out.report[-1]
   np.testing.assert_array_equal(out.variables['params']['pos_embed'], encoder['pos_embed'].numpy())
 
   context, target = _tiny_vit_state(4, cls=False), _tiny_vit_state(5, cls=False)
@@ -273,7 +274,7 @@ def test_official_dino_mae_ijepa_layouts_load(tmp_path):
   out = import_encoder(str(tmp_path / 'ijepa.pth'))
   assert out.layout == 'ijepa' and not out.config.model.cls_token
   assert out.config.model.pool == 'mean'
-  assert 'predictor: 19 arrays -> ssljax I-JEPA Predictor (width 96, 1 blocks' in out.report[-1]
+  assert 'predictor: 19 arrays -> ssljax I-JEPA Predictor (1 blocks' in out.report[-1]
   gap = _timm(
     'vit_tiny_patch16_224',
     5,
@@ -351,7 +352,7 @@ def test_export_loads_in_timm_strictly_and_round_trips(tmp_path, config_file, sh
   variables = jax.tree.map(np.asarray, encoder.init(jax.random.PRNGKey(1), images, train=False))
   state, meta = timm_form.timm_form(config, variables, channels=1)
   model = timm.create_model(meta['timm']['model'], pretrained=False, **meta['timm']['kwargs'])
-  model.load_state_dict({k: torch.from_numpy(v) for k, v in state.items()}, strict=True)
+  model.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in state.items()}, strict=True)
   h = np.asarray(encoder.apply(variables, images, train=False))
   assert _relative(h, _timm_h(model.eval(), images, meta['pixel_mean'], meta['pixel_std'])) <= 1e-5
 
@@ -369,3 +370,104 @@ def test_export_refuses_what_timm_cannot_express(config_file, shrink):
   config.model.stem = 'imagenet'
   with pytest.raises(WeightsError, match=r"padding='same'.*--config\.model\.padding=torch"):
     timm_form.timm_form(config, {'params': {}}, 1)
+
+
+# ----------------------------------------------------------------------------- slow: full size
+
+# (case, timm name, timm kwargs, load_encoder options, image side, channels, input statistics)
+FULL_SIZE = [
+  ('vit_tiny_patch16_224', 'vit_tiny_patch16_224', {}, {}, 224, 3, 'half'),
+  ('vit_small_patch16_224', 'vit_small_patch16_224', {}, {}, 224, 3, 'half'),
+  ('vit_base_patch16_224', 'vit_base_patch16_224', {}, {}, 224, 3, 'half'),
+  ('vit_large_patch14_224', 'vit_large_patch14_224', {}, {}, 224, 3, 'half'),
+  ('vit_small/16, 224 -> 160 px', 'vit_small_patch16_224', {}, {'image_size': 160}, 160, 3, 'half'),
+  ('vit_small/16, 1 channel', 'vit_small_patch16_224', {}, {'channels': 1}, 224, 1, 'half'),
+  ('resnet50', 'resnet50', {}, {}, 224, 3, 'imagenet'),
+  ('resnet50, 1 channel', 'resnet50', {}, {'channels': 1}, 224, 1, 'imagenet'),
+]
+
+
+@pytest.mark.slow  # full-size models at 224 px: about a minute
+@pytest.mark.parametrize('case', FULL_SIZE, ids=[c[0] for c in FULL_SIZE])
+def test_full_size_h_matches_timm(case, tmp_path):
+  from timm.layers import resample_abs_pos_embed
+  from timm.models import adapt_input_conv
+
+  label, name, kwargs, options, side, channels, stats = case
+  model = _timm(name, **kwargs)
+  path = _save(model, tmp_path / 'model.safetensors')
+  state = dict(model.state_dict())
+  first = 'patch_embed.proj.weight' if 'vit' in name else 'conv1.weight'
+  if channels == 1:
+    state[first] = adapt_input_conv(1, state[first])
+  if side != 224:
+    g = side // model.patch_embed.patch_size[0]
+    state['pos_embed'] = resample_abs_pos_embed(state['pos_embed'], (g, g))
+  reference = _timm(name, in_chans=channels, **({'img_size': side} if 'vit' in name else {}))
+  reference.load_state_dict(state, strict=True)
+  mean, std = (0.5, 0.5) if stats == 'half' else IMAGENET
+  if channels == 1:
+    mean, std = float(np.mean(mean)), float(np.mean(std))
+  images = _images(2, side, channels)
+  h = _ssljax_h(path, images, name, **options)
+  error = _relative(h, _timm_h(reference, images, mean, std))
+  print(f'\n| {label} | {h.shape[1]} | {error:.1e} |')
+  assert error <= 1e-4
+
+
+@pytest.mark.slow  # a DINO run on digits (20 steps), then the export command: ~1 minute
+def test_dino_digits_run_exported_loads_in_timm(tmp_path, config_file):
+  from ssljax import train
+
+  config = config_file('dino_digits.py')
+  config.total_steps, config.batch_size, config.eval = 20, 32, ()
+  config.health.images, config.report = 0, False
+  config.visualize.embeddings = config.visualize.attention = False
+  run, out = str(tmp_path / 'run'), str(tmp_path / 'export')
+  train.train_and_evaluate(config, run)
+  proc = subprocess.run(
+    [sys.executable, '-m', 'ssljax.export', f'--workdir={run}', f'--out={out}'],
+    cwd=ROOT,
+    env={**os.environ, 'JAX_PLATFORMS': 'cpu'},
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  meta = json.loads(open(os.path.join(out, 'config.json')).read())
+  assert meta['timm']['model'] == 'vit_tiny_patch16_224' and meta['source']['method'] == 'dino'
+
+  # The five lines of docs/weights.md.
+  from safetensors.torch import load_file
+
+  model = timm.create_model(meta['timm']['model'], pretrained=False, **meta['timm']['kwargs'])
+  model.load_state_dict(load_file(os.path.join(out, 'model.safetensors')), strict=True)
+  images = data.load_eval_split(restore.load_config(run), 'test')[0][:64]
+  theirs = _timm_h(model.eval(), images, meta['pixel_mean'], meta['pixel_std'])
+
+  apply_fn, params = ssljax.load_encoder(run)
+  h = np.asarray(apply_fn(params, images))
+  error = _relative(h, theirs)
+  print(f'\nDINO digits run in timm: max relative difference of h {error:.1e}')
+  assert error <= 1e-5
+  back_fn, back = ssljax.load_encoder(os.path.join(out, 'model.safetensors'))
+  jax.tree.map(np.testing.assert_array_equal, back, params)  # ssljax -> timm -> ssljax
+  np.testing.assert_array_equal(np.asarray(back_fn(back, images)), h)
+
+
+@pytest.mark.slow  # the three frozen-feature protocols on digits: ~30 s
+def test_evaluate_published_weights_without_training(tmp_path, config_file, shrink):
+  from ssljax import evaluate
+
+  config = shrink(config_file('dino_digits.py'), source='digits')
+  m = config.model
+  m.vit_width, m.vit_depth, m.vit_heads, m.patch_size = 0, 1, 0, 8
+  m.pixel_mean, m.pixel_std = (0.45,), (0.23,)
+  weights = _timm('vit_tiny_patch16_224', img_size=16, patch_size=8, depth=1)
+  config.init_from = _save(weights, tmp_path / 'w.pth')
+  config.init_from_model = 'vit_tiny_patch8_224'
+  config.name = 'published'
+  out = evaluate.evaluate_run(config, str(tmp_path / 'run'))
+  assert set(out['pretrained']) == {'linear', 'linear_2_per_class', 'knn'} and out['step'] == 0
+  assert out['pretrained'] != out['random_init']
+  assert os.path.exists(tmp_path / 'run' / 'eval.json')

@@ -38,27 +38,26 @@ def _map(arrays: Mapping[str, np.ndarray], pairs: list, path: str) -> dict[str, 
   return flat
 
 
+def _part(
+  arrays: Mapping[str, np.ndarray], path: str, what: str, prefix: str, cls_row: bool, pairs
+) -> tuple[dict, str]:
+  """(variables by path, a report line) of a `prefix`_* network; `what` names ssljax's."""
+  arrays = dict(arrays)
+  pos = f'{prefix}_pos_embed'
+  _check_sincos(arrays.pop(pos), pos, path, prefix=int(cls_row))
+  depth = _depth(arrays, f'{prefix}_blocks')
+  flat = _map(arrays, pairs(depth), path)
+  return flat, (
+    f'{prefix}: {len(flat)} arrays -> ssljax {what} ({depth} blocks; {pos}: the fixed sin-cos '
+    'table, equal)'
+  )
+
+
 def mae_decoder(arrays: Mapping[str, np.ndarray], path: str) -> tuple[dict, str]:
   """(MAEDecoder variables by path, a report line) of MAE's decoder arrays."""
-  arrays = dict(arrays)
-  _check_sincos(arrays.pop('decoder_pos_embed'), 'decoder_pos_embed', path, prefix=1)
-  depth = _depth(arrays, 'decoder_blocks')
-  flat = _map(arrays, names.mae_decoder_pairs(depth), path)
-  width = flat['params/Dense_0/kernel'].shape[1]
-  return flat, (
-    f'decoder: {len(flat)} arrays -> ssljax MAEDecoder (width {width}, {depth} blocks; '
-    'decoder_pos_embed: the fixed sin-cos table, equal)'
-  )
+  return _part(arrays, path, 'MAEDecoder', 'decoder', True, names.mae_decoder_pairs)
 
 
 def ijepa_predictor(arrays: Mapping[str, np.ndarray], path: str) -> tuple[dict, str]:
   """(Predictor variables by path, a report line) of I-JEPA's predictor arrays."""
-  arrays = dict(arrays)
-  _check_sincos(arrays.pop('predictor_pos_embed'), 'predictor_pos_embed', path, prefix=0)
-  depth = _depth(arrays, 'predictor_blocks')
-  flat = _map(arrays, names.ijepa_predictor_pairs(depth), path)
-  width = flat['params/embed/kernel'].shape[1]
-  return flat, (
-    f'predictor: {len(flat)} arrays -> ssljax I-JEPA Predictor (width {width}, {depth} blocks; '
-    'predictor_pos_embed: the fixed sin-cos table, equal)'
-  )
+  return _part(arrays, path, 'I-JEPA Predictor', 'predictor', False, names.ijepa_predictor_pairs)
