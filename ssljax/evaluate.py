@@ -5,7 +5,9 @@ budgets, after the run ended or while it trains.
 
 The config is the run's own (RUN/config.json) unless --config names another; --config.* overrides
 either, e.g. --config.eval_config.few_per_class=10. Writes RUN/eval.json, shaped like
-results.json; results.json and the checkpoints are never touched.
+results.json; results.json and the checkpoints are never touched. A RUN without a checkpoint,
+with --config=configs/X.py --config.init_from=WEIGHTS.pth, evaluates published weights
+(docs/weights.md).
 """
 
 from __future__ import annotations
@@ -42,7 +44,7 @@ def evaluate_run(config: ml_collections.ConfigDict, run_dir: str) -> dict:
   mesh = sharding.make_mesh(config.mesh)
   train.validate(config, mesh)  # the run's config with any --config.* override
   method, _, _, init, _ = build.build_run(config, mesh, data.dataset_info(config))
-  state = restore.latest_state(config, run_dir, init, mesh)
+  state = restore.state_to_evaluate(config, run_dir, method, init, mesh)
   # The random-init baseline, initialised exactly as in training.
   init = jax.jit(init, out_shardings=build.state_layout(config, mesh, init)[1])
   logging.info('Evaluating %s at step %d', run_dir, int(state.step))

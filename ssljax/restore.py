@@ -20,7 +20,7 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from ssljax import build, checkpoint, data, methods, paths, sharding
+from ssljax import build, checkpoint, data, methods, models, paths, sharding, weights
 from ssljax.config import defaults
 from ssljax.errors import ConfigError, RunNotFoundError
 from ssljax.methods import Method, TrainState
@@ -108,6 +108,21 @@ def latest_state(
   return state
 
 
+def state_to_evaluate(
+  config: ml_collections.ConfigDict, run_dir: str, method: Method, init: Callable, mesh
+) -> TrainState:
+  """The run's latest state; for a run directory without a checkpoint whose config.init_from
+  is a weight file, the state initialised with that file's encoder: published weights
+  evaluated on your own data without training (python -m ssljax.evaluate)."""
+  source = config.get('init_from', '')
+  if checkpoint.latest_saved_step(run_dir) is not None or not weights.is_weight_file(source):
+    return latest_state(config, run_dir, init, mesh)
+  abstract, layout = build.state_layout(config, mesh, init)
+  warm = prepare_warm_start(config, method, abstract, run_dir)
+  state = jax.jit(init, out_shardings=layout)(jax.random.PRNGKey(config.seed))
+  return warm_start(method, state, warm)
+
+
 def restore_latest(config: ml_collections.ConfigDict, run_dir: str) -> tuple[Method, TrainState]:
   """The method and its latest saved state, on the mesh config.mesh asks for."""
   mesh = sharding.make_mesh(config.get('mesh'))
@@ -131,7 +146,9 @@ def encoder_variables(
   return method, method.encoder_variables(saved['params'], saved['model_state']), step
 
 
-def load_encoder(run_dir: str) -> tuple[Callable[[Any, jax.Array], jax.Array], dict]:
+def load_encoder(
+  run_dir: str, model: str = '', **options: Any
+) -> tuple[Callable[[Any, jax.Array], jax.Array], dict]:
   """(apply_fn, params) of a run's trained encoder, for use outside ssljax:
 
     apply_fn, params = ssljax.load_encoder('runs/simclr_digits')
@@ -140,9 +157,20 @@ def load_encoder(run_dir: str) -> tuple[Callable[[Any, jax.Array], jax.Array], d
   apply_fn is jitted, in inference mode (BatchNorm with its running statistics, no stochastic
   depth) and is a pure function of params, so it can be differentiated or fine-tuned as well.
   Images should have the size and channels the run was trained on (config.data.image_size).
+
+  `run_dir` may instead be a weight file (.safetensors, .pth: timm, torchvision, the official
+  DINO, MAE, I-JEPA checkpoints), `model` its timm name where the file does not say it, and
+  `options` image_size, channels, part, pixel_mean, pixel_std (`weights.import_encoder`); the
+  weights' own input standardization is applied, so images are in [0, 1] as above.
   """
-  method, variables, _ = encoder_variables(run_dir)
-  encoder = method.encoder
+  if weights.is_weight_file(run_dir):
+    imported = weights.import_encoder(run_dir, model, **options)
+    for line in imported.report:
+      logging.info('%s', line)
+    encoder, variables = models.build_encoder(imported.config), imported.variables
+  else:
+    method, variables, _ = encoder_variables(run_dir)
+    encoder = method.encoder
 
   @jax.jit
   def apply_fn(params, images):
@@ -160,15 +188,7 @@ def _flat(tree: Any) -> dict[str, Any]:
   return {'/'.join(str(getattr(k, 'key', k)) for k in path): leaf for path, leaf in leaves}
 
 
-def _unflat(flat: dict[str, Any]) -> dict:
-  tree: dict = {}
-  for name, leaf in flat.items():
-    *parents, last = name.split('/')
-    node = tree
-    for p in parents:
-      node = node.setdefault(p, {})
-    node[last] = leaf
-  return tree
+_unflat = weights.names.nested  # the inverse of _flat
 
 
 @dataclasses.dataclass(frozen=True)
@@ -180,6 +200,7 @@ class WarmStart:
   variables: dict  # NumPy, only the names this run's encoder has, in its dtypes
   loaded: tuple[str, ...]  # variable names (by collection) present in both encoders
   not_loaded: tuple[str, ...]  # present in one only, each marked with where it is
+  notes: tuple[str, ...] = ()  # a weight file's: what each part became, what was left and why
 
 
 def prepare_warm_start(
@@ -192,6 +213,12 @@ def prepare_warm_start(
   source = config.get('init_from', '')
   if not source or checkpoint.latest_saved_step(workdir) is not None:
     return None
+  ours = method.encoder_variables(abstract_state.params, abstract_state.model_state)
+  if weights.is_weight_file(source):  # timm's, torchvision's, DINO's, MAE's, I-JEPA's weights
+    first = _flat(ours).get('params/patch_embed/kernel', _flat(ours).get('params/stem_conv/kernel'))
+    flat, report = weights.import_for_run(config, first.shape[2])
+    theirs, step = weights.names.nested(flat), 0
+    return _matched(source, step, theirs, ours, method, extra_notes=report)
   # ValueErrors, not FileNotFoundErrors: a bad config value, which ssljax.main reports as such.
   fix = (
     'config.init_from must be the workdir of an ssljax run with a checkpoint (config.json and '
@@ -207,7 +234,13 @@ def prepare_warm_start(
       f'{os.path.join(source, "checkpoints")}. {fix}'
     )
   _, theirs, step = encoder_variables(source, method.mesh)
-  ours = method.encoder_variables(abstract_state.params, abstract_state.model_state)
+  return _matched(source, step, theirs, ours, method)
+
+
+def _matched(
+  source: str, step: int, theirs: dict, ours: dict, method: Method, extra_notes: Any = ()
+) -> WarmStart:
+  """The WarmStart of `theirs` (another encoder's variables) into `ours`, by name and shape."""
   if isinstance(method.encoder, vit.ViT):  # blocks scanned in one run and not in the other
     theirs = vit.to_layout(theirs, scan=method.encoder.scan, depth=method.encoder.depth)
   theirs, ours = _flat(theirs), _flat(ours)
@@ -229,7 +262,9 @@ def prepare_warm_start(
   not_loaded = [f'{n} (only in this run)' for n in sorted(ours.keys() - theirs.keys())]
   not_loaded += [f'{n} (only in {source})' for n in sorted(theirs.keys() - ours.keys())]
   variables = {n: np.asarray(theirs[n], ours[n].dtype) for n in loaded}
-  return WarmStart(source, step, _unflat(variables), tuple(loaded), tuple(not_loaded))
+  return WarmStart(
+    source, step, _unflat(variables), tuple(loaded), tuple(not_loaded), tuple(extra_notes)
+  )
 
 
 def warm_start(method: Method, state: TrainState, warm: WarmStart) -> TrainState:
@@ -250,6 +285,8 @@ def warm_start(method: Method, state: TrainState, warm: WarmStart) -> TrainState
     f'into the encoder and its EMA copies:\n  {", ".join(warm.loaded)}\n'
     f'not loaded ({len(warm.not_loaded)}): {", ".join(warm.not_loaded) or "none"}'
   )
+  if warm.notes:
+    message += '\n  ' + '\n  '.join(warm.notes)
   logging.info('%s', message)
   if jax.process_index() == 0:
     print(message, flush=True)

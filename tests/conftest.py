@@ -31,6 +31,12 @@ import pytest  # noqa: E402
 
 jax.config.update('jax_num_cpu_devices', 8)
 
+# tests/test_weights.py compares against timm. With a CUDA build of torch, timm's torchvision
+# loads triton, whose LLVM crashes the process when TensorFlow's is already loaded (every worker
+# collects modules that import TensorFlow): there, timm is imported first. CPU wheels lack triton.
+if importlib.util.find_spec('triton') and importlib.util.find_spec('timm'):
+  import timm  # noqa: E402, F401
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = sorted(glob.glob(os.path.join(ROOT, 'configs', '*.py')))
 # Programs that compile faster than this are not worth a file.

@@ -73,6 +73,10 @@ def model_defaults() -> ml_collections.ConfigDict:
       stem='small',  # small (3x3 conv, no max-pool: 28-64 px) | imagenet (7x7/2 + max-pool)
       width=64,  # channels of the stem and, without stage_widths, of the first stage
       stage_widths=(),  # (): width doubling per stage; else one per stage (the last is h's)
+      # ResNets: how stride-2 convolutions and the max-pool pad: same (XLA's SAME, 2 before and 3
+      # after for the 7x7/2 stem) | torch (symmetric, as PyTorch, timm and the official SimCLR;
+      # weights imported from there need it). Runs saved without the field keep 'same'.
+      padding='same',
       proj_hidden=0,  # 0: the width of h
       proj_dim=128,
       proj_layers=2,
@@ -247,7 +251,13 @@ def base_config(method: str = '', image_size: int = 32) -> ml_collections.Config
   c.seed = 0
   # Warm start: another run's workdir. A new run starts its encoder (online and every EMA copy)
   # from that run's latest encoder, by name and shape; heads start fresh (REMEDIS's pipeline).
+  # Or a weight file (.safetensors, .pth): timm's, torchvision's, the official DINO, MAE or
+  # I-JEPA checkpoints (docs/weights.md); init_from_model: its timm name where the file does not
+  # say it; init_from_part: the network of a file with two (DINO: teacher | student, I-JEPA:
+  # target_encoder | encoder; '': the evaluated one).
   c.init_from = ''
+  c.init_from_model = ''
+  c.init_from_part = ''
 
   c.data = data_defaults(image_size)
   c.augment = augment_defaults(image_size)

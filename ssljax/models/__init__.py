@@ -5,7 +5,7 @@ from __future__ import annotations
 import jax.numpy as jnp
 import ml_collections
 
-from ssljax.config.checks import Checks
+from ssljax.config.checks import MISSING, Checks
 from ssljax.config.views import view_specs_if_valid
 from ssljax.errors import ConfigError
 from ssljax.models import kernels as kernels_lib
@@ -96,8 +96,25 @@ def check_channels(config: ml_collections.ConfigDict, channels: int) -> None:
       )
 
 
+def _check_init_from(checks: Checks) -> None:
+  """init_from_model and init_from_part go with a weight file in config.init_from."""
+  from ssljax.weights import architectures, files
+
+  source, model = checks.value('init_from'), checks.value('init_from_model')
+  part = checks.value('init_from_part')
+  is_file = isinstance(source, str) and files.is_weight_file(source)
+  for field, value in (('init_from_model', model), ('init_from_part', part)):
+    if value not in ('', MISSING) and not is_file:
+      checks.fail(field, 'only with a weight file in config.init_from (.safetensors, .pth)', '')
+  if isinstance(model, str) and model and not architectures.NAME.match(model):
+    checks.fail('init_from_model', architectures.NAMES_HELP, 'vit_small_patch16_224.dino')
+  checks.choice('init_from_part', ('', 'teacher', 'student', 'target_encoder', 'encoder'))
+
+
 def check_config(checks: Checks) -> None:
-  """Records every problem of config.model: names, sizes, a ViT patch that tiles every view."""
+  """Records every problem of config.model: names, sizes, a ViT patch that tiles every view;
+  and of the weight file config.init_from may name."""
+  _check_init_from(checks)
   if not checks.choice('model.encoder', ENCODERS):
     return
   _check_pixel_stats(checks)
@@ -109,6 +126,7 @@ def check_config(checks: Checks) -> None:
   checks.count('model.pred_hidden', 0)
   if not is_vit(checks.config):
     checks.choice('model.stem', ('small', 'imagenet'))
+    checks.choice('model.padding', resnet_lib.PADDINGS)
     checks.count('model.width', 1)
     stages = len(resnet_lib.ARCHS[checks.value('model.encoder')][0])
     widths = checks.value('model.stage_widths')
@@ -194,6 +212,7 @@ def build_encoder(config: ml_collections.ConfigDict):
     pixel_mean=mean,
     pixel_std=std,
     kernels=resolve_kernels(config),
+    padding=m.get('padding', 'same'),
   )
 
 

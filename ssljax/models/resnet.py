@@ -2,6 +2,10 @@
 
 The `small` stem (3x3 conv, stride 1, no max-pool) is what SimCLR uses on CIFAR: on 28-64 px
 inputs the ImageNet stem would shrink the image 4x before the first block.
+
+`padding` says how stride-2 convolutions and the max-pool pad: 'same' as XLA's SAME (the 7x7/2
+stem: 2 pixels before, 3 after), ssljax's own; 'torch' symmetrically (3 and 3), as PyTorch, timm
+and the official SimCLR code, which weights made there need (ssljax.weights).
 """
 
 from __future__ import annotations
@@ -74,16 +78,26 @@ class ResNet(nn.Module):
   pixel_mean: tuple[float, ...] = (0.0,)  # standardized per channel before the stem
   pixel_std: tuple[float, ...] = (1.0,)
   kernels: Kernels = XLA  # the convolution and BatchNorm (ssljax.models.kernels)
+  padding: str = 'same'  # one of PADDINGS
 
   @nn.compact
   def __call__(self, x, *, train: bool):
-    conv = functools.partial(
-      nn.Conv,
-      use_bias=False,
-      dtype=self.dtype,
-      padding='SAME',
-      conv_general_dilated=self.kernels.conv_general_dilated,
-    )
+    if self.padding not in PADDINGS:
+      raise ValueError(f'model.padding must be one of {PADDINGS}, got {self.padding!r}')
+
+    def conv(features, kernel_size, strides=1, **kwargs):
+      pads = 'SAME' if self.padding == 'same' else [(k // 2, k // 2) for k in kernel_size]
+      return nn.Conv(
+        features,
+        kernel_size,
+        strides,
+        use_bias=False,
+        dtype=self.dtype,
+        padding=pads,
+        conv_general_dilated=self.kernels.conv_general_dilated,
+        **kwargs,
+      )
+
     # BatchNorm statistics are means over the batch axis of a global (sharded) array, so under
     # jit they are taken over the whole global batch: per-device statistics would leak which
     # examples sit together, a shortcut to the positive pair (SimCLR section 3, "Global BN").
@@ -98,7 +112,8 @@ class ResNet(nn.Module):
     if self.stem == 'imagenet':
       x = conv(self.width, (7, 7), (2, 2), name='stem_conv')(x)
       x = nn.relu(norm(name='stem_bn')(x))
-      x = nn.max_pool(x, (3, 3), strides=(2, 2), padding='SAME')
+      pool_pads = 'SAME' if self.padding == 'same' else ((1, 1), (1, 1))
+      x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=pool_pads)
     elif self.stem == 'small':
       x = conv(self.width, (3, 3), name='stem_conv')(x)
       x = nn.relu(norm(name='stem_bn')(x))
@@ -111,6 +126,8 @@ class ResNet(nn.Module):
         x = self.block(filters, strides, conv=conv, norm=norm)(x)
     return jnp.mean(x, axis=(1, 2)).astype(jnp.float32)
 
+
+PADDINGS = ('same', 'torch')
 
 ARCHS = {
   'resnet18': ((2, 2, 2, 2), BasicBlock),
@@ -135,6 +152,7 @@ def resnet(
   pixel_mean: tuple[float, ...] = (0.0,),
   pixel_std: tuple[float, ...] = (1.0,),
   kernels: Kernels = XLA,
+  padding: str = 'same',
 ) -> ResNet:
   """Builds a ResNet by name ('resnet18', 'resnet34', 'resnet50', 'resnet101')."""
   if name not in ARCHS:
@@ -150,6 +168,7 @@ def resnet(
     pixel_mean=pixel_mean,
     pixel_std=pixel_std,
     kernels=kernels,
+    padding=padding,
   )
 
 
