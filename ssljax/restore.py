@@ -201,6 +201,33 @@ class WarmStart:
   loaded: tuple[str, ...]  # variable names (by collection) present in both encoders
   not_loaded: tuple[str, ...]  # present in one only, each marked with where it is
   notes: tuple[str, ...] = ()  # a weight file's: what each part became, what was left and why
+  # A weight file's networks beside the encoder, by the name of the method's module they fill
+  # (MAE's decoder, I-JEPA's predictor): {'decoder': {'params': ...}}, NumPy.
+  parts: dict = dataclasses.field(default_factory=dict)
+
+
+def _matched_parts(source: str, others: dict, params: Any) -> dict:
+  """`others` ({module name: variables by path}) checked against the run's modules of those
+  names, every variable by name and shape: a part loads whole or the run stops, naming why."""
+  matched = {}
+  for name, flat in others.items():
+    if name not in params:
+      continue  # the method has no such module (an MAE file warm-starting DINO): encoder only
+    ours = _flat({'params': params[name]})
+    differ = sorted(ours.keys() ^ flat.keys())
+    differ += [
+      f'{k} (shape {np.shape(flat[k])} there, {tuple(ours[k].shape)} here)'
+      for k in sorted(ours.keys() & flat.keys())
+      if np.shape(flat[k]) != tuple(ours[k].shape)
+    ]
+    if differ:
+      raise ConfigError(
+        f"config.init_from={source!r}: its {name} does not fit this run's: "
+        f"{', '.join(differ[:6])}. Set the sizes of the method's {name} (depth, width, "
+        "heads) to the file's, or use a file without one."
+      )
+    matched[name] = _unflat({k: np.asarray(v, ours[k].dtype) for k, v in flat.items()})
+  return matched
 
 
 def prepare_warm_start(
@@ -216,9 +243,10 @@ def prepare_warm_start(
   ours = method.encoder_variables(abstract_state.params, abstract_state.model_state)
   if weights.is_weight_file(source):  # timm's, torchvision's, DINO's, MAE's, I-JEPA's weights
     first = _flat(ours).get('params/patch_embed/kernel', _flat(ours).get('params/stem_conv/kernel'))
-    flat, report = weights.import_for_run(config, first.shape[2])
+    flat, report, others = weights.import_for_run(config, first.shape[2])
     theirs, step = weights.names.nested(flat), 0
-    return _matched(source, step, theirs, ours, method, extra_notes=report)
+    warm = _matched(source, step, theirs, ours, method, extra_notes=report)
+    return dataclasses.replace(warm, parts=_matched_parts(source, others, abstract_state.params))
   # ValueErrors, not FileNotFoundErrors: a bad config value, which ssljax.main reports as such.
   fix = (
     'config.init_from must be the workdir of an ssljax run with a checkpoint (config.json and '
@@ -280,6 +308,9 @@ def warm_start(method: Method, state: TrainState, warm: WarmStart) -> TrainState
 
   variables = _unflat({n: place(n, v) for n, v in _flat(warm.variables).items()})
   params, model_state = method.warm_start(state.params, state.model_state, variables)
+  for name, part in warm.parts.items():  # a weight file's decoder or predictor, whole
+    shardings.update({n: leaf.sharding for n, leaf in _flat({'params': params[name]}).items()})
+    params = {**params, name: _unflat({n: place(n, v) for n, v in _flat(part).items()})['params']}
   message = (
     f'init_from {warm.source} (step {warm.step}): loaded {len(warm.loaded)} encoder variables '
     f'into the encoder and its EMA copies:\n  {", ".join(warm.loaded)}\n'
@@ -287,6 +318,8 @@ def warm_start(method: Method, state: TrainState, warm: WarmStart) -> TrainState
   )
   if warm.notes:
     message += '\n  ' + '\n  '.join(warm.notes)
+  for name, part in warm.parts.items():
+    message += f'\nloaded its {name}: {len(_flat(part))} variables'
   logging.info('%s', message)
   if jax.process_index() == 0:
     print(message, flush=True)

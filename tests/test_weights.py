@@ -210,6 +210,31 @@ def _ijepa_predictor(width: int, pred: int, grid: int) -> dict:
   return state | {f'predictor_blocks.0.{k}': v for k, v in block.items()}
 
 
+def _mae_checkpoint(path):
+  """(encoder, decoder) state dicts saved at `path` with the keys of MAE's misc.save_model: a
+  ViT-Ti/16 encoder of one block at 32 px and a decoder 64 wide, one block, 2 heads."""
+  encoder = _tiny_vit_state(3)
+  encoder['pos_embed'] = torch.cat(
+    [torch.zeros(1, 1, 192), torch.from_numpy(vit.sincos_2d(192, 2, 2))[None]], dim=1
+  )
+  decoder = {
+    'mask_token': torch.zeros(1, 1, 64),
+    'decoder_embed.weight': torch.randn(64, 192),
+    'decoder_embed.bias': torch.randn(64),
+    'decoder_pos_embed': torch.cat(
+      [torch.zeros(1, 1, 64), torch.from_numpy(vit.sincos_2d(64, 2, 2))[None]], dim=1
+    ),
+    'decoder_norm.weight': torch.ones(64),
+    'decoder_norm.bias': torch.zeros(64),
+    'decoder_pred.weight': torch.randn(768, 64),
+    'decoder_pred.bias': torch.randn(768),
+  }
+  block = timm.models.vision_transformer.Block(64, 2, qkv_bias=True).state_dict()
+  decoder |= {f'decoder_blocks.0.{k}': v for k, v in block.items()}
+  torch.save({'model': encoder | decoder}, path)
+  return encoder, decoder
+
+
 def test_official_dino_mae_ijepa_layouts_load(tmp_path):
   """Checkpoints with each official repository's keys (DINO's main_dino.py save_dict, MAE's
   misc.save_model, I-JEPA's train.py save_checkpoint): the evaluated network becomes the
@@ -237,25 +262,7 @@ def test_official_dino_mae_ijepa_layouts_load(tmp_path):
     student_out.variables['params']['cls_token'], student['cls_token'].numpy()
   )
 
-  encoder = _tiny_vit_state(3)
-  encoder['pos_embed'] = torch.cat(
-    [torch.zeros(1, 1, 192), torch.from_numpy(vit.sincos_2d(192, 2, 2))[None]], dim=1
-  )
-  decoder = {
-    'mask_token': torch.zeros(1, 1, 64),
-    'decoder_embed.weight': torch.randn(64, 192),
-    'decoder_embed.bias': torch.randn(64),
-    'decoder_pos_embed': torch.cat(
-      [torch.zeros(1, 1, 64), torch.from_numpy(vit.sincos_2d(64, 2, 2))[None]], dim=1
-    ),
-    'decoder_norm.weight': torch.ones(64),
-    'decoder_norm.bias': torch.zeros(64),
-    'decoder_pred.weight': torch.randn(768, 64),
-    'decoder_pred.bias': torch.randn(768),
-  }
-  block = timm.models.vision_transformer.Block(64, 2, qkv_bias=True).state_dict()
-  decoder |= {f'decoder_blocks.0.{k}': v for k, v in block.items()}
-  torch.save({'model': encoder | decoder}, tmp_path / 'mae.pth')
+  encoder, decoder = _mae_checkpoint(tmp_path / 'mae.pth')
   out = import_encoder(str(tmp_path / 'mae.pth'))
   assert out.layout == 'mae'
   assert 'decoder: 19 arrays -> ssljax MAEDecoder (1 blocks' in out.report[-1]
@@ -320,6 +327,73 @@ def test_init_from_a_weight_file(tmp_path, config_file, shrink):
   )
   assert any('3 input channels adapted to 1' in n for n in warm.notes)
   assert any('resampled from 5 rows to 2' in n for n in warm.notes)
+
+
+def test_init_from_an_official_mae_checkpoint_loads_its_decoder(tmp_path, config_file, shrink):
+  """An MAE run from MAE's own checkpoint: the encoder and the decoder are the file's (so
+  pretraining goes on where the authors stopped); a decoder of another size is refused."""
+  _, decoder = _mae_checkpoint(tmp_path / 'mae.pth')
+  config = shrink(config_file('mae_digits.py'))  # synthetic RGB: the decoder predicts 16x16x3
+  config.data.image_size = config.augment.image_size = 32
+  m = config.model
+  m.vit_width, m.vit_depth, m.vit_heads, m.patch_size = 0, 1, 0, 16
+  m.pixel_mean, m.pixel_std = pixels.IMAGENET_MEAN, pixels.IMAGENET_STD
+  config.mae.decoder_width, config.mae.decoder_depth, config.mae.decoder_heads = 64, 2, 2
+  config.init_from = str(tmp_path / 'mae.pth')
+  mesh = sharding.make_mesh()
+
+  def warm_start():
+    method, _, _, init, _ = build.build_run(config, mesh, data.dataset_info(config))
+    abstract = jax.eval_shape(init, jax.random.PRNGKey(0))
+    warm = restore.prepare_warm_start(config, method, abstract, str(tmp_path / 'run'))
+    fresh = jax.jit(init)(jax.random.PRNGKey(0))
+    return restore.warm_start(method, fresh, warm), warm
+
+  with pytest.raises(ConfigError, match=r'its decoder does not fit.*Block_1'):
+    warm_start()
+  config.mae.decoder_depth = 1
+  state, warm = warm_start()
+  loaded = state.params['decoder']
+  assert len(jax.tree.leaves(loaded)) == len(jax.tree.leaves(warm.parts['decoder'])) == 19
+  np.testing.assert_array_equal(loaded['Dense_0']['kernel'], decoder['decoder_embed.weight'].T)
+  np.testing.assert_array_equal(loaded['Dense_1']['bias'], decoder['decoder_pred.bias'])
+  np.testing.assert_array_equal(
+    loaded['Block_0']['mlp']['fc2']['kernel'], decoder['decoder_blocks.0.mlp.fc2.weight'].T
+  )
+
+
+def test_init_from_an_official_ijepa_checkpoint_loads_its_predictor(tmp_path, config_file, shrink):
+  """An I-JEPA run from I-JEPA's own checkpoint: the target encoder and the predictor are the
+  file's, every variable of ssljax's Predictor filled by name and shape."""
+  predictor = _ijepa_predictor(192, 96, 2)
+  target = _tiny_vit_state(5, cls=False)
+  target['pos_embed'] = torch.from_numpy(vit.sincos_2d(192, 2, 2))[None]  # I-JEPA's fixed table
+  checkpoint = {
+    'encoder': {f'module.{k}': v for k, v in _tiny_vit_state(4, cls=False).items()},
+    'target_encoder': {f'module.{k}': v for k, v in target.items()},
+    'predictor': {f'module.{k}': v for k, v in predictor.items()},
+  }
+  torch.save(checkpoint, tmp_path / 'ijepa.pth')
+  config = shrink(config_file('ijepa_digits.py'))
+  config.data.image_size = config.augment.image_size = 32
+  m = config.model
+  m.vit_width, m.vit_depth, m.vit_heads, m.patch_size = 0, 1, 0, 16
+  m.pixel_mean, m.pixel_std = pixels.IMAGENET_MEAN, pixels.IMAGENET_STD
+  config.ijepa.pred_width, config.ijepa.pred_depth, config.ijepa.pred_heads = 96, 1, 2
+  config.ijepa.min_keep = 1  # a 2x2 grid
+  config.init_from = str(tmp_path / 'ijepa.pth')
+  mesh = sharding.make_mesh()
+  method, _, _, init, _ = build.build_run(config, mesh, data.dataset_info(config))
+  abstract = jax.eval_shape(init, jax.random.PRNGKey(0))
+  warm = restore.prepare_warm_start(config, method, abstract, str(tmp_path / 'run'))
+  state = restore.warm_start(method, jax.jit(init)(jax.random.PRNGKey(0)), warm)
+  loaded = state.params['predictor']
+  assert len(jax.tree.leaves(loaded)) == len(jax.tree.leaves(abstract.params['predictor']))
+  np.testing.assert_array_equal(loaded['embed']['kernel'], predictor['predictor_embed.weight'].T)
+  np.testing.assert_array_equal(loaded['proj']['bias'], predictor['predictor_proj.bias'])
+  np.testing.assert_array_equal(
+    state.params['encoder']['blocks_0']['mlp']['fc1']['bias'], target['blocks.0.mlp.fc1.bias']
+  )
 
 
 def test_init_from_model_needs_a_weight_file(config_file):

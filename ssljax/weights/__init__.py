@@ -156,11 +156,20 @@ def _map(source: Source, config: ml_collections.ConfigDict, channels: int, fix: 
     *[f'not used: {u}' for u in _grouped(f.unused)],
     *[f'not an array, not used: {o}' for o in source.others],
   ]
+  return flat, report + [line for _, line in _parts(source).values()]
+
+
+def _parts(source: Source) -> dict[str, tuple[dict[str, np.ndarray], str]]:
+  """{name: (variables by path, report line)} of the networks beside the encoder in an official
+  checkpoint, by the name of the module they become in the method (MAE's 'decoder', I-JEPA's
+  'predictor')."""
+  f = source.found
+  found = {}
   if f.decoder:
-    report.append(parts.mae_decoder(f.decoder, source.path)[1])
+    found['decoder'] = parts.mae_decoder(f.decoder, source.path)
   if f.predictor:
-    report.append(parts.ijepa_predictor(f.predictor, source.path)[1])
-  return flat, report
+    found['predictor'] = parts.ijepa_predictor(f.predictor, source.path)
+  return found
 
 
 def import_encoder(
@@ -201,10 +210,12 @@ def import_encoder(
 
 def import_for_run(
   config: ml_collections.ConfigDict, channels: int
-) -> tuple[dict[str, np.ndarray], list[str]]:
-  """(variables by path, report): config.init_from's file as the encoder config.model builds
-  for `channels`-channel images (its blocks unscanned). The run's config must build the file's
-  architecture; its pixel statistics must be set (the weights' own, or the data's)."""
+) -> tuple[dict[str, np.ndarray], list[str], dict[str, dict[str, np.ndarray]]]:
+  """(variables by path, report, other parts): config.init_from's file as the encoder
+  config.model builds for `channels`-channel images (its blocks unscanned), and the networks
+  beside it ({'decoder': variables by path} for MAE's, {'predictor': ...} for I-JEPA's). The
+  run's config must build the file's architecture; its pixel statistics must be set (the
+  weights' own, or the data's)."""
   path, model = config.init_from, config.get('init_from_model', '')
   source = read_source(path, model, config.get('init_from_part', ''))
   field = f'config.init_from={path!r}'
@@ -241,7 +252,7 @@ def import_for_run(
       f'the weights were trained on inputs (x - {source.stats[0]}) / '
       f'{source.stats[1]}; this run uses ({m.pixel_mean}, {m.pixel_std})',
     )
-  return flat, report
+  return flat, report, {name: part for name, (part, _) in _parts(source).items()}
 
 
 def _flag(value) -> str:
