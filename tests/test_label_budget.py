@@ -166,13 +166,14 @@ def test_every_method_is_probed_on_the_same_images(digits_config, splits, monkey
     seen.append(('linear', np.asarray(x), np.asarray(y)))
     return evaluators.LinearProbe(np.zeros(x.shape[1]), np.ones(x.shape[1]), None, 0.0)
 
-  def fake_knn(train_x, train_y, test_x, test_y, **kwargs):
-    seen.append(('knn', np.asarray(train_x), np.asarray(train_y)))
-    return 0.5
+  def fake_knn(train, test, mesh, *, train_examples=None, **kwargs):
+    chosen = slice(None) if train_examples is None else train_examples
+    seen.append(('knn', train.gathered()[chosen], train.labels[chosen]))
+    return np.zeros(len(test.labels), np.int32)
 
   monkeypatch.setattr(protocols, 'fit_linear_probe', fake_fit)
   monkeypatch.setattr(evaluators.LinearProbe, 'accuracy', lambda self, x, y: 0.5)
-  monkeypatch.setattr(protocols, 'knn_accuracy', fake_knn)
+  monkeypatch.setattr(protocols, 'knn_classify_rows', fake_knn)
   mesh = sharding.make_mesh()
   rng = np.random.default_rng(0)
   # Pixels are multiples of 1/16 (digits) resized to 8 px: exact enough to round-trip at 1e-5.

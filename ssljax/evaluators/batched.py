@@ -6,8 +6,10 @@ import contextlib
 import functools
 import math
 from collections.abc import Callable
+from typing import NamedTuple
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from jax.experimental import multihost_utils
 
@@ -27,33 +29,14 @@ def _jitted(fn: Callable, mesh: jax.sharding.Mesh) -> Callable:
   return run
 
 
-def apply_in_batches(
-  fn: Callable,
-  args,
-  split: EvalSplit | tuple[np.ndarray, np.ndarray],
-  mesh: jax.sharding.Mesh,
-  batch_size: int,
-  out_dtype: str | np.dtype | None = None,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-  """(fn(args, x), label, global position) of every readable example of all processes, sorted by
-  position: the split's global order.
-
-  `split` is this process's share of an evaluation split (process p holds examples p, p + P, ...;
-  see `ssljax.data.eval_split`), or its (images, labels) in memory. It is read a batch at a time:
-  batches of `batch_size` (global) are sharded over 'data', and only the outputs (as
-  `out_dtype`, default fn's) are kept, so a split far larger than memory can be encoded. The
-  outputs come back on every process, so a label subset picked from them does not depend on the
-  process count.
-  """
-  if not isinstance(split, EvalSplit):
-    split = EvalSplit.of_arrays(*split)
+def _global_batches(split: EvalSplit, mesh: jax.sharding.Mesh, batch_size: int):
+  """(x, y, position, valid) global batches of `batch_size` over the mesh, the same number on
+  every process: this process's share of the split (process p holds examples p, p + P, ...),
+  then empty (all invalid) batches while another's goes on."""
   n_proc, proc = jax.process_count(), jax.process_index()
   local_bs = batch_size // n_proc
   sizes = multihost_utils.process_allgather(np.asarray(split.size)) if n_proc > 1 else [split.size]
   num_batches = max(math.ceil(int(np.max(sizes)) / local_bs), 0)
-  run = _jitted(fn, mesh)
-  outs, labs, poss = [], [], []
-  # After this process's share ends, while another's goes on: empty (all invalid) batches.
   empty = (
     np.zeros((local_bs, *split.image_shape), np.float32),
     np.zeros(local_bs, np.int32),
@@ -63,13 +46,145 @@ def apply_in_batches(
     for i in range(num_batches):
       x, y, valid = next(batches, empty)
       pos = (proc + n_proc * (i * local_bs + np.arange(local_bs))).astype(np.int32)
-      out, y, pos, valid = run(args, *sharding.to_global((x, y, pos, valid), mesh))
-      valid = np.asarray(valid)
-      out = np.asarray(out)[valid]
-      outs.append(out if out_dtype is None else out.astype(out_dtype))
-      labs.append(np.asarray(y)[valid])
-      poss.append(np.asarray(pos)[valid])
+      yield sharding.to_global((x, y, pos, valid), mesh)
+
+
+def apply_in_batches(
+  fn: Callable,
+  args,
+  split: EvalSplit | tuple[np.ndarray, np.ndarray],
+  mesh: jax.sharding.Mesh,
+  batch_size: int,
+  out_dtype: str | np.dtype | None = None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """(fn(args, x), label, global position) of every readable example of all processes, sorted by
+  position: the split's global order, on every process (for small outputs: predictions, the
+  pictures' features; `encode_rows` keeps large ones where they are computed).
+
+  `split` is this process's share of an evaluation split (process p holds examples p, p + P, ...;
+  see `ssljax.data.eval_split`), or its (images, labels) in memory. It is read a batch at a time:
+  batches of `batch_size` (global) are split over the mesh, and only the outputs (as
+  `out_dtype`, default fn's) are kept, so a split far larger than memory can be encoded.
+  """
+  if not isinstance(split, EvalSplit):
+    split = EvalSplit.of_arrays(*split)
+  run = _jitted(fn, mesh)
+  outs, labs, poss = [], [], []
+  for batch in _global_batches(split, mesh, batch_size):
+    out, y, pos, valid = run(args, *batch)
+    valid = np.asarray(valid)
+    out = np.asarray(out)[valid]
+    outs.append(out if out_dtype is None else out.astype(out_dtype))
+    labs.append(np.asarray(y)[valid])
+    poss.append(np.asarray(pos)[valid])
   if not outs:
     return np.zeros((0, 0), np.float32), np.zeros((0,), np.int32), np.zeros((0,), np.int32)
   order = np.argsort(np.concatenate(poss), kind='stable')
   return np.concatenate(outs)[order], np.concatenate(labs)[order], np.concatenate(poss)[order]
+
+
+class Rows(NamedTuple):
+  """A split's outputs kept where they were computed: `h` (R, ...) is a global array whose rows
+  are split over the mesh (every device the rows of the batches it encoded), never gathered.
+  What is small comes to every process, for the n readable examples in the split's global order:
+  `labels`, `row` (which row of `h` holds each) and `position` (its index in the split, as
+  `apply_in_batches` gives it). The other R - n rows are padding."""
+
+  h: jax.Array
+  labels: np.ndarray
+  row: np.ndarray
+  position: np.ndarray
+
+  def gathered(self) -> np.ndarray:
+    """(n, ...) the outputs in global order on every process (a collective over processes):
+    for what still needs them whole in host memory."""
+    if self.h.is_fully_addressable:
+      return np.asarray(self.h)[self.row]
+    return np.asarray(multihost_utils.process_allgather(self.h, tiled=True))[self.row]
+
+  def row_mask(self, examples: np.ndarray | None = None) -> np.ndarray:
+    """(R,) float32: 1 on the rows of `examples` (indices in global order; None: all), else 0."""
+    mask = np.zeros(self.h.shape[0], np.float32)
+    mask[self.row if examples is None else self.row[np.asarray(examples, np.int64)]] = 1.0
+    return mask
+
+  def by_row(self, values: np.ndarray, fill=0) -> np.ndarray:
+    """(R, ...) `values` (n, ...: one per example, in global order) placed on their rows."""
+    out = np.full((self.h.shape[0], *np.shape(values)[1:]), fill, np.asarray(values).dtype)
+    out[self.row] = values
+    return out
+
+
+def _join_on_devices(pieces: list[jax.Array]) -> jax.Array:
+  """The per-batch outputs (B, ...) as one (len(pieces) * B, ...) array, each device's rows of
+  every batch joined on that device: no data moves between devices. Device k of the mesh (in
+  the sharding's order) holds rows [k * R, (k + 1) * R) of the result, R = len(pieces) * B / K:
+  its block of batch 0, then of batch 1, ..."""
+  sharding_ = pieces[0].sharding
+  shards = {}
+  for piece in pieces:
+    for shard in piece.addressable_shards:
+      shards.setdefault(shard.device, []).append(shard.data)
+  shape = (pieces[0].shape[0] * len(pieces), *pieces[0].shape[1:])
+  arrays = [jnp.concatenate(parts) for parts in shards.values()]
+  return jax.make_array_from_single_device_arrays(shape, sharding_, arrays)
+
+
+@functools.lru_cache(maxsize=32)
+def _jitted_rows(fn: Callable, mesh: jax.sharding.Mesh, out_dtype: str | None) -> Callable:
+  """`_jitted`, with fn's output left split over the mesh (the rest replicated)."""
+  replicated = sharding.replicated(mesh)
+
+  @functools.partial(
+    jax.jit, out_shardings=(sharding.data_sharding(mesh), replicated, replicated, replicated)
+  )
+  def run(args, x, y, position, valid):
+    out = fn(args, x)
+    return (out if out_dtype is None else out.astype(out_dtype)), y, position, valid
+
+  return run
+
+
+def encode_rows(
+  fn: Callable,
+  args,
+  split: EvalSplit | tuple[np.ndarray, np.ndarray],
+  mesh: jax.sharding.Mesh,
+  batch_size: int,
+  out_dtype: str | None = None,
+) -> Rows:
+  """fn(args, x) of every example of a split, read as `apply_in_batches` reads it, kept split
+  over the mesh (`Rows`): a device holds only the outputs of the rows it encoded, and a process
+  only its devices', so the memory of a split's features is divided by the device count."""
+  if not isinstance(split, EvalSplit):
+    split = EvalSplit.of_arrays(*split)
+  run = _jitted_rows(fn, mesh, None if out_dtype is None else str(np.dtype(out_dtype)))
+  pieces, positions, labels, valids = [], [], [], []
+  for batch in _global_batches(split, mesh, batch_size):
+    out, y, pos, valid = run(args, *batch)
+    pieces.append(out)
+    labels.append(np.asarray(y))
+    positions.append(np.asarray(pos))
+    valids.append(np.asarray(valid))
+  if not pieces:
+    none = np.zeros((0,), np.int64)
+    return Rows(jnp.zeros((0, 0), jnp.float32), none.astype(np.int32), none, none)
+  # Row j of batch i is on device j // per_device, which keeps its rows of batch 0, 1, ... in turn.
+  batch = pieces[0].shape[0]
+  per_device = batch // mesh.devices.size
+  j = np.arange(batch)
+  rows = np.stack(
+    [
+      (j // per_device) * per_device * len(pieces) + i * per_device + j % per_device
+      for i in range(len(pieces))
+    ]
+  )
+  valid = np.stack(valids)
+  positions = np.stack(positions)[valid]
+  order = np.argsort(positions, kind='stable')
+  return Rows(
+    _join_on_devices(pieces),
+    np.stack(labels)[valid][order].astype(np.int32),
+    rows[valid][order].astype(np.int64),
+    positions[order].astype(np.int64),
+  )

@@ -26,8 +26,8 @@ from ssljax.data.types import EvalSplit
 from ssljax.errors import ConfigError
 from ssljax.evaluators import finetune as finetune_lib
 from ssljax.evaluators import linear_sgd
-from ssljax.evaluators.batched import apply_in_batches
-from ssljax.evaluators.knn import knn_accuracy
+from ssljax.evaluators.batched import Rows, encode_rows
+from ssljax.evaluators.knn import knn_accuracy, knn_classify_rows
 from ssljax.evaluators.label_subset import LabelBudget, parse_label_budgets, per_class_subset
 from ssljax.evaluators.linear_probe import fit_linear_probe
 from ssljax.methods import Method, TrainState
@@ -59,11 +59,34 @@ def _knn(train: Features, tests: Tests, num_classes: int, ec) -> dict[str, float
   }
 
 
-# name in config.eval -> (key in results.json, protocol on features, runs per label budget)
-FEATURE_PROTOCOLS: dict[str, tuple[Callable[[ml_collections.ConfigDict], str], Callable, bool]] = {
-  'linear': (lambda ec: 'linear', _linear, True),
-  'linear_few': (lambda ec: f'linear_{ec.few_per_class}_per_class', _linear_few, False),
-  'knn': (lambda ec: 'knn', _knn, True),
+def _knn_on_rows(run: _Run, examples: np.ndarray | None) -> dict[str, float]:
+  """`_knn` where the features are: each device scores against its train rows (`knn_classify_rows`),
+  `examples` (global order; None: all) the labelled train images that vote."""
+  ec, train = run.ec, run.rows('train')
+  accuracy = {}
+  for name in run.tests:
+    test = run.rows(name)
+    preds = knn_classify_rows(
+      train,
+      test,
+      run.mesh,
+      num_classes=run.num_classes,
+      k=ec.knn_k,
+      temperature=ec.knn_temperature,
+      train_examples=examples,
+    )
+    accuracy[name] = float(np.mean(preds == test.labels))
+  return accuracy
+
+
+# name in config.eval -> (key in results.json, protocol on host features, runs per label
+# budget, the same protocol on features split over the mesh or None)
+FEATURE_PROTOCOLS: dict[
+  str, tuple[Callable[[ml_collections.ConfigDict], str], Callable, bool, Callable | None]
+] = {
+  'linear': (lambda ec: 'linear', _linear, True, None),
+  'linear_few': (lambda ec: f'linear_{ec.few_per_class}_per_class', _linear_few, False, None),
+  'knn': (lambda ec: 'knn', _knn, True, _knn_on_rows),
 }
 # name -> (key, start from the pretrained encoder (else a random init), encoder frozen); always
 # per label budget
@@ -85,7 +108,7 @@ def _one_test(fn: Callable) -> Callable:
 # The feature protocols as functions (train, test, num_classes, ec) -> accuracy, for scripts that
 # run them on other features (experiments/raw_pixel_baseline.py).
 PROTOCOLS: dict[str, tuple[Callable[[ml_collections.ConfigDict], str], Callable]] = {
-  name: (key, _one_test(fn)) for name, (key, fn, _) in FEATURE_PROTOCOLS.items()
+  name: (key, _one_test(fn)) for name, (key, fn, *_) in FEATURE_PROTOCOLS.items()
 }
 
 
@@ -194,7 +217,7 @@ def finetune_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigD
 
 @functools.lru_cache(maxsize=8)
 def _encode(method: Method) -> Callable:
-  """method.features as fn(args, x) for `apply_in_batches`; one per method, so it compiles once."""
+  """method.features as fn(args, x) for `encode_rows`; one per method, so it compiles once."""
   return lambda args, x: method.features(*args, x)
 
 
@@ -206,11 +229,10 @@ def extract_features(
   mesh,
   batch_size: int,
   feature_dtype: str = 'float32',
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-  """Encodes this process's share of a split a batch at a time; every process gets all
-  (h, label, global position) triples of the readable examples, in the split's global order (see
-  `apply_in_batches`). Only h (as `feature_dtype`) is kept on the host, never the images."""
-  return apply_in_batches(
+) -> Rows:
+  """Encodes this process's share of a split a batch at a time; h (as `feature_dtype`) stays
+  split over the mesh, each device the rows it encoded (`batched.Rows`), never the images."""
+  return encode_rows(
     _encode(method), (params, model_state), split, mesh, batch_size, out_dtype=feature_dtype
   )
 
@@ -256,14 +278,14 @@ class _Run:
     self.tests = {'': as_split(splits['test'])}
     if OOD[1:] in splits:
       self.tests[OOD] = as_split(splits[OOD[1:]])
+    self._rows: dict[str, Rows] = {}
     self._features: dict[str, Features] = {}
-    self._positions: dict[str, np.ndarray] = {}
 
-  def features(self, name: str) -> Features:
-    """'train' or a test suffix -> (h, labels) of all processes in global order."""
-    if name not in self._features:
+  def rows(self, name: str) -> Rows:
+    """'train' or a test suffix -> its features split over the mesh, computed once."""
+    if name not in self._rows:
       split = self.train if name == 'train' else self.tests[name]
-      h, labels, positions = extract_features(
+      self._rows[name] = extract_features(
         self.method,
         self.params,
         self.model_state,
@@ -272,16 +294,23 @@ class _Run:
         self.ec.batch_size,
         self.ec.feature_dtype,
       )
-      self._features[name], self._positions[name] = (h, labels), positions
+    return self._rows[name]
+
+  def features(self, name: str) -> Features:
+    """(h, labels) of all processes in global order, in host memory: for the protocols that
+    still need them whole (the L-BFGS probe)."""
+    if name not in self._features:
+      rows = self.rows(name)
+      self._features[name] = (rows.gathered(), rows.labels)
     return self._features[name]
 
   @property
   def train_labels(self) -> np.ndarray:
-    return self.features('train')[1]
+    return self.rows('train').labels
 
   @functools.cached_property
   def num_classes(self) -> int:
-    labels = [self.train_labels] + [self.features(name)[1] for name in self.tests]
+    labels = [self.train_labels] + [self.rows(name).labels for name in self.tests]
     return max(int(np.max(y, initial=0)) for y in labels) + 1
 
   def subset(self, budget: LabelBudget | None) -> np.ndarray | None:
@@ -290,9 +319,13 @@ class _Run:
       return None
     return budget.subset(self.train_labels, seed=self.ec.subset_seed)
 
-  def run_features(self, fn: Callable, budget: LabelBudget | None) -> dict[str, float]:
-    x, y = self.features('train')
+  def run_features(
+    self, fn: Callable, on_rows: Callable | None, budget: LabelBudget | None
+  ) -> dict[str, float]:
     idx = self.subset(budget)
+    if on_rows is not None:
+      return on_rows(self, idx)
+    x, y = self.features('train')
     if idx is not None:
       x, y = x[idx], y[idx]
     tests = {name: self.features(name) for name in self.tests}
@@ -303,8 +336,8 @@ class _Run:
   ) -> dict[str, float]:
     ft = linear_sgd.settings(self.config) if frozen else finetune_config(self.config)
     idx = self.subset(budget)
-    self.features('train')
-    chosen = self._positions['train'] if idx is None else self._positions['train'][idx]
+    positions = self.rows('train').position
+    chosen = positions if idx is None else positions[idx]
     num_train = len(chosen)
     # Global position g lives on process g % P as its row g // P; only these images are read.
     n_proc, proc = jax.process_count(), jax.process_index()
@@ -317,7 +350,7 @@ class _Run:
         ft.to_json_best_effort(sort_keys=True),
         (self.ec.subset_seed, self.ec.max_examples, self.ec.batch_size),
         budget and budget.key,
-        _fingerprint(images, labels, *[self.features(name)[1] for name in self.tests]),
+        _fingerprint(images, labels, *[self.rows(name).labels for name in self.tests]),
         tuple(self.tests),
         self.mesh.devices.size,
       )
@@ -380,9 +413,10 @@ def evaluate(
   results = {}
   for name in config.eval:
     if name in FEATURE_PROTOCOLS:
-      key, fn, budgeted = FEATURE_PROTOCOLS[name]
+      key, fn, budgeted, on_rows = FEATURE_PROTOCOLS[name]
       runs = [
-        (b, functools.partial(run.run_features, fn, b)) for b in (budgets if budgeted else [None])
+        (b, functools.partial(run.run_features, fn, on_rows, b))
+        for b in (budgets if budgeted else [None])
       ]
     else:
       key, pretrained, frozen = TRAINING_PROTOCOLS[name]
