@@ -162,17 +162,21 @@ def test_every_method_is_probed_on_the_same_images(digits_config, splits, monkey
   config.eval_config.few_per_class = 2
   seen = []
 
-  def fake_fit(x, y, **kwargs):
-    seen.append(('linear', np.asarray(x), np.asarray(y)))
-    return evaluators.LinearProbe(np.zeros(x.shape[1]), np.ones(x.shape[1]), None, 0.0)
+  def fake_fit(train, examples=None, **kwargs):
+    chosen = slice(None) if examples is None else examples
+    seen.append(('linear', train.gathered()[chosen], train.labels[chosen]))
+    d = train.h.shape[1]
+    return evaluators.LinearProbe(np.zeros(d), np.ones(d), None, 0.0)
 
   def fake_knn(train, test, mesh, *, train_examples=None, **kwargs):
     chosen = slice(None) if train_examples is None else train_examples
     seen.append(('knn', train.gathered()[chosen], train.labels[chosen]))
     return np.zeros(len(test.labels), np.int32)
 
-  monkeypatch.setattr(protocols, 'fit_linear_probe', fake_fit)
-  monkeypatch.setattr(evaluators.LinearProbe, 'accuracy', lambda self, x, y: 0.5)
+  monkeypatch.setattr(protocols, 'fit_linear_probe_rows', fake_fit)
+  monkeypatch.setattr(
+    evaluators.LinearProbe, 'predict_rows', lambda self, rows: np.zeros(len(rows.labels), int)
+  )
   monkeypatch.setattr(protocols, 'knn_classify_rows', fake_knn)
   mesh = sharding.make_mesh()
   rng = np.random.default_rng(0)

@@ -9,6 +9,8 @@ import numpy as np
 import optax
 import optax.tree_utils as otu
 
+from ssljax.evaluators.batched import Rows
+
 _STD_FLOOR = 1e-6
 _FALLBACK_L2 = 1e-3
 _MAX_FOLDS = 5
@@ -17,12 +19,21 @@ _MAX_FOLDS = 5
 _ROW_BUCKET = 256
 
 
-def train_stats(train_x: np.ndarray, floor: float = _STD_FLOOR) -> tuple[np.ndarray, np.ndarray]:
-  """float32 (mean, std) per feature of the train set, std floored, computed in float64."""
-  train_x = np.asarray(train_x)
-  mean = np.mean(train_x, axis=0, dtype=np.float64)
-  std = np.maximum(np.std(train_x, axis=0, dtype=np.float64), floor)
-  return mean.astype(np.float32), std.astype(np.float32)
+@jax.jit
+def train_stats(x: jax.Array, weights: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """float32 (mean, std) per feature over the rows of weight 1, std floored; two passes (the
+  mean, then the spread about it), so a large mean costs no precision. On rows split over the
+  mesh the sums are reductions over it."""
+  x = x.astype(jnp.float32)
+  n = jnp.sum(weights)
+  mean = jnp.sum(weights[:, None] * x, axis=0) / n
+  var = jnp.sum(weights[:, None] * jnp.square(x - mean), axis=0) / n
+  return mean, jnp.maximum(jnp.sqrt(var), _STD_FLOOR)
+
+
+@jax.jit
+def _standardized(x: jax.Array, mean: jax.Array, std: jax.Array) -> jax.Array:
+  return (x.astype(jnp.float32) - mean) / std
 
 
 @jax.custom_vjp
@@ -109,10 +120,12 @@ def fit_logistic_regression(
   `weights` (0/1 per row) lets validation folds reuse one compiled program for the full array;
   `init` warm-starts from another solution. Returns {'w', 'b', 'iters', 'objective'}.
   """
+  # In-memory rows are padded to a bucket (one compilation for near sizes); rows already on
+  # devices (split over a mesh) stay where they are.
+  pad = 0 if isinstance(x, jax.Array) else -np.shape(x)[0] % _ROW_BUCKET
   x = jnp.asarray(x, jnp.float32)
   y = jnp.asarray(y, jnp.int32)
   weights = jnp.ones(x.shape[0], jnp.float32) if weights is None else jnp.asarray(weights)
-  pad = -x.shape[0] % _ROW_BUCKET
   if pad:
     x = jnp.pad(x, ((0, pad), (0, 0)))
     y = jnp.pad(y, (0, pad))
@@ -144,27 +157,28 @@ def _stratified_folds(y: np.ndarray, n_folds: int, rng: np.random.Generator) -> 
   return fold
 
 
-def _select_l2(x, y, y_np, grid, *, num_classes, val_fraction, seed, max_iters):
+def _select_l2(x, y, weights, labels, row, grid, *, num_classes, val_fraction, seed, max_iters):
   """Chosen L2 strength and a warm start for the refit (a fit at that strength, or None).
 
-  `x`, `y` are on device and may be padded; `y_np` holds the real labels only.
+  `x`, `y`, `weights` are the rows on device (weight 1: the labelled examples); `labels` and
+  `row` are those examples' labels and rows, in the split's global order (the folds are drawn
+  in that order, so they do not depend on where the rows live).
   """
-  pad = np.zeros(x.shape[0] - y_np.shape[0], bool)
-  counts = np.unique(y_np, return_counts=True)[1]
+  counts = np.unique(labels, return_counts=True)[1]
   rng = np.random.default_rng(seed)
   if len(grid) == 1:
     return grid[0], None
   if np.all(np.floor(counts * val_fraction) >= 2):
     # Class-stratified hold-out: the first floor(n_c * val_fraction) of each shuffled class.
-    is_val = np.zeros(y_np.shape[0], bool)
-    for c in np.unique(y_np):
-      idx = rng.permutation(np.flatnonzero(y_np == c))
+    is_val = np.zeros(labels.shape[0], bool)
+    for c in np.unique(labels):
+      idx = rng.permutation(np.flatnonzero(labels == c))
       is_val[idx[: int(np.floor(idx.size * val_fraction))]] = True
     folds = [is_val]
   elif counts.min() >= 2:
     # Too few held-out examples per class for a stable choice: stratified k-fold so that every
     # labelled example is used for validation once.
-    fold = _stratified_folds(y_np, min(_MAX_FOLDS, int(counts.min())), rng)
+    fold = _stratified_folds(labels, min(_MAX_FOLDS, int(counts.min())), rng)
     folds = [fold == f for f in range(fold.max() + 1)]
   else:
     return _FALLBACK_L2, None
@@ -173,6 +187,9 @@ def _select_l2(x, y, y_np, grid, *, num_classes, val_fraction, seed, max_iters):
   correct = {lam: 0 for lam in order}
   solutions = {}
   for is_val in folds:
+    held_out = np.zeros(x.shape[0], np.float32)
+    held_out[row[is_val]] = 1.0
+    train_weights = weights * jnp.asarray(1.0 - held_out)
     params = None
     for lam in order:
       params = fit_logistic_regression(
@@ -180,14 +197,14 @@ def _select_l2(x, y, y_np, grid, *, num_classes, val_fraction, seed, max_iters):
         y,
         num_classes=num_classes,
         l2=lam,
-        weights=np.concatenate([~is_val, pad]),
+        weights=train_weights,
         init=params,
         max_iters=max_iters,
       )
       params = {'w': params['w'], 'b': params['b']}
       solutions[lam] = params
-      pred = np.asarray(_predict(params, x))[: y_np.shape[0]]
-      correct[lam] += int(np.sum((pred == y_np)[is_val]))
+      pred = np.asarray(_predict(params, x))[row]
+      correct[lam] += int(np.sum((pred == labels)[is_val]))
   # Ties go to the stronger penalty (first in `order`: max keeps the first maximum).
   best = max(order, key=lambda lam: correct[lam])
   return best, solutions[best]
@@ -196,18 +213,82 @@ def _select_l2(x, y, y_np, grid, *, num_classes, val_fraction, seed, max_iters):
 class LinearProbe:
   """A fitted probe: the train mean/std that standardize features, W, b and the chosen L2."""
 
-  def __init__(self, mean: np.ndarray, std: np.ndarray, params: dict, l2: float):
+  def __init__(self, mean, std, params: dict, l2: float):
     self.mean, self.std, self.params, self.l2 = mean, std, params, l2
 
   def predict(self, x: np.ndarray | jax.Array) -> np.ndarray:
-    x = (np.asarray(x, np.float32) - self.mean) / self.std
-    return np.asarray(_predict(self.params, jnp.asarray(x)))
+    return np.asarray(_predict(self.params, _standardized(jnp.asarray(x), self.mean, self.std)))
+
+  def predict_rows(self, rows: Rows) -> np.ndarray:
+    """The predicted class of every example of `rows` (features split over the mesh), in the
+    split's global order: only the predictions leave the devices."""
+    return self.predict(rows.h)[rows.row]
 
   def accuracy(self, x: np.ndarray | jax.Array, y: np.ndarray | jax.Array) -> float:
     y = np.asarray(y)
     if y.ndim != 1 or y.shape[0] != np.shape(x)[0] or y.size == 0:
       raise ValueError('test_x and test_y must be non-empty with matching lengths')
     return float(np.mean(self.predict(x) == y))
+
+
+def fit_linear_probe_rows(
+  rows: Rows,
+  examples: np.ndarray | None = None,
+  *,
+  num_classes: int,
+  l2_grid: Sequence[float] = (1e-5, 1e-4, 1e-3, 1e-2, 1e-1),
+  val_fraction: float = 0.2,
+  seed: int = 0,
+  max_iters: int = 500,
+) -> LinearProbe:
+  """The probe of `linear_probe` on features split over the mesh (`batched.Rows`), fitted on
+  `examples` (indices in the split's global order; None: all). The rows stay where they are:
+  the standardization, the loss and its gradient are sums over examples, so each is a
+  reduction over the mesh, and a label budget or a validation fold is a weight per row."""
+  chosen = np.arange(len(rows.labels)) if examples is None else np.asarray(examples, np.int64)
+  labels, row = rows.labels[chosen].astype(np.int32), rows.row[chosen]
+  if labels.size == 0:
+    raise ValueError('train_x and train_y must be non-empty with matching lengths')
+  if labels.min() < 0 or labels.max() >= num_classes:
+    raise ValueError(
+      f'train labels must lie in [0, {num_classes}), got {labels.min()}..{labels.max()}'
+    )
+  if not 0.0 < val_fraction < 1.0:
+    raise ValueError(f'val_fraction must be in (0, 1), got {val_fraction}')
+  if not l2_grid:
+    raise ValueError('l2_grid is empty')
+  placed = rows.h.sharding
+  weights = jax.device_put(rows.row_mask(chosen), placed)
+  y = jax.device_put(rows.by_row(rows.labels.astype(np.int32)), placed)
+  mean, std = train_stats(rows.h, weights)
+  x = _standardized(rows.h, mean, std)
+  lam, warm_start = _select_l2(
+    x,
+    y,
+    weights,
+    labels,
+    row,
+    [float(v) for v in l2_grid],
+    num_classes=num_classes,
+    val_fraction=val_fraction,
+    seed=seed,
+    max_iters=max_iters,
+  )
+  # The fit at `lam` on most of the train set is a close start; the optimum itself is unique.
+  params = fit_logistic_regression(
+    x, y, num_classes=num_classes, l2=lam, weights=weights, init=warm_start, max_iters=max_iters
+  )
+  return LinearProbe(mean, std, {'w': params['w'], 'b': params['b']}, lam)
+
+
+def _in_memory(x: np.ndarray | jax.Array, labels: np.ndarray) -> Rows:
+  """In-memory features as `Rows` on one device, padded with rows of weight 0 to a multiple of
+  `_ROW_BUCKET`, so probes on subsets of slightly different sizes share one compilation."""
+  x = np.asarray(x, np.float32)
+  pad = -x.shape[0] % _ROW_BUCKET
+  device = jax.local_devices()[0]
+  index = np.arange(x.shape[0])
+  return Rows(jax.device_put(np.pad(x, ((0, pad), (0, 0))), device), labels, index, index)
 
 
 def fit_linear_probe(
@@ -221,39 +302,19 @@ def fit_linear_probe(
   max_iters: int = 500,
 ) -> LinearProbe:
   """The probe of `linear_probe`, fitted once so it can score several test sets (in and out of
-  distribution) without refitting."""
+  distribution) without refitting. In-memory arrays, on one device: `fit_linear_probe_rows`
+  is the same fit on features split over a mesh."""
   train_y = np.asarray(train_y).astype(np.int32)
   if train_y.ndim != 1 or train_y.shape[0] != np.shape(train_x)[0] or train_y.size == 0:
     raise ValueError('train_x and train_y must be non-empty with matching lengths')
-  if train_y.min() < 0 or train_y.max() >= num_classes:
-    raise ValueError(
-      f'train labels must lie in [0, {num_classes}), got {train_y.min()}..{train_y.max()}'
-    )
-  if not 0.0 < val_fraction < 1.0:
-    raise ValueError(f'val_fraction must be in (0, 1), got {val_fraction}')
-  if not l2_grid:
-    raise ValueError('l2_grid is empty')
-  mean, std = train_stats(train_x)
-  train_x = (np.asarray(train_x, np.float32) - mean) / std
-  pad = -train_y.shape[0] % _ROW_BUCKET  # Padded once here, so no fit has to copy x.
-  x = jnp.asarray(np.pad(train_x, ((0, pad), (0, 0))))
-  y = jnp.asarray(np.pad(train_y, (0, pad)))
-  valid = np.arange(x.shape[0]) < train_y.shape[0]
-  lam, warm_start = _select_l2(
-    x,
-    y,
-    train_y,
-    [float(v) for v in l2_grid],
+  return fit_linear_probe_rows(
+    _in_memory(train_x, train_y),
     num_classes=num_classes,
+    l2_grid=l2_grid,
     val_fraction=val_fraction,
     seed=seed,
     max_iters=max_iters,
   )
-  # The fit at `lam` on most of the train set is a close start; the optimum itself is unique.
-  params = fit_logistic_regression(
-    x, y, num_classes=num_classes, l2=lam, weights=valid, init=warm_start, max_iters=max_iters
-  )
-  return LinearProbe(mean, std, {'w': params['w'], 'b': params['b']}, lam)
 
 
 def linear_probe(

@@ -29,7 +29,7 @@ from ssljax.evaluators import linear_sgd
 from ssljax.evaluators.batched import Rows, encode_rows
 from ssljax.evaluators.knn import knn_accuracy, knn_classify_rows
 from ssljax.evaluators.label_subset import LabelBudget, parse_label_budgets, per_class_subset
-from ssljax.evaluators.linear_probe import fit_linear_probe
+from ssljax.evaluators.linear_probe import fit_linear_probe, fit_linear_probe_rows
 from ssljax.methods import Method, TrainState
 
 Features = tuple[np.ndarray, np.ndarray]  # (features (N, d), labels (N,))
@@ -59,6 +59,23 @@ def _knn(train: Features, tests: Tests, num_classes: int, ec) -> dict[str, float
   }
 
 
+def _linear_on_rows(run: _Run, examples: np.ndarray | None) -> dict[str, float]:
+  """`_linear` where the features are (`fit_linear_probe_rows`): only predictions leave the
+  devices. `examples` (global order; None: all): the labelled train images."""
+  probe = fit_linear_probe_rows(run.rows('train'), examples, num_classes=run.num_classes)
+  return {
+    name: float(np.mean(probe.predict_rows(run.rows(name)) == run.rows(name).labels))
+    for name in run.tests
+  }
+
+
+def _linear_few_on_rows(run: _Run, examples: np.ndarray | None) -> dict[str, float]:
+  ec = run.ec
+  return _linear_on_rows(
+    run, per_class_subset(run.train_labels, ec.few_per_class, seed=ec.subset_seed)
+  )
+
+
 def _knn_on_rows(run: _Run, examples: np.ndarray | None) -> dict[str, float]:
   """`_knn` where the features are: each device scores against its train rows (`knn_classify_rows`),
   `examples` (global order; None: all) the labelled train images that vote."""
@@ -79,13 +96,18 @@ def _knn_on_rows(run: _Run, examples: np.ndarray | None) -> dict[str, float]:
   return accuracy
 
 
-# name in config.eval -> (key in results.json, protocol on host features, runs per label
-# budget, the same protocol on features split over the mesh or None)
+# name in config.eval -> (key in results.json, protocol on features in memory, runs per label
+# budget, the same protocol on features split over the mesh: what an evaluation runs)
 FEATURE_PROTOCOLS: dict[
-  str, tuple[Callable[[ml_collections.ConfigDict], str], Callable, bool, Callable | None]
+  str, tuple[Callable[[ml_collections.ConfigDict], str], Callable, bool, Callable]
 ] = {
-  'linear': (lambda ec: 'linear', _linear, True, None),
-  'linear_few': (lambda ec: f'linear_{ec.few_per_class}_per_class', _linear_few, False, None),
+  'linear': (lambda ec: 'linear', _linear, True, _linear_on_rows),
+  'linear_few': (
+    lambda ec: f'linear_{ec.few_per_class}_per_class',
+    _linear_few,
+    False,
+    _linear_few_on_rows,
+  ),
   'knn': (lambda ec: 'knn', _knn, True, _knn_on_rows),
 }
 # name -> (key, start from the pretrained encoder (else a random init), encoder frozen); always
@@ -279,7 +301,6 @@ class _Run:
     if OOD[1:] in splits:
       self.tests[OOD] = as_split(splits[OOD[1:]])
     self._rows: dict[str, Rows] = {}
-    self._features: dict[str, Features] = {}
 
   def rows(self, name: str) -> Rows:
     """'train' or a test suffix -> its features split over the mesh, computed once."""
@@ -296,14 +317,6 @@ class _Run:
       )
     return self._rows[name]
 
-  def features(self, name: str) -> Features:
-    """(h, labels) of all processes in global order, in host memory: for the protocols that
-    still need them whole (the L-BFGS probe)."""
-    if name not in self._features:
-      rows = self.rows(name)
-      self._features[name] = (rows.gathered(), rows.labels)
-    return self._features[name]
-
   @property
   def train_labels(self) -> np.ndarray:
     return self.rows('train').labels
@@ -319,17 +332,8 @@ class _Run:
       return None
     return budget.subset(self.train_labels, seed=self.ec.subset_seed)
 
-  def run_features(
-    self, fn: Callable, on_rows: Callable | None, budget: LabelBudget | None
-  ) -> dict[str, float]:
-    idx = self.subset(budget)
-    if on_rows is not None:
-      return on_rows(self, idx)
-    x, y = self.features('train')
-    if idx is not None:
-      x, y = x[idx], y[idx]
-    tests = {name: self.features(name) for name in self.tests}
-    return fn((x, y), tests, self.num_classes, self.ec)
+  def run_features(self, on_rows: Callable, budget: LabelBudget | None) -> dict[str, float]:
+    return on_rows(self, self.subset(budget))
 
   def run_training(
     self, pretrained: bool, frozen: bool, budget: LabelBudget | None
@@ -413,9 +417,9 @@ def evaluate(
   results = {}
   for name in config.eval:
     if name in FEATURE_PROTOCOLS:
-      key, fn, budgeted, on_rows = FEATURE_PROTOCOLS[name]
+      key, _, budgeted, on_rows = FEATURE_PROTOCOLS[name]
       runs = [
-        (b, functools.partial(run.run_features, fn, on_rows, b))
+        (b, functools.partial(run.run_features, on_rows, b))
         for b in (budgets if budgeted else [None])
       ]
     else:
