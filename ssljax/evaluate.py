@@ -3,6 +3,9 @@ budgets, after the run ended or while it trains.
 
   python -m ssljax.evaluate --workdir=RUN [--config=configs/X.py] [--config.field=value ...]
 
+On a pod or cluster run it on every host, as `ssljax.main`: each process reads and encodes its
+share of the splits.
+
 The config is the run's own (RUN/config.json) unless --config names another; --config.* overrides
 either, e.g. --config.eval_config.few_per_class=10. Writes RUN/eval.json, shaped like
 results.json; results.json and the checkpoints are never touched. A RUN without a checkpoint,
@@ -26,7 +29,7 @@ import ml_collections  # noqa: E402
 from absl import app, flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
-from ssljax import build, data, errors, paths, restore, sharding, train  # noqa: E402
+from ssljax import build, cluster, data, errors, paths, restore, sharding, train  # noqa: E402
 from ssljax.evaluators import protocols  # noqa: E402
 
 USAGE = 'python -m ssljax.evaluate --workdir=RUN [--config=configs/X.py] [--config.field=value]'
@@ -80,6 +83,13 @@ def define_flags(argv: list[str], flag_values: flags.FlagValues = flags.FLAGS) -
     'workdir', None, 'Run directory written by ssljax.main.', flag_values=flag_values
   )
   flags.mark_flag_as_required('workdir', flag_values=flag_values)
+  flags.DEFINE_enum(
+    'multihost',
+    'auto',
+    cluster.CHOICES,
+    'Call jax.distributed.initialize(): auto does so when a cluster environment is detected.',
+    flag_values=flag_values,
+  )
   run_dir = _run_dir_in(argv)
   config_flags.DEFINE_config_file(
     'config',
@@ -114,6 +124,7 @@ def main(argv) -> None:
   if len(argv) > 1:
     print(f'unexpected arguments {argv[1:]}; usage: {USAGE}', file=sys.stderr)
     sys.exit(2)
+  cluster.join(flags.FLAGS.multihost)  # every host runs the same command, as for training
   run_dir = flags.FLAGS.workdir
   results = errors.run_command(lambda: evaluate_run(run_name(_config(), run_dir), run_dir))
   if jax.process_index() == 0:

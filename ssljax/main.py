@@ -18,7 +18,7 @@ from absl import app, flags, logging  # noqa: E402
 from absl.logging import converter  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
-from ssljax import errors, train  # noqa: E402
+from ssljax import cluster, errors, train  # noqa: E402
 from ssljax.cpu import allocator
 from ssljax.models import kernels
 
@@ -27,32 +27,10 @@ _WORKDIR = flags.DEFINE_string('workdir', None, 'Run directory (default: runs/<c
 _MULTIHOST = flags.DEFINE_enum(
   'multihost',
   'auto',
-  ['auto', 'yes', 'no'],
+  cluster.CHOICES,
   'Call jax.distributed.initialize(): auto does so when a cluster environment is detected.',
 )
 flags.mark_flags_as_required(['config'])
-
-# Variables that cluster launchers set and jax.distributed.initialize() reads.
-_CLUSTER_ENV = ('JAX_COORDINATOR_ADDRESS', 'TPU_WORKER_HOSTNAMES', 'MEGASCALE_COORDINATOR_ADDRESS')
-# What `srun` sets for each task and JAX's SLURM detection needs, all of them
-# (jax/_src/clusters/slurm_cluster.py). An sbatch script outside srun has SLURM_NTASKS but no
-# SLURM_STEP_NODELIST: one process, not a cluster JAX would fail to find.
-_SLURM_ENV = (
-  'SLURM_JOB_ID',
-  'SLURM_STEP_NODELIST',
-  'SLURM_NTASKS',
-  'SLURM_PROCID',
-  'SLURM_LOCALID',
-)
-
-
-def _is_cluster() -> bool:
-  """Whether this process is one of several a launcher started (jax.distributed finds them)."""
-  if any(os.environ.get(k) for k in _CLUSTER_ENV):
-    return True
-  if all(os.environ.get(k) for k in _SLURM_ENV):
-    return int(os.environ['SLURM_NTASKS']) > 1
-  return int(os.environ.get('OMPI_COMM_WORLD_SIZE', '1')) > 1
 
 
 def run_name(config, config_path: str) -> str:
@@ -76,12 +54,7 @@ class _QuietLibraries:
 def main(argv) -> None:
   del argv
   logging.get_absl_handler().addFilter(_QuietLibraries())
-  if _MULTIHOST.value == 'yes' or (_MULTIHOST.value == 'auto' and _is_cluster()):
-    # JAX's preemption service catches SIGTERM in C++ and keeps it for a sync point this loop
-    # does not call: a signal before training would be swallowed. The loop agrees on its own
-    # (train._Agreement), from the Python handler it installs.
-    jax.config.update('jax_enable_preemption_service', False)
-    jax.distributed.initialize()
+  cluster.join(_MULTIHOST.value)
   config = _CONFIG.value
   name = run_name(config, config_flags.get_config_filename(flags.FLAGS['config']))
   with config.unlocked():

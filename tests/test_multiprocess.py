@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from conftest import MAIN_FLAGS
 
-from ssljax import checkpoint, main
+from ssljax import checkpoint, cluster
 from ssljax.methods import TrainState
 
 # conftest's tiny SimCLR run, logged every step: 2 x 2 devices or 1 x 4, 8 rows a process.
@@ -103,16 +103,16 @@ def two_process_run(tmp_path_factory, start_main):
 
 
 def test_slurm_launch_is_a_cluster_and_a_lone_task_is_not(monkeypatch):
-  for name in (*main._CLUSTER_ENV, *main._SLURM_ENV, 'OMPI_COMM_WORLD_SIZE'):
+  for name in (*cluster.CLUSTER_ENV, *cluster.SLURM_ENV, 'OMPI_COMM_WORLD_SIZE'):
     monkeypatch.delenv(name, raising=False)
-  assert not main._is_cluster()
+  assert not cluster.is_cluster()
   monkeypatch.setenv('SLURM_NTASKS', '4')  # an sbatch script outside srun: JAX finds no step
-  assert not main._is_cluster()
+  assert not cluster.is_cluster()
   for name, value in _slurm_env(7, 4, 1).items():
     monkeypatch.setenv(name, value)
-  assert main._is_cluster()
+  assert cluster.is_cluster()
   monkeypatch.setenv('SLURM_NTASKS', '1')  # srun with one task: one process
-  assert not main._is_cluster()
+  assert not cluster.is_cluster()
 
 
 @pytest.mark.slow
@@ -224,3 +224,46 @@ def test_a_state_split_over_two_processes_trains_draws_and_restores_whole(
   # Read without a target (no mesh): whole NumPy arrays from the shards both processes wrote.
   saved = checkpoint.restore_arrays(tmp_path / 'two', 40, ('params',))['params']
   assert all(np.all(np.isfinite(x)) for x in jax.tree.leaves(saved))
+
+
+def _evaluate(workdir, processes: int, devices: int) -> dict:
+  """`python -m ssljax.evaluate` of the run at WORKDIR as `processes` x `devices`: eval.json."""
+  import subprocess
+  import sys
+
+  flags = (
+    "--config.eval=('knn', 'linear', 'linear_few')",
+    '--config.eval_config.random_init=False',
+  )
+  job = _slurm_job_id()
+  procs = []
+  for i in range(processes):
+    env = {
+      **os.environ,
+      'JAX_PLATFORMS': 'cpu',
+      'XLA_FLAGS': f'--xla_force_host_platform_device_count={devices}',
+      **(_slurm_env(job, processes, i) if processes > 1 else {}),
+    }
+    args = [sys.executable, '-m', 'ssljax.evaluate', f'--workdir={workdir}', *flags]
+    procs.append(
+      subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    )
+  for p, log in zip(procs, _finish(procs), strict=True):
+    assert p.returncode == 0, log[-3000:]
+  with open(os.path.join(workdir, 'eval.json')) as f:
+    return json.load(f)['pretrained']
+
+
+@pytest.mark.slow
+def test_evaluation_is_the_same_on_one_device_eight_and_two_processes(two_process_run):
+  """One checkpoint evaluated with its features on 1 device, split over 8, and over 2 processes
+  x 4 devices (each process reading its share of the splits): the same k-NN neighbours and the
+  same linear probe, so the same accuracies."""
+  workdir = two_process_run[0]
+  results = {layout: _evaluate(workdir, *layout) for layout in ((1, 1), (1, 8), (2, 4))}
+  print(results)
+  one = results[(1, 1)]
+  for layout in ((1, 8), (2, 4)):
+    assert results[layout]['knn'] == one['knn']
+    for key in ('linear', 'linear_5_per_class'):
+      assert abs(results[layout][key] - one[key]) <= 0.003  # a test image or so

@@ -8,6 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import optax.tree_utils as otu
+from jax.experimental import multihost_utils
 
 from ssljax.evaluators.batched import Rows
 
@@ -101,6 +102,14 @@ def _lbfgs(x, y, weights, l2, params, max_iters, tol, *, num_classes):
 @jax.jit
 def _predict(params, x):
   return jnp.argmax(x @ params['w'] + params['b'], axis=-1)
+
+
+def _predictions(params, x: jax.Array) -> np.ndarray:
+  """`_predict` on every process: a row's class, wherever the row lives (a few bytes a row)."""
+  pred = _predict(params, x)
+  if pred.is_fully_addressable:
+    return np.asarray(pred)
+  return np.asarray(multihost_utils.process_allgather(pred, tiled=True))
 
 
 def fit_logistic_regression(
@@ -203,7 +212,7 @@ def _select_l2(x, y, weights, labels, row, grid, *, num_classes, val_fraction, s
       )
       params = {'w': params['w'], 'b': params['b']}
       solutions[lam] = params
-      pred = np.asarray(_predict(params, x))[row]
+      pred = _predictions(params, x)[row]
       correct[lam] += int(np.sum((pred == labels)[is_val]))
   # Ties go to the stronger penalty (first in `order`: max keeps the first maximum).
   best = max(order, key=lambda lam: correct[lam])
@@ -217,7 +226,7 @@ class LinearProbe:
     self.mean, self.std, self.params, self.l2 = mean, std, params, l2
 
   def predict(self, x: np.ndarray | jax.Array) -> np.ndarray:
-    return np.asarray(_predict(self.params, _standardized(jnp.asarray(x), self.mean, self.std)))
+    return _predictions(self.params, _standardized(jnp.asarray(x), self.mean, self.std))
 
   def predict_rows(self, rows: Rows) -> np.ndarray:
     """The predicted class of every example of `rows` (features split over the mesh), in the
