@@ -21,7 +21,7 @@ from absl import logging
 from ssljax import data, sharding
 from ssljax.config import checks as config_checks
 from ssljax.config.checks import Checks
-from ssljax.data import shifts
+from ssljax.data import labels_csv, shifts
 from ssljax.data.types import EvalSplit
 from ssljax.errors import ConfigError
 from ssljax.evaluators import finetune as finetune_lib
@@ -142,6 +142,7 @@ def check_eval_config(checks: Checks) -> None:
     if 'linear_sgd' in config.eval:
       linear_sgd.check_config(checks)
   ec = config.eval_config
+  _multilabel().check_config(checks)  # CSV labels (config.data.labels)
   checks.count('eval_config.few_per_class', 1)
   checks.count('eval_config.subset_seed', 0)
   checks.count('eval_config.knn_k', 1)
@@ -353,6 +354,13 @@ class _Run:
     return result.accuracy
 
 
+def _multilabel():
+  """evaluators.multilabel_run, imported when used (it builds on this module)."""
+  from ssljax.evaluators import multilabel_run
+
+  return multilabel_run
+
+
 def evaluate(
   config: ml_collections.ConfigDict,
   method: Method,
@@ -361,6 +369,7 @@ def evaluate(
   splits,
   mesh,
   supervised_cache: SupervisedCache | None = None,
+  keep_in: str | None = None,
 ) -> dict[str, float]:
   """Accuracy (a fraction) of every protocol in config.eval, per label budget and test set.
 
@@ -368,14 +377,21 @@ def evaluate(
   `data.eval_split` (or its (images, labels) from `data.load_eval_split`); without 'ood',
   eval_config.ood_data (when set) is read here.
   `supervised_cache` lets evaluations of one run share the supervised baseline (a fresh one:
-  nothing shared).
+  nothing shared). With CSV labels (config.data.labels) the protocols are multi-label
+  (`multilabel_run`): keys KEY/auroc/LABEL, KEY/auroc_macro, KEY/ap/... beside KEY, and
+  `keep_in` (a workdir) keeps the classifiers trained with every label there.
   """
   config_checks.check(config, check_eval_config, lambda c: check_eval_batch_sizes(c, mesh))
   ec = config.eval_config
   if OOD[1:] not in splits and (ood := ood_config(config)) is not None:
     splits = {**splits, OOD[1:]: data.eval_split(ood, 'test')}
   cache = SupervisedCache() if supervised_cache is None else supervised_cache
-  run = _Run(config, method, params, model_state, splits, mesh, cache)
+  if labels_csv.is_multilabel(config):
+    run = _multilabel().MultiLabelRun(
+      config, method, params, model_state, splits, mesh, cache, keep_in=keep_in
+    )
+  else:
+    run = _Run(config, method, params, model_state, splits, mesh, cache)
   budgets = label_budgets(ec)
   results = {}
   for name in config.eval:
@@ -402,10 +418,13 @@ def evaluate_state(
   init: Callable[[jax.Array], TrainState] | None,
   mesh: jax.sharding.Mesh,
   supervised_cache: SupervisedCache | None = None,
+  keep_in: str | None = None,
 ) -> dict:
   """{'pretrained': {key: accuracy}, 'random_init': {..}}: the trained encoder of `state` and,
   when `init` (jitted, rng -> TrainState) is given, the same encoder as initialised with
-  config.seed: the baseline self-supervision must beat. Empty without a labelled test split."""
+  config.seed: the baseline self-supervision must beat. Empty without a labelled test split.
+  `keep_in`: the workdir where a multi-label evaluation keeps the pretrained encoder's
+  classifiers (`evaluators.kept`)."""
   splits = {s: data.eval_split(config, s) for s in ('train', 'test')}
   if not config.eval or splits['test'].size == 0 or data.dataset_info(config).num_classes == 0:
     logging.warning('No labelled test split: skipping evaluation.')
@@ -413,7 +432,14 @@ def evaluate_state(
   cache = SupervisedCache() if supervised_cache is None else supervised_cache
   results = {
     'pretrained': evaluate(
-      config, method, state.params, state.model_state, splits, mesh, supervised_cache=cache
+      config,
+      method,
+      state.params,
+      state.model_state,
+      splits,
+      mesh,
+      supervised_cache=cache,
+      keep_in=keep_in,
     )
   }
   if init is not None:
