@@ -60,9 +60,7 @@ def write(
   if bad_rows:
     rows.append({**rows[0], 'path': 'p9999/missing.png', 'patient': 'p9999'})
     rows.append({**rows[1], 'path': rows[1]['path'].replace('.png', '_x.png'), 'top': 'maybe'})
-    Image.fromarray(images[1].astype(np.uint16) * 257).save(
-      os.path.join(folder, rows[-1]['path'])
-    )
+    Image.fromarray(images[1].astype(np.uint16) * 257).save(os.path.join(folder, rows[-1]['path']))
   file = os.path.join(root, 'labels.csv')
   with open(file, 'w', newline='') as f:
     writer = csv.DictWriter(f, fieldnames=list(rows[0]))
