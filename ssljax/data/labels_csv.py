@@ -110,7 +110,7 @@ def _columns(data: ml_collections.ConfigDict, header: list[str]) -> tuple[list[s
   """(label names, path, group, split column numbers; -1: absent), or a ConfigError naming the
   columns the CSV has."""
   file, problems = data.labels, []
-  have = f'the columns of {file} are {", ".join(header)}'
+  have = f'its columns are {", ".join(header)}'
   if data.path_column not in header:
     problems.append(
       f'config.data.path_column={data.path_column!r} is not a column of {file}: {have}'
