@@ -62,6 +62,9 @@ def check_config(checks: Checks) -> None:
   checks.probability('data.max_bad_rows')
   if labels and checks.value('data.source') != 'folder':
     checks.fail('data.labels', 'a CSV of labels goes with data.source=folder', '')
+  for field in ('mixup', 'cutmix'):  # they mix two images' labels: not multi-label targets
+    if labels and checks.value(f'eval_config.finetune.{field}') not in (0, 0.0):
+      checks.fail(f'eval_config.finetune.{field}', '0 with CSV labels (multi-label targets)', 0.0)
 
 
 @dataclasses.dataclass(frozen=True)

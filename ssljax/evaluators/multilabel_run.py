@@ -16,20 +16,10 @@ import jax
 import numpy as np
 
 from ssljax import data
-from ssljax.config.checks import Checks
 from ssljax.data import labels_csv
 from ssljax.evaluators import finetune as finetune_lib
 from ssljax.evaluators import kept, linear_sgd, multilabel, protocols
 from ssljax.evaluators.label_subset import LabelBudget
-
-
-def check_config(checks: Checks) -> None:
-  """What multi-label targets rule out: mixing two images' labels (mixup, cutmix)."""
-  if not labels_csv.is_multilabel(checks.config):
-    return
-  for field in ('mixup', 'cutmix'):
-    if checks.value(f'eval_config.finetune.{field}') not in (0, 0.0):
-      checks.fail(f'eval_config.finetune.{field}', '0 with CSV labels (multi-label targets)', 0.0)
 
 
 def _all_labels(budget: LabelBudget | None) -> bool:
@@ -154,3 +144,6 @@ class MultiLabelRun(protocols._Run):
       test = (files, result.scores[''][0])
       kept.save_finetune(self.keep_in, kind, result.variables, self.names, ft, frozen, test)
     return out
+
+
+protocols.MULTI_LABEL_RUN = MultiLabelRun

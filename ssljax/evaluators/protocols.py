@@ -142,7 +142,6 @@ def check_eval_config(checks: Checks) -> None:
     if 'linear_sgd' in config.eval:
       linear_sgd.check_config(checks)
   ec = config.eval_config
-  _multilabel().check_config(checks)  # CSV labels (config.data.labels)
   checks.count('eval_config.few_per_class', 1)
   checks.count('eval_config.subset_seed', 0)
   checks.count('eval_config.knn_k', 1)
@@ -354,11 +353,9 @@ class _Run:
     return result.accuracy
 
 
-def _multilabel():
-  """evaluators.multilabel_run, imported when used (it builds on this module)."""
-  from ssljax.evaluators import multilabel_run
-
-  return multilabel_run
+# CSV labels (config.data.labels): evaluators.multilabel_run's _Run, which it sets here when
+# imported (by ssljax.evaluators, so before any evaluation): it builds on this module.
+MULTI_LABEL_RUN: type | None = None
 
 
 def evaluate(
@@ -387,9 +384,7 @@ def evaluate(
     splits = {**splits, OOD[1:]: data.eval_split(ood, 'test')}
   cache = SupervisedCache() if supervised_cache is None else supervised_cache
   if labels_csv.is_multilabel(config):
-    run = _multilabel().MultiLabelRun(
-      config, method, params, model_state, splits, mesh, cache, keep_in=keep_in
-    )
+    run = MULTI_LABEL_RUN(config, method, params, model_state, splits, mesh, cache, keep_in=keep_in)
   else:
     run = _Run(config, method, params, model_state, splits, mesh, cache)
   budgets = label_budgets(ec)

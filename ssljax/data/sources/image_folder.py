@@ -12,15 +12,6 @@ from ssljax.data.types import DatasetInfo, EvalSplit
 
 
 class ImageFolder(Source):
-  @classmethod
-  def open(cls, config) -> Source:
-    """With config.data.labels (a CSV), the folder labelled by it."""
-    if cls is ImageFolder and config.data.get('labels', ''):
-      from ssljax.data.sources.labelled_folder import LabelledFolder
-
-      return LabelledFolder(config)
-    return cls(config)
-
   def index(self) -> folder.FolderIndex:
     """The files and labels this source reads."""
     return folder.folder_index(self.data.path)
