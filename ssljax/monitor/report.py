@@ -67,7 +67,11 @@ def write_report(workdir: str, config: Any = None, *, total_steps: int | None = 
   train_names = [
     k for k in series if not k.startswith(('eval/', 'health/')) and k not in _NOT_PLOTTED
   ]
-  eval_names = [k for k in series if k.startswith('eval/')]
+  eval_names = [  # multi-label runs: the macro AUROC, not every label's metrics
+    k
+    for k in series
+    if k.startswith('eval/') and (not _is_label_metric(k) or k.endswith('/auroc_macro'))
+  ]
   loss_png = eval_png = None
   if train_names:
     loss_png = os.path.join(plots_dir, 'loss.png')
