@@ -137,7 +137,7 @@ class _NpyStream:
     with archive.open(name, 'w', force_zip64=True) as member:
       np.lib.format.write_array_header_2_0(member, header)
       self.file.seek(0)
-      shutil.copyfileobj(self.file, member, 1 << 22)
+      shutil.copyfileobj(self.file, member, 1 << 20)
     self.file.close()
 
 
