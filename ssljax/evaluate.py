@@ -52,7 +52,7 @@ def evaluate_run(config: ml_collections.ConfigDict, run_dir: str) -> dict:
   init = jax.jit(init, out_shardings=build.state_layout(config, mesh, init)[1])
   logging.info('Evaluating %s at step %d', run_dir, int(state.step))
   results = protocols.evaluate_state(
-    config, method, state, init if config.eval_config.random_init else None, mesh
+    config, method, state, init if config.eval_config.random_init else None, mesh, keep_in=run_dir
   )
   results['step'] = int(state.step)
   results['config'] = config.name

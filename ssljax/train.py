@@ -341,7 +341,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   drawer.draw(state, total_steps)
   drawer.finish()
   baseline = init if config.eval_config.random_init else None
-  results = protocols.evaluate_state(config, method, state, baseline, mesh, supervised_cache)
+  results = protocols.evaluate_state(
+    config, method, state, baseline, mesh, supervised_cache, keep_in=workdir
+  )
   steps.record_skipped(total_steps)
   results['step'] = int(state.step)
   results['config'] = config.name

@@ -61,6 +61,18 @@ def data_defaults(image_size: int) -> ml_collections.ConfigDict:
       # (40, 400) soft tissue) instead of each file's own window; None: the file's, else its
       # bit depth's range.
       dicom_window=placeholder(tuple),
+      # folder source: labels from a CSV instead of subfolders (docs/medical.md): a path column
+      # (relative to data.path), one column per label (1, 0; -1 or blank: uncertain), an
+      # optional group column (a patient id) and an optional split column (train / test).
+      labels='',
+      path_column='path',
+      label_columns=(),  # (): every column but the path, group and split columns
+      group_column='',  # '': each image its own group
+      split_column='split',  # used when the CSV has it; else the groups are split
+      uncertain='ignore',  # -1 and blank: ignore (left out) | ones | zeros (CheXpert's U-*)
+      test_fraction=0.2,  # of the groups, without a split column
+      split_seed=0,  # which groups go to test; the split is written to WORKDIR/splits.csv
+      max_bad_rows=0.001,  # fraction of the CSV's rows that may be skipped (named) before a stop
     )
   )
 

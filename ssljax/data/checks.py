@@ -5,7 +5,7 @@ from __future__ import annotations
 import ml_collections
 
 from ssljax.config.checks import MISSING, Checks
-from ssljax.data import shifts
+from ssljax.data import labels_csv, shifts
 from ssljax.data.sources import SOURCES
 
 
@@ -23,6 +23,7 @@ def check_config(checks: Checks) -> None:
       and window[1] > 0
     )
     checks.require(ok, 'data.dicom_window', '(center, width) with width > 0, or None', (40, 400))
+  labels_csv.check_config(checks)
   name = checks.value('data.source')
   if isinstance(name, str) and name in SOURCES:
     SOURCES[name].check_config(checks)  # the fields of that kind of source

@@ -3,6 +3,7 @@ and test set) are run by `evaluators.protocols`; the pieces it runs are k-NN and
 on frozen features and class-balanced label subsets (host-side, exported here), and fine-tuning
 on the mesh (`evaluators.finetune`). `python -m ssljax.evaluate` is the command line."""
 
+from ssljax.evaluators import multilabel_run  # noqa: F401  (sets protocols.MULTI_LABEL_RUN)
 from ssljax.evaluators.knn import knn_accuracy, knn_classify
 from ssljax.evaluators.label_subset import (
   LabelBudget,

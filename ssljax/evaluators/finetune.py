@@ -36,7 +36,7 @@ from ssljax import data, optim, sharding
 from ssljax.config.checks import Checks
 from ssljax.config.defaults import augment_defaults
 from ssljax.data.types import EvalSplit
-from ssljax.evaluators import mixing
+from ssljax.evaluators import mixing, multilabel
 from ssljax.evaluators.batched import apply_in_batches
 from ssljax.models import vit as vit_lib
 
@@ -187,6 +187,7 @@ class Recipe:
   label_smoothing: float
   mix: mixing.MixSettings = mixing.MixSettings()  # mixup, cutmix, erasing; smoothing inside
   pixel_stats: tuple = ((0.0,), (1.0,))  # the encoder's input standardization (erasing's noise)
+  multilabel: bool = False  # CSV labels: targets (B, L), sigmoid cross-entropy (multilabel.py)
 
   def tx(self, learning_rate, params: PyTree) -> optax.GradientTransformation:
     """The optimizer at `learning_rate` (a traced scalar: the schedule runs on the host); a
@@ -233,7 +234,11 @@ def _train_step(recipe: Recipe, state: State, batch, learning_rate):
   num_classes = recipe.model.num_classes
   mix = recipe.mix._replace(smoothing=recipe.label_smoothing)
   mix_rng = jax.random.fold_in(dropout_rng, 1)
-  x, targets = mixing.regularize(mix_rng, x, y, num_classes, mix, recipe.pixel_stats)
+  if recipe.multilabel:  # y: targets (B, L); mixup and cutmix are refused for them
+    x, _ = mixing.regularize(mix_rng, x, y[:, 0], num_classes, mix, recipe.pixel_stats)
+    targets = y
+  else:
+    x, targets = mixing.regularize(mix_rng, x, y, num_classes, mix, recipe.pixel_stats)
 
   def loss_fn(params):
     logits, updates = recipe.model.apply(
@@ -243,6 +248,10 @@ def _train_step(recipe: Recipe, state: State, batch, learning_rate):
       mutable=['batch_stats'],
       rngs={'dropout': dropout_rng},
     )
+    if recipe.multilabel:
+      known = y != multilabel.IGNORED
+      hits = jnp.sum(((logits > 0) == (y == 1)) & known) / jnp.maximum(jnp.sum(known), 1)
+      return multilabel.masked_bce(logits, targets), (dict(updates), hits)
     loss = jnp.mean(optax.softmax_cross_entropy(logits, targets))
     return loss, (dict(updates), jnp.mean(jnp.argmax(logits, -1) == y))
 
@@ -281,6 +290,16 @@ class _Predict:
 
   def __call__(self, variables, x):
     return jnp.argmax(self.model.apply(variables, x, train=False), axis=-1)
+
+
+@dataclasses.dataclass(frozen=True)
+class Probabilities:
+  """variables, images -> sigmoid of the logits (multi-label); hashable, as _Predict."""
+
+  model: Classifier
+
+  def __call__(self, variables, x):
+    return jax.nn.sigmoid(self.model.apply(variables, x, train=False))
 
 
 @functools.lru_cache(maxsize=16)
@@ -330,7 +349,11 @@ def random_encoder_variables(
 
 
 def resolve_recipe(
-  encoder: nn.Module, num_classes: int, ft: ml_collections.ConfigDict, frozen: bool = False
+  encoder: nn.Module,
+  num_classes: int,
+  ft: ml_collections.ConfigDict,
+  frozen: bool = False,
+  multilabel: bool = False,
 ) -> Recipe:
   """The Recipe for `encoder` (already through `finetune_encoder`) from eval_config.finetune
   (or the resolved eval_config.linear_sgd, frozen)."""
@@ -370,6 +393,7 @@ def resolve_recipe(
     label_smoothing=float(ft.label_smoothing),
     mix=mix,
     pixel_stats=stats,
+    multilabel=multilabel,
   )
 
 
@@ -398,6 +422,7 @@ class FineTuneResult(NamedTuple):
   variables: dict  # the trained Classifier's {'params': .., ['batch_stats': ..]}
   steps: int
   train_loss: float  # mean over the last tenth of the steps
+  scores: dict | None = None  # multilabel: test set name -> (probabilities (N, L), labels (N,))
 
 
 def finetune(
@@ -414,6 +439,7 @@ def finetune(
   tf_augment: bool = True,
   frozen: bool = False,
   fsdp_min_size: int = sharding.FSDP_MIN_SIZE,
+  multilabel: bool = False,
 ) -> FineTuneResult:
   """Fine-tunes `encoder` from `encoder_variables` with a new linear head; top-1 on each test set.
 
@@ -421,7 +447,9 @@ def finetune(
   labels, `num_train` the global count; `tests` maps a name to this process's share of a test
   split (an `EvalSplit`, or arrays). `ft` is eval_config.finetune. The caller's arrays are
   never modified or donated. `frozen`: only the head learns (`evaluators.linear_sgd`).
-  `fsdp_min_size` (config.mesh's) lays out the state as training does.
+  `fsdp_min_size` (config.mesh's) lays out the state as training does. `multilabel`: labels
+  are targets (N, L) of 1, 0, -1 (ignored), the loss sigmoid cross-entropy, and the result has
+  each test set's probabilities (`scores`) instead of accuracies.
   """
   sharding.check_batch_size(int(ft.batch_size), mesh, 'eval_config.finetune.batch_size')
   images, labels = train
@@ -431,7 +459,7 @@ def finetune(
     )
   encoder = finetune_encoder(encoder, ft)
   encoder_variables = encoder_layout(encoder_variables, encoder)
-  recipe = resolve_recipe(encoder, num_classes, ft, frozen)
+  recipe = resolve_recipe(encoder, num_classes, ft, frozen, multilabel)
   lrs = schedule(ft, num_train, recipe.optimizer)
   rng, head_rng = jax.random.split(jax.random.PRNGKey(int(ft.seed)))
   h = jax.eval_shape(
@@ -492,10 +520,17 @@ def finetune(
       )
   losses = np.asarray(jax.device_get(losses))
   variables = {'params': state.params, **state.model_state}
+  tail = max(1, len(losses) // 10)
+  if multilabel:  # scored by the caller, which knows the targets (evaluators.multilabel_run)
+    probabilities = Probabilities(recipe.model)
+    scores = {
+      name: apply_in_batches(probabilities, variables, test, mesh, eval_batch_size)[:2]
+      for name, test in tests.items()
+    }
+    return FineTuneResult({}, variables, len(lrs), float(np.mean(losses[-tail:])), scores)
   predict = _Predict(recipe.model)
   accuracy = {}
   for name, test in tests.items():
     preds, truth, _ = apply_in_batches(predict, variables, test, mesh, eval_batch_size)
     accuracy[name] = float(np.mean(preds == truth)) if truth.size else float('nan')
-  tail = max(1, len(losses) // 10)
   return FineTuneResult(accuracy, variables, len(lrs), float(np.mean(losses[-tail:])))

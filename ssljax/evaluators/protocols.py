@@ -21,7 +21,7 @@ from absl import logging
 from ssljax import data, sharding
 from ssljax.config import checks as config_checks
 from ssljax.config.checks import Checks
-from ssljax.data import shifts
+from ssljax.data import labels_csv, shifts
 from ssljax.data.types import EvalSplit
 from ssljax.errors import ConfigError
 from ssljax.evaluators import finetune as finetune_lib
@@ -390,6 +390,11 @@ class _Run:
     return result.accuracy
 
 
+# CSV labels (config.data.labels): evaluators.multilabel_run's _Run, which it sets here when
+# imported (by ssljax.evaluators, so before any evaluation): it builds on this module.
+MULTI_LABEL_RUN: type | None = None
+
+
 def evaluate(
   config: ml_collections.ConfigDict,
   method: Method,
@@ -398,6 +403,7 @@ def evaluate(
   splits,
   mesh,
   supervised_cache: SupervisedCache | None = None,
+  keep_in: str | None = None,
 ) -> dict[str, float]:
   """Accuracy (a fraction) of every protocol in config.eval, per label budget and test set.
 
@@ -405,14 +411,19 @@ def evaluate(
   `data.eval_split` (or its (images, labels) from `data.load_eval_split`); without 'ood',
   eval_config.ood_data (when set) is read here.
   `supervised_cache` lets evaluations of one run share the supervised baseline (a fresh one:
-  nothing shared).
+  nothing shared). With CSV labels (config.data.labels) the protocols are multi-label
+  (`multilabel_run`): keys KEY/auroc/LABEL, KEY/auroc_macro, KEY/ap/... beside KEY, and
+  `keep_in` (a workdir) keeps the classifiers trained with every label there.
   """
   config_checks.check(config, check_eval_config, lambda c: check_eval_batch_sizes(c, mesh))
   ec = config.eval_config
   if OOD[1:] not in splits and (ood := ood_config(config)) is not None:
     splits = {**splits, OOD[1:]: data.eval_split(ood, 'test')}
   cache = SupervisedCache() if supervised_cache is None else supervised_cache
-  run = _Run(config, method, params, model_state, splits, mesh, cache)
+  if labels_csv.is_multilabel(config):
+    run = MULTI_LABEL_RUN(config, method, params, model_state, splits, mesh, cache, keep_in=keep_in)
+  else:
+    run = _Run(config, method, params, model_state, splits, mesh, cache)
   budgets = label_budgets(ec)
   results = {}
   for name in config.eval:
@@ -440,10 +451,13 @@ def evaluate_state(
   init: Callable[[jax.Array], TrainState] | None,
   mesh: jax.sharding.Mesh,
   supervised_cache: SupervisedCache | None = None,
+  keep_in: str | None = None,
 ) -> dict:
   """{'pretrained': {key: accuracy}, 'random_init': {..}}: the trained encoder of `state` and,
   when `init` (jitted, rng -> TrainState) is given, the same encoder as initialised with
-  config.seed: the baseline self-supervision must beat. Empty without a labelled test split."""
+  config.seed: the baseline self-supervision must beat. Empty without a labelled test split.
+  `keep_in`: the workdir where a multi-label evaluation keeps the pretrained encoder's
+  classifiers (`evaluators.kept`)."""
   splits = {s: data.eval_split(config, s) for s in ('train', 'test')}
   if not config.eval or splits['test'].size == 0 or data.dataset_info(config).num_classes == 0:
     logging.warning('No labelled test split: skipping evaluation.')
@@ -451,7 +465,14 @@ def evaluate_state(
   cache = SupervisedCache() if supervised_cache is None else supervised_cache
   results = {
     'pretrained': evaluate(
-      config, method, state.params, state.model_state, splits, mesh, supervised_cache=cache
+      config,
+      method,
+      state.params,
+      state.model_state,
+      splits,
+      mesh,
+      supervised_cache=cache,
+      keep_in=keep_in,
     )
   }
   if init is not None:

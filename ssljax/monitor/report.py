@@ -67,7 +67,11 @@ def write_report(workdir: str, config: Any = None, *, total_steps: int | None = 
   train_names = [
     k for k in series if not k.startswith(('eval/', 'health/')) and k not in _NOT_PLOTTED
   ]
-  eval_names = [k for k in series if k.startswith('eval/')]
+  eval_names = [  # multi-label runs: the macro AUROC, not every label's metrics
+    k
+    for k in series
+    if k.startswith('eval/') and (not _is_label_metric(k) or k.endswith('/auroc_macro'))
+  ]
   loss_png = eval_png = None
   if train_names:
     loss_png = os.path.join(plots_dir, 'loss.png')
@@ -284,6 +288,9 @@ def _results_table(results: dict | None, series: Series) -> list[str]:
       f'No results.json yet: the latest evaluation (step {step}), accuracy (%); the random-init '
       'baseline is measured at the end.'
     )
+  per_label = _per_label(pretrained)
+  pretrained = {k: v for k, v in pretrained.items() if not _is_label_metric(k)}
+  random_init = {k: v for k, v in random_init.items() if not _is_label_metric(k)}
   lines += ['', '| protocol | pretrained | random init | difference |', '|---|---:|---:|---:|']
   for protocol in [*pretrained, *(k for k in random_init if k not in pretrained)]:
     p, r = pretrained.get(protocol), random_init.get(protocol)
@@ -293,6 +300,36 @@ def _results_table(results: dict | None, series: Series) -> list[str]:
       d = 100 * (p - r)
       diff = f'{d:+.2f}' if math.isfinite(d) else str(d)
     lines.append(f'| {protocol} | {_pct(p)} | {_pct(r)} | {diff} |')
+  return lines + per_label
+
+
+_LABEL_METRIC = re.compile(r'(?P<key>.+?)/(?P<metric>auroc|ap)(?:/(?P<label>[^/]+)|_macro)$')
+
+
+def _is_label_metric(key: str) -> bool:
+  return bool(_LABEL_METRIC.match(key))
+
+
+def _per_label(results: dict) -> list[str]:
+  """Multi-label runs (CSV labels): the pretrained encoder's AUROC per label and macro, and
+  macro average precision, one row per protocol."""
+  table: dict[str, dict[str, float]] = {}
+  for key, value in results.items():
+    if m := _LABEL_METRIC.match(key):
+      column = m['label'] if m['metric'] == 'auroc' and m['label'] else None
+      if m['label'] is None:
+        column = f'{m["metric"].upper()} macro'
+      if column:
+        table.setdefault(m['key'], {})[column] = value
+  if not table:
+    return []
+  columns = list(dict.fromkeys(c for row in table.values() for c in row if 'macro' not in c))
+  columns += ['AUROC macro', 'AP macro']
+  lines = ['', 'AUROC per label (pretrained encoder), macro AUROC and AP:', '']
+  lines += ['| protocol | ' + ' | '.join(columns) + ' |', '|---|' + '---:|' * len(columns)]
+  for key, row in table.items():
+    cells = [f'{row[c]:.3f}' if c in row else '-' for c in columns]
+    lines.append(f'| {key} | ' + ' | '.join(cells) + ' |')
   return lines
 
 

@@ -31,6 +31,7 @@ from jax.experimental import multihost_utils
 
 from ssljax import data, errors, models, paths
 from ssljax.config.checks import Checks
+from ssljax.data import labels_csv
 from ssljax.methods import Method, TrainState
 from ssljax.monitor import pictures
 from ssljax.restore import load_config, restore_latest
@@ -80,6 +81,8 @@ class Pictures:
       return
     test = data.eval_split(config, 'test')
     images, labels = test.take(np.arange(min(test.size, config.visualize.num_points)))
+    if labels_csv.is_multilabel(config):  # row numbers: coloured by the CSV's first label
+      labels = labels_csv.table(config).targets['test'][labels, 0].astype(np.int32) + 1
     if len(labels) == 0 or np.min(labels) < 0:
       logging.warning('No labelled test split: no embedding or attention pictures.')
       self.enabled = False

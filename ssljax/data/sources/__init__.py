@@ -9,6 +9,7 @@ from ssljax.data.sources.base import InMemory, Source, Split
 from ssljax.data.sources.digits import Digits
 from ssljax.data.sources.idx import Idx, read_idx
 from ssljax.data.sources.image_folder import ImageFolder
+from ssljax.data.sources.labelled_folder import LabelledFolder
 from ssljax.data.sources.synthetic import Synthetic
 from ssljax.data.sources.tfds import StreamedTfds, Tfds
 from ssljax.errors import ConfigError
@@ -44,5 +45,8 @@ def source_class(config: ml_collections.ConfigDict) -> type[Source]:
 
 
 def source(config: ml_collections.ConfigDict) -> Source:
-  """The source `config` reads."""
-  return source_class(config).open(config)
+  """The source `config` reads; a folder with config.data.labels is labelled by that CSV."""
+  kind = source_class(config)
+  if kind is ImageFolder and config.data.get('labels', ''):
+    kind = LabelledFolder
+  return kind.open(config)

@@ -12,8 +12,12 @@ from ssljax.data.types import DatasetInfo, EvalSplit
 
 
 class ImageFolder(Source):
+  def index(self) -> folder.FolderIndex:
+    """The files and labels this source reads."""
+    return folder.folder_index(self.data.path)
+
   def check_available(self) -> None:
-    folder.folder_index(self.data.path)
+    self.index()
 
   def info(self, workdir: str | None = None) -> DatasetInfo:
     index = folder.folder_index(self.data.path, workdir)
@@ -23,7 +27,7 @@ class ImageFolder(Source):
     """A Reader of the folder, decoding to `side` pixels."""
     window = self.data.get('dicom_window')
     return folder.reader(
-      folder.folder_index(self.data.path),
+      self.index(),
       side,
       dicom_window=None if window is None else tuple(float(v) for v in window),
       max_bad_fraction=float(self.data.get('max_bad_fraction', 0.001)),
@@ -52,7 +56,7 @@ class ImageFolder(Source):
 
   def eval_split(self, split: str) -> EvalSplit:
     size = int(self.data.image_size)
-    index = folder.folder_index(self.data.path)
+    index = self.index()
     share = order.process_share(len(index.split(split).files), self.max_examples())
 
     labels = index.split(split).labels

@@ -1,0 +1,284 @@
+"""Multi-label evaluation on frozen features: targets (N, L) of 1, 0 or IGNORED (-1, left out of
+fitting and scoring), per-label AUROC and average precision, a logistic regression per label,
+k-NN votes per label, label budgets counted in images or in positives per label, and the masked
+binary cross-entropy fine-tuning trains with.
+
+The metrics follow scikit-learn's definitions (`roc_auc_score`, `average_precision_score`) and
+are computed in float64 on the host.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import optax.tree_utils as otu
+
+from ssljax.errors import ConfigError
+from ssljax.evaluators.label_subset import LabelBudget
+from ssljax.evaluators.linear_probe import train_stats
+
+IGNORED = -1
+L2_GRID = (1e-5, 1e-4, 1e-3, 1e-2, 1e-1)
+_FALLBACK_L2 = 1e-3
+_ROW_BUCKET = 256  # rows padded (masked out) to a multiple: budgets share one compiled fit
+
+# ----------------------------------------------------------------------------- metrics
+
+
+def auroc(y: np.ndarray, scores: np.ndarray) -> float:
+  """Area under the ROC curve of `scores` for binary `y` (1 positive): the chance a random
+  positive outscores a random negative, ties counting half (Mann-Whitney U from average ranks,
+  equal to scikit-learn's trapezoids). NaN when `y` holds one class only."""
+  y, scores = np.asarray(y).astype(bool), np.asarray(scores, np.float64)
+  pos, neg = int(y.sum()), int((~y).sum())
+  if pos == 0 or neg == 0:
+    return float('nan')
+  order = np.argsort(scores, kind='mergesort')
+  sorted_scores = scores[order]
+  ranks = np.empty(len(scores), np.float64)
+  # Average rank (1-based) of every run of equal scores.
+  starts = np.flatnonzero(np.r_[True, sorted_scores[1:] != sorted_scores[:-1]])
+  ends = np.r_[starts[1:], len(scores)]
+  ranks[order] = np.repeat((starts + ends + 1) / 2.0, ends - starts)
+  return float((ranks[y].sum() - pos * (pos + 1) / 2.0) / (pos * neg))
+
+
+def average_precision(y: np.ndarray, scores: np.ndarray) -> float:
+  """sum over thresholds of (R_n - R_n-1) P_n, each distinct score a threshold (scikit-learn's
+  `average_precision_score`); NaN without positives."""
+  y, scores = np.asarray(y).astype(bool), np.asarray(scores, np.float64)
+  if not y.any():
+    return float('nan')
+  order = np.argsort(-scores, kind='mergesort')
+  y, scores = y[order], scores[order]
+  last = np.r_[scores[1:] != scores[:-1], True]  # the last row of each run of equal scores
+  tp = np.cumsum(y)[last]
+  predicted = np.flatnonzero(last) + 1
+  recall_steps = np.diff(np.r_[0, tp]) / tp[-1]
+  return float(np.sum(recall_steps * tp / predicted))
+
+
+def scores_metrics(
+  targets: np.ndarray, scores: np.ndarray, names: Sequence[str], threshold: float = 0.5
+) -> dict[str, float]:
+  """{'': accuracy, '/auroc/NAME', '/auroc_macro', '/ap/NAME', '/ap_macro'} of scores (N, L)
+  against targets (N, L), each label on its known entries only. Accuracy: the fraction of known
+  entries with (score > threshold) == target. A label whose known test entries are one class has
+  no AUROC (left out of the keys and the macro mean)."""
+  targets, scores = np.asarray(targets), np.asarray(scores, np.float64)
+  known = targets != IGNORED
+  out = {'': float(np.mean((scores > threshold)[known] == (targets[known] == 1)))}
+  for metric, fn in (('auroc', auroc), ('ap', average_precision)):
+    values = {}
+    for j, name in enumerate(names):
+      value = fn(targets[known[:, j], j] == 1, scores[known[:, j], j])
+      if np.isfinite(value):
+        values[name] = value
+    out.update({f'/{metric}/{n}': v for n, v in values.items()})
+    if values:
+      out[f'/{metric}_macro'] = float(np.mean(list(values.values())))
+  return out
+
+
+# ----------------------------------------------------------------------------- label budgets
+
+
+def budget_rows(budget: LabelBudget | None, targets: np.ndarray, *, seed: int) -> np.ndarray | None:
+  """Sorted rows of the labelled train images a budget allows (None: all). 'N_per_class': the N
+  positives of each label with the smallest keys (their union); 'P%': that fraction of the
+  images by key (at least 1). The keys are `label_subset`'s (PCG64 raw stream of `seed`), so
+  budgets nest and every method gets the same images."""
+  if budget is None:
+    return None
+  keys = np.random.PCG64(seed).random_raw(len(targets))
+  by_key = np.argsort(keys, kind='stable')
+  if budget.per_class is None:
+    keep = max(1, int(np.floor(budget.fraction * len(targets) + 0.5)))
+    return np.sort(by_key[:keep]).astype(np.int64)
+  chosen = []
+  for j in range(targets.shape[1]):
+    positives = by_key[targets[by_key, j] == 1]
+    if len(positives) < budget.per_class:
+      raise ConfigError(
+        f'config.eval_config.label_budgets {budget.key!r}: label {j} has {len(positives)} '
+        f'positive train images, fewer than {budget.per_class}; use a smaller budget or a '
+        "percentage ('10%')"
+      )
+    chosen.append(positives[: budget.per_class])
+  return np.unique(np.concatenate(chosen)).astype(np.int64)
+
+
+# ----------------------------------------------------------------------------- linear probe
+
+
+def masked_bce(logits: jax.Array, targets: jax.Array) -> jax.Array:
+  """Per label, the mean sigmoid cross-entropy over its known targets (IGNORED left out), summed
+  over labels: (N, L) logits and targets -> a scalar."""
+  known = (targets != IGNORED).astype(logits.dtype)
+  loss = optax.sigmoid_binary_cross_entropy(logits, (targets == 1).astype(logits.dtype))
+  return jnp.sum(jnp.sum(loss * known, 0) / jnp.maximum(jnp.sum(known, 0), 1.0))
+
+
+def _objective(params, x, targets, l2):
+  logits = x @ params['w'] + params['b']
+  penalty = 0.5 * jnp.sum(l2 * jnp.sum(jnp.square(params['w']), 0))
+  return masked_bce(logits, targets) + penalty
+
+
+@jax.jit
+def _lbfgs(x, targets, l2, params, max_iters, tol):
+  """Full-batch L-BFGS (Armijo backtracking: the objective is convex) until max_iters, ||grad||
+  < tol or a step that does not decrease it. The labels' problems are separate; one fit solves
+  them together (`linear_probe._lbfgs` is the same loop for softmax)."""
+  fun = functools.partial(_objective, x=x, targets=targets, l2=l2)
+  linesearch = optax.scale_by_backtracking_linesearch(max_backtracking_steps=20, store_grad=True)
+  opt = optax.lbfgs(linesearch=linesearch)
+  value_and_grad = optax.value_and_grad_from_state(fun)
+
+  def step(carry):
+    params, state, _ = carry
+    prev = otu.tree_get(state, 'value')
+    value, grad = value_and_grad(params, state=state)
+    updates, state = opt.update(grad, state, params, value=value, grad=grad, value_fn=fun)
+    return optax.apply_updates(params, updates), state, otu.tree_get(state, 'value') >= prev
+
+  def keep_going(carry):
+    _, state, stalled = carry
+    count = otu.tree_get(state, 'count')
+    grad_norm = otu.tree_norm(otu.tree_get(state, 'grad'))
+    return (count == 0) | ((count < max_iters) & (grad_norm >= tol) & ~stalled)
+
+  params, _, _ = jax.lax.while_loop(keep_going, step, (params, opt.init(params), jnp.array(False)))
+  return params
+
+
+def fit_logistic(
+  x: np.ndarray, targets: np.ndarray, l2: np.ndarray, init: dict | None = None, max_iters: int = 500
+) -> dict:
+  """{'w' (d, L), 'b' (L,)} minimizing, per label l, the mean cross-entropy over its known rows
+  + l2[l] ||w_l||^2 / 2: scikit-learn's LogisticRegression on those rows with C = 1 / (l2 n_l)."""
+  pad = -len(x) % _ROW_BUCKET
+  x = jnp.asarray(np.pad(np.asarray(x, np.float32), ((0, pad), (0, 0))))
+  t = jnp.asarray(np.pad(targets, ((0, pad), (0, 0)), constant_values=IGNORED).astype(np.int32))
+  labels = targets.shape[1]
+  if init is None:
+    init = {'w': jnp.zeros((x.shape[1], labels)), 'b': jnp.zeros((labels,))}
+  params = _lbfgs(x, t, jnp.asarray(l2, jnp.float32), init, jnp.int32(max_iters), jnp.float32(1e-6))
+  return {'w': params['w'], 'b': params['b']}
+
+
+@dataclasses.dataclass(frozen=True)
+class Probe:
+  """A fitted probe: the train mean / std that standardize h, W (d, L), b (L,), each label's L2."""
+
+  mean: np.ndarray
+  std: np.ndarray
+  w: np.ndarray
+  b: np.ndarray
+  l2: np.ndarray
+
+  def probabilities(self, h: np.ndarray) -> np.ndarray:
+    """sigmoid(((h - mean) / std) W + b), float32 (N, L)."""
+    x = (np.asarray(h, np.float32) - self.mean) / self.std
+    return np.asarray(jax.nn.sigmoid(jnp.asarray(x) @ self.w + self.b))
+
+
+def _validation_rows(groups: np.ndarray, fraction: float, seed: int) -> np.ndarray:
+  """A hold-out of whole groups (patients): `fraction` of them, seeded."""
+  unique = np.unique(groups)
+  rng = np.random.default_rng(seed)
+  held = rng.permutation(unique)[: max(1, int(round(fraction * len(unique))))]
+  return np.isin(groups, held)
+
+
+def fit_probe(
+  h: np.ndarray,
+  targets: np.ndarray,
+  groups: np.ndarray | None = None,
+  *,
+  l2_grid: Sequence[float] = L2_GRID,
+  val_fraction: float = 0.2,
+  seed: int = 0,
+) -> Probe:
+  """One logistic regression per label on standardized h. Each label's L2 is chosen from
+  `l2_grid` by its AUROC on a hold-out of `val_fraction` of the groups (a patient's images stay
+  on one side; `groups` None: each image its own), ties to the stronger penalty; a label whose
+  hold-out lacks a positive or a negative takes 1e-3. Then all labels are refit on every row."""
+  targets = np.asarray(targets, np.int8)
+  if len(targets) == 0 or len(targets) != len(h):
+    raise ValueError(f'need matching, non-empty features and targets: {len(h)} / {len(targets)}')
+  h = np.asarray(h, np.float32)
+  mean, std = (np.asarray(a) for a in train_stats(h, np.ones(len(h), np.float32)))
+  x = (h - mean) / std
+  labels = targets.shape[1]
+  groups = np.arange(len(x)) if groups is None else np.asarray(groups)
+  is_val = _validation_rows(groups, val_fraction, seed)
+  val_targets = targets[is_val]
+  judged = [
+    len(np.unique(val_targets[val_targets[:, j] != IGNORED, j])) == 2 for j in range(labels)
+  ]
+  chosen = np.full(labels, _FALLBACK_L2 if len(l2_grid) > 1 else l2_grid[0], np.float64)
+  init = None
+  grid = sorted(l2_grid, reverse=True)
+  if any(judged) and len(grid) > 1:
+    fitting = np.where(is_val[:, None], IGNORED, targets).astype(np.int8)
+    best = np.full(labels, -np.inf)
+    w = np.zeros((x.shape[1], labels), np.float32)
+    params = None
+    for lam in grid:  # strongest first, each warm-started from the last
+      params = fit_logistic(x, fitting, np.full(labels, lam), params)
+      scores = np.asarray(x[is_val] @ params['w'] + params['b'])
+      for j in np.flatnonzero(judged):
+        known = val_targets[:, j] != IGNORED
+        value = auroc(val_targets[known, j] == 1, scores[known, j])
+        if value > best[j]:  # ties keep the stronger penalty
+          best[j], chosen[j], w[:, j] = value, lam, np.asarray(params['w'])[:, j]
+    init = {'w': jnp.asarray(w), 'b': jnp.asarray(params['b'])}
+  params = fit_logistic(x, targets, chosen, init)
+  return Probe(mean, std, np.asarray(params['w']), np.asarray(params['b']), chosen)
+
+
+# ----------------------------------------------------------------------------- k-NN
+
+
+@functools.partial(jax.jit, static_argnames=('k',))
+def _neighbours(train_x: jax.Array, test_x: jax.Array, temperature: jax.Array, *, k: int):
+  test_x = test_x / jnp.maximum(jnp.linalg.norm(test_x, axis=-1, keepdims=True), 1e-12)
+  sim, idx = jax.lax.top_k(test_x @ train_x.T, k)
+  return jnp.exp(sim / temperature), idx
+
+
+def knn_scores(
+  train_h: np.ndarray,
+  train_targets: np.ndarray,
+  test_h: np.ndarray,
+  *,
+  k: int = 20,
+  temperature: float = 0.07,
+  batch_size: int = 1024,
+) -> np.ndarray:
+  """(N_test, L) scores in [0, 1]: DINO's temperature-weighted vote of the k most cosine-similar
+  train images, per label: sum of exp(sim / T) over neighbours positive for it, divided by the
+  sum over neighbours whose target is known (0.5 when none is)."""
+  train = jnp.asarray(train_h, jnp.float32)
+  train = train / jnp.maximum(jnp.linalg.norm(train, axis=-1, keepdims=True), 1e-12)
+  targets = np.asarray(train_targets)
+  k = min(int(k), len(targets))
+  out = []
+  batch_size = max(1, min(batch_size, len(test_h)))
+  for first in range(0, len(test_h), batch_size):
+    batch = np.asarray(test_h[first : first + batch_size], np.float32)
+    n = len(batch)
+    batch = np.pad(batch, ((0, batch_size - n), (0, 0)))
+    weights, idx = _neighbours(train, jnp.asarray(batch), jnp.float32(temperature), k=k)
+    weights, near = np.asarray(weights, np.float64)[:n, :, None], targets[np.asarray(idx)[:n]]
+    positive = np.sum(weights * (near == 1), 1)
+    known = np.sum(weights * (near != IGNORED), 1)
+    out.append(np.where(known > 0, positive / np.maximum(known, 1e-300), 0.5))
+  return np.concatenate(out) if out else np.zeros((0, targets.shape[1]))

@@ -1,0 +1,158 @@
+"""The evaluation of a run whose labels come from a CSV (`config.data.labels`): the protocols of
+`protocols` with multi-label targets. An evaluation split's labels are row numbers of its split
+(`data.sources.labelled_folder`); their targets (N, L) come from `data.labels_csv.table`.
+
+Each protocol's results: its key (accuracy over the known targets) and KEY/auroc/LABEL,
+KEY/auroc_macro, KEY/ap/LABEL, KEY/ap_macro, KEY being today's (`linear@10_per_class`,
+`knn/ood`). The evaluation of the pretrained encoder with all labels keeps its linear probe and
+fine-tuned network in the workdir (`evaluators.kept`).
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import numpy as np
+
+from ssljax import data
+from ssljax.data import labels_csv
+from ssljax.evaluators import finetune as finetune_lib
+from ssljax.evaluators import kept, linear_sgd, multilabel, protocols
+from ssljax.evaluators.label_subset import LabelBudget
+
+
+def _all_labels(budget: LabelBudget | None) -> bool:
+  return budget is None or budget.fraction == 1.0
+
+
+class MultiLabelRun(protocols._Run):
+  """`protocols._Run` with targets (N, L) for labels: budgets in positives per label, per-label
+  probes and votes, fine-tuning with binary cross-entropy."""
+
+  def __init__(self, *args, keep_in: str | None = None):
+    super().__init__(*args)
+    self.table = labels_csv.table(self.config)
+    ood = protocols.ood_config(self.config)
+    self.tables = {'': self.table}
+    if protocols.OOD in self.tests:
+      self.tables[protocols.OOD] = labels_csv.table(ood) if ood is not None else self.table
+    self.keep_in = keep_in
+    self._gathered: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+
+  def features(self, name: str) -> tuple[np.ndarray, np.ndarray]:
+    """(h, labels) of all processes in global order, in host memory: the multi-label probes
+    and votes still take them whole (the single-label ones run where the features are)."""
+    if name not in self._gathered:
+      rows = self.rows(name)
+      self._gathered[name] = (rows.gathered(), rows.labels)
+    return self._gathered[name]
+
+  @property
+  def names(self) -> tuple[str, ...]:
+    return self.table.names
+
+  @functools.cached_property
+  def num_classes(self) -> int:
+    return len(self.names)
+
+  def targets(self, name: str) -> np.ndarray:
+    """'train' or a test suffix -> targets (N, L) of its features, in their order."""
+    rows = self.features(name)[1]
+    if name == 'train':
+      return self.table.targets['train'][rows]
+    return self.tables[name].targets['test'][rows]
+
+  def subset(self, budget: LabelBudget | None) -> np.ndarray | None:
+    return multilabel.budget_rows(budget, self.targets('train'), seed=self.ec.subset_seed)
+
+  def _scored(self, scores: dict[str, np.ndarray]) -> dict[str, float]:
+    """{test suffix + metric suffix: value} of each test set's scores in its features' order."""
+    out = {}
+    for name, s in scores.items():
+      metrics = multilabel.scores_metrics(self.targets(name), s, self.names)
+      out.update({name + key: value for key, value in metrics.items()})
+    return out
+
+  def run_features(self, fn, budget: LabelBudget | None) -> dict[str, float]:
+    if fn is protocols._linear_few_on_rows:
+      few = int(self.ec.few_per_class)
+      budget = LabelBudget(f'{few}_per_class', per_class=few)
+    h, rows = self.features('train')
+    idx = self.subset(budget)
+    idx = np.arange(len(rows)) if idx is None else idx
+    train_targets = self.targets('train')[idx]
+    if fn is protocols._knn_on_rows:
+      scores = {
+        name: multilabel.knn_scores(
+          h[idx],
+          train_targets,
+          self.features(name)[0],
+          k=self.ec.knn_k,
+          temperature=self.ec.knn_temperature,
+        )
+        for name in self.tests
+      }
+      return self._scored(scores)
+    groups = self.table.groups['train'][rows[idx]]
+    probe = multilabel.fit_probe(h[idx], train_targets, groups, seed=self.ec.subset_seed)
+    scores = {name: probe.probabilities(self.features(name)[0]) for name in self.tests}
+    if self.keep_in and _all_labels(budget):
+      kept.save_linear(self.keep_in, probe, self.names, (self._test_files(), scores['']))
+    return self._scored(scores)
+
+  def _test_files(self) -> list[str]:
+    files = self.table.files['test']
+    return [files[int(r)].replace('\\', '/') for r in self.features('')[1]]
+
+  def run_training(
+    self, pretrained: bool, frozen: bool, budget: LabelBudget | None
+  ) -> dict[str, float]:
+    ft = linear_sgd.settings(self.config) if frozen else protocols.finetune_config(self.config)
+    idx = self.subset(budget)
+    positions = self.rows('train').position
+    chosen = positions if idx is None else positions[idx]
+    # Global position g lives on process g % P as its row g // P; only these images are read.
+    n_proc, proc = jax.process_count(), jax.process_index()
+    images, rows = self.train.take(chosen[chosen % n_proc == proc] // n_proc)
+    if pretrained:
+      variables = self.method.encoder_variables(self.params, self.model_state)
+    else:
+      variables = finetune_lib.random_encoder_variables(
+        finetune_lib.finetune_encoder(self.method.encoder, ft),
+        images.shape[1:],
+        int(ft.seed),
+        self.mesh,
+        self.config.mesh.fsdp_min_size,
+      )
+    result = finetune_lib.finetune(
+      self.method.encoder,
+      variables,
+      (images, self.table.targets['train'][rows]),
+      self.tests,
+      num_classes=self.num_classes,
+      num_train=len(chosen),
+      mesh=self.mesh,
+      ft=ft,
+      eval_batch_size=self.ec.batch_size,
+      tf_augment=data.source(self.config).uses_tensorflow,
+      frozen=frozen,
+      fsdp_min_size=self.config.mesh.fsdp_min_size,
+      multilabel=True,
+    )
+    out = {}
+    for name, (probabilities, test_rows) in result.scores.items():
+      table = self.tables[name]
+      metrics = multilabel.scores_metrics(
+        table.targets['test'][test_rows], probabilities, self.names
+      )
+      out.update({name + key: value for key, value in metrics.items()})
+    if self.keep_in and pretrained and _all_labels(budget):
+      files = [self.table.files['test'][int(r)].replace('\\', '/') for r in result.scores[''][1]]
+      kind = 'linear_sgd' if frozen else 'finetune'
+      test = (files, result.scores[''][0])
+      kept.save_finetune(self.keep_in, kind, result.variables, self.names, ft, frozen, test)
+    return out
+
+
+protocols.MULTI_LABEL_RUN = MultiLabelRun
