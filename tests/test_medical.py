@@ -4,6 +4,7 @@ with. The fast tier checks the pieces; `-m slow` runs the whole chain on Fashion
 pydicom's DICOM test files."""
 
 import csv
+import json
 import os
 import sys
 import tracemalloc
@@ -11,7 +12,7 @@ import tracemalloc
 import numpy as np
 import pytest
 from sklearn.linear_model import LogisticRegression
-from sklearn.metrics import average_precision_score, roc_auc_score
+from sklearn.metrics import average_precision_score, roc_auc_score, roc_curve
 
 from ssljax.config import checks as config_checks
 from ssljax.data import labels_csv
@@ -49,6 +50,11 @@ def test_auroc_and_ap_equal_scikit_learn_with_ties():
     assert multilabel.auroc(y, scores) == pytest.approx(roc_auc_score(y, scores), abs=1e-12)
     ap = average_precision_score(y, scores)
     assert multilabel.average_precision(y, scores) == pytest.approx(ap, abs=1e-12)
+    fpr, tpr = multilabel.roc_curve(y, scores)
+    want_fpr, want_tpr, _ = roc_curve(y, scores, drop_intermediate=False)
+    np.testing.assert_allclose(fpr, want_fpr, atol=1e-12)
+    np.testing.assert_allclose(tpr, want_tpr, atol=1e-12)
+    assert np.trapezoid(tpr, fpr) == pytest.approx(multilabel.auroc(y, scores), abs=1e-12)
   # By hand: positives score 0.8 and 0.4, negatives 0.6 and 0.4; pairs won 1 + 0.5 + 1 + 0 of 4.
   assert multilabel.auroc([1, 1, 0, 0], [0.8, 0.4, 0.6, 0.4]) == 0.625
   assert np.isnan(multilabel.auroc([1, 1], [0.2, 0.3]))
@@ -224,6 +230,13 @@ def test_fashion_csv_run_embed_and_predict(fashion_folder, tmp_path):
     labels = fashion_csv.LABELS
     assert set(labels) == {k.split('/')[-1] for k in results if k.startswith(f'{key}/auroc/')}
     assert 0.5 < results[f'{key}/auroc_macro'] <= 1.0 and f'{key}/ap_macro' in results
+  # The report draws each kept classifier's ROC curves, whose areas are the results' AUROCs.
+  curves = json.loads((tmp_path / 'run' / 'classifier' / 'linear_roc.json').read_text())
+  for label, curve in curves.items():
+    assert curve['auroc'] == pytest.approx(results[f'linear/auroc/{label}'], abs=1e-12)
+    assert curve['fpr'][0] == curve['tpr'][0] == 0 and curve['fpr'][-1] == curve['tpr'][-1] == 1
+  assert (tmp_path / 'run' / 'report' / 'roc.png').exists()
+  assert 'report/roc.png' in (tmp_path / 'run' / 'report.md').read_text()
   # Embeddings: the encoder's h of every file, bitwise.
   out = tmp_path / 'h.npz'
   assert embed.embed(str(tmp_path / 'run'), str(root / 'images'), str(out), batch_size=32) == 161

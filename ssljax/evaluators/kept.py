@@ -5,6 +5,7 @@ it on new images: WORKDIR/classifier/
   finetune.npz/.json  the fine-tuned network (encoder and head variables) and its settings
   linear_sgd.npz/.json  the same for the papers' linear protocol (a frozen encoder)
   KIND_test.csv       its probabilities on the test split (path, one column per label)
+  KIND_roc.json       the ROC curve of each label on the test split (the report draws them)
 
 Written by process 0 of the evaluation of the pretrained encoder with every label.
 """
@@ -24,6 +25,7 @@ from jax.experimental import multihost_utils
 
 from ssljax import paths
 from ssljax.errors import RunNotFoundError
+from ssljax.evaluators import multilabel
 
 KINDS = ('finetune', 'linear_sgd', 'linear')  # the order predict prefers them in
 
@@ -93,6 +95,31 @@ def save_finetune(
   meta = {'names': list(names), 'frozen': bool(frozen), 'finetune': ft.to_dict()}
   paths.write_atomic(directory(workdir) / f'{kind}.json', json.dumps(meta, indent=2))
   write_probabilities(directory(workdir) / f'{kind}_test.csv', *test[:1], names, test[1])
+
+
+ROC_POINTS = 200  # at most, per curve: enough to draw it
+
+
+def save_roc(
+  workdir: str, kind: str, names: Sequence[str], targets: np.ndarray, probabilities: np.ndarray
+) -> None:
+  """KIND_roc.json: {label: {'fpr': [...], 'tpr': [...], 'auroc': a}} of the test split, the
+  uncertain targets left out as in the metrics (at most ROC_POINTS points a curve, the ends
+  kept)."""
+  if jax.process_index() != 0:
+    return
+  curves = {}
+  for j, name in enumerate(names):
+    known = targets[:, j] != multilabel.IGNORED
+    y, p = targets[known, j] == 1, probabilities[known, j]
+    fpr, tpr = multilabel.roc_curve(y, p)
+    keep = np.unique(np.linspace(0, max(len(fpr) - 1, 0), ROC_POINTS).astype(int))[: len(fpr)]
+    curves[name] = {
+      'fpr': [round(float(v), 5) for v in fpr[keep]],
+      'tpr': [round(float(v), 5) for v in tpr[keep]],
+      'auroc': multilabel.auroc(y, p),
+    }
+  paths.write_atomic(directory(workdir) / f'{kind}_roc.json', json.dumps(curves))
 
 
 def available(workdir: str) -> list[str]:

@@ -49,6 +49,20 @@ def auroc(y: np.ndarray, scores: np.ndarray) -> float:
   return float((ranks[y].sum() - pos * (pos + 1) / 2.0) / (pos * neg))
 
 
+def roc_curve(y: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+  """(false positive rates, true positive rates) of `scores` for binary `y`, one point per
+  distinct score as the threshold, from (0, 0) to (1, 1): the curve `auroc` is the area under
+  (scikit-learn's `roc_curve` without dropping collinear points). Empty without both classes."""
+  y, scores = np.asarray(y).astype(bool), np.asarray(scores, np.float64)
+  if y.all() or not y.any():
+    return np.zeros(0), np.zeros(0)
+  order = np.argsort(-scores, kind='mergesort')
+  y, scores = y[order], scores[order]
+  last = np.r_[scores[1:] != scores[:-1], True]  # the last row of each run of equal scores
+  tp, fp = np.cumsum(y)[last], np.cumsum(~y)[last]
+  return np.r_[0.0, fp / fp[-1]], np.r_[0.0, tp / tp[-1]]
+
+
 def average_precision(y: np.ndarray, scores: np.ndarray) -> float:
   """sum over thresholds of (R_n - R_n-1) P_n, each distinct score a threshold (scikit-learn's
   `average_precision_score`); NaN without positives."""

@@ -99,6 +99,7 @@ class MultiLabelRun(protocols._Run):
     scores = {name: probe.probabilities(self.features(name)[0]) for name in self.tests}
     if self.keep_in and _all_labels(budget):
       kept.save_linear(self.keep_in, probe, self.names, (self._test_files(), scores['']))
+      kept.save_roc(self.keep_in, 'linear', self.names, self.targets(''), scores[''])
     return self._scored(scores)
 
   def _test_files(self) -> list[str]:
@@ -152,6 +153,8 @@ class MultiLabelRun(protocols._Run):
       kind = 'linear_sgd' if frozen else 'finetune'
       test = (files, result.scores[''][0])
       kept.save_finetune(self.keep_in, kind, result.variables, self.names, ft, frozen, test)
+      targets = self.table.targets['test'][result.scores[''][1]]
+      kept.save_roc(self.keep_in, kind, self.names, targets, result.scores[''][0])
     return out
 
 

@@ -98,6 +98,9 @@ def write_report(workdir: str, config: Any = None, *, total_steps: int | None = 
     lines += ['', f'**Warning: {collapsed}**']
   lines += ['', '## Results', '']
   lines += _results_table(results, series)
+  roc_png = _plot_roc(workdir, os.path.join(plots_dir, 'roc.png'))
+  if roc_png:
+    lines += ['', f'![ROC curve of every label on the test split]({_link(workdir, roc_png)})']
   lines += ['', '## Training', '']
   if loss_png:
     lines.append(f'![training loss and other logged scalars]({_link(workdir, loss_png)})')
@@ -470,6 +473,32 @@ def _plot_eval(series: Series, names: list[str], random_init: dict, path: str) -
     ax.set_ylabel('accuracy (%)')
     ax.legend(fontsize='small')
   _save(fig, path)
+
+
+def _plot_roc(workdir: str, path: str) -> str | None:
+  """Multi-label runs: the ROC curve of every label on the test split, one panel per kept
+  classifier (WORKDIR/classifier/KIND_roc.json, written by the evaluation); None if none."""
+  found = []
+  for kind in ('linear', 'linear_sgd', 'finetune'):
+    curves = _read_json(os.path.join(workdir, 'classifier', f'{kind}_roc.json'))
+    if curves:
+      found.append((kind, curves))
+  if not found:
+    return None
+  fig, axes = _panels(len(found), height=3.6)
+  for ax, (kind, curves) in zip(axes, found, strict=False):
+    for name, c in curves.items():
+      auroc = c.get('auroc')
+      label = f'{name} ({auroc:.3f})' if isinstance(auroc, float) and math.isfinite(auroc) else name
+      ax.plot(c['fpr'], c['tpr'], label=label)
+    ax.plot([0, 1], [0, 1], linestyle='--', color='gray', linewidth=0.8)
+    ax.set_title(f'{kind}: ROC on the test split (AUROC)')
+    ax.set_xlabel('false positive rate')
+    ax.set_ylabel('true positive rate')
+    ax.legend(fontsize='x-small')
+    ax.grid(alpha=0.3)
+  _save(fig, path)
+  return path
 
 
 def _curve(ax, steps: np.ndarray, values: np.ndarray, label: str, marker: str | None = None):
