@@ -248,10 +248,17 @@ def _evaluate(workdir, processes: int, devices: int) -> dict:
     procs.append(
       subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     )
-  for p, log in zip(procs, _finish(procs), strict=True):
+  logs = _finish(procs)
+  for p, log in zip(procs, logs, strict=True):
     assert p.returncode == 0, log[-3000:]
+  # Each process's bytes of train features (split over the mesh, so over the processes too).
+  local = [
+    int(line.split('bytes on this process')[0].split()[-1])
+    for line in logs[0].splitlines()
+    if 'features of train:' in line
+  ]
   with open(os.path.join(workdir, 'eval.json')) as f:
-    return json.load(f)['pretrained']
+    return json.load(f)['pretrained'], local[0]
 
 
 @pytest.mark.slow
@@ -260,8 +267,11 @@ def test_evaluation_is_the_same_on_one_device_eight_and_two_processes(two_proces
   x 4 devices (each process reading its share of the splits): the same k-NN neighbours and the
   same linear probe, so the same accuracies."""
   workdir = two_process_run[0]
-  results = {layout: _evaluate(workdir, *layout) for layout in ((1, 1), (1, 8), (2, 4))}
-  print(results)
+  evaluated = {layout: _evaluate(workdir, *layout) for layout in ((1, 1), (1, 8), (2, 4))}
+  results = {layout: result for layout, (result, _) in evaluated.items()}
+  local = {layout: nbytes for layout, (_, nbytes) in evaluated.items()}
+  print(results, f'train features per process: {local} bytes')
+  assert local[(2, 4)] * 2 == local[(1, 8)] == local[(1, 1)]  # halved over 2 processes
   one = results[(1, 1)]
   for layout in ((1, 8), (2, 4)):
     assert results[layout]['knn'] == one['knn']

@@ -315,6 +315,15 @@ class _Run:
         self.ec.batch_size,
         self.ec.feature_dtype,
       )
+      h = self._rows[name].h
+      local = sum(shard.data.nbytes for shard in h.addressable_shards)
+      logging.info(
+        'features of %s: %s %s, %d bytes on this process',
+        name or 'test',
+        h.shape,
+        h.dtype,
+        local,
+      )
     return self._rows[name]
 
   @property
