@@ -7,6 +7,7 @@ import pathlib
 import subprocess
 import sys
 
+import jax
 import numpy as np
 import pytest
 from PIL import Image
@@ -561,6 +562,36 @@ def test_tfds_prepared_dataset(tmp_path, streamed):
   x4, y4 = data.load_eval_split(c, 'test')
   np.testing.assert_array_equal(y4, y[:4])
   np.testing.assert_allclose(x4, x[:4])
+
+
+@pytest.mark.parametrize('test_split, max_examples', [('test', 0), ('test', 7), ('train[5:14]', 0)])
+def test_tfds_evaluation_split_is_read_a_share_per_process(
+  tmp_path, monkeypatch, test_split, max_examples
+):
+  """3 processes (simulated): each reads only its block of the split's records (a slice of
+  the split name given as a slice, of which it keeps every third), and together they hold the
+  one-process split, each example at its global position."""
+  builder = _tiny_tfds_builders()[False](data_dir=str(tmp_path))
+  builder.download_and_prepare()
+  c = base_config()
+  c.data.update(dict(source='tfds', name=builder.name, data_dir=str(tmp_path), image_size=16))
+  c.data.test_split = test_split
+  c.eval_config.max_examples = max_examples
+  whole_x, whole_y = data.eval_split(c, 'test').take()
+  x, y = np.zeros_like(whole_x), np.full_like(whole_y, -1)
+  monkeypatch.setattr(jax, 'process_count', lambda: 3)
+  sizes = []
+  for p in range(3):
+    monkeypatch.setattr(jax, 'process_index', lambda p=p: p)
+    split = data.eval_split(c, 'test')
+    images, labels = split.take()
+    positions = split.positions(np.arange(split.size))
+    x[positions], y[positions] = images, labels
+    sizes.append(split.size)
+    np.testing.assert_array_equal(split.local_rows(np.arange(len(whole_y))), np.arange(split.size))
+  assert sum(sizes) == len(whole_y) and max(sizes) - min(sizes) <= 1
+  np.testing.assert_array_equal(y, whole_y)
+  np.testing.assert_array_equal(x, whole_x)
 
 
 def test_tfds_unknown_name(tmp_path):

@@ -350,10 +350,17 @@ def array_eval_batches(images: np.ndarray, labels: np.ndarray, size: int, batch:
 
 
 def tfds_eval_batches(
-  config, builder, keys: tuple[str, str], split: str, max_examples: int, batch: int
+  config,
+  builder,
+  keys: tuple[str, str],
+  split: str,
+  batch: int,
+  take: int = 0,
+  every: tuple[int, int] = (1, 0),
 ):
-  """(images, labels, valid) batches of this process's share of a tfds `split`; `keys` names its
-  (image, label) features."""
+  """(images, labels, valid) batches of a tfds `split`: this process's slice of it (e.g.
+  'test[0:5000]', only its records read), or, with `every` = (P, p), the first `take` records
+  (0: all) of which it keeps p, p + P, ...; `keys` names the (image, label) features."""
   import tensorflow_datasets as tfds
 
   image_key, label_key = keys
@@ -361,9 +368,10 @@ def tfds_eval_batches(
   ds = builder.as_dataset(
     split=split, shuffle_files=False, decoders={image_key: tfds.decode.SkipDecoding()}
   )
-  if max_examples > 0:
-    ds = ds.take(max_examples)
-  ds = ds.shard(jax.process_count(), jax.process_index())
+  if take > 0:
+    ds = ds.take(take)
+  if every[0] > 1:
+    ds = ds.shard(*every)
   ds = ds.map(lambda ex: (feature.decode_example(ex[image_key]), ex[label_key]))
   return _eval_batches(ds, int(config.data.image_size), batch)
 

@@ -7,6 +7,7 @@ import dataclasses
 import itertools
 from collections.abc import Callable, Iterator
 
+import jax
 import numpy as np
 
 
@@ -34,13 +35,32 @@ def padded(images: np.ndarray, labels: np.ndarray, batch: int) -> Batch:
 class EvalSplit:
   """This process's share of an evaluation split, read a batch at a time so no more than a batch
   of images is ever in memory. Process p holds the split's examples p, p + P, p + 2P, ... (its
-  rows 0, 1, 2, ...). `batches(b)` yields exactly ceil(size / b) batches of b rows: images
-  float32 (b, S, S, C) in [0, 1], labels int32 (b,), valid bool (b,); the padding past the end
-  and unreadable files are invalid rows."""
+  rows 0, 1, 2, ...), or, with `start` set, the examples start, start + 1, ... (a contiguous
+  block: what a source that reads only this process's records, tfds's, gives). `batches(b)`
+  yields exactly ceil(size / b) batches of b rows: images float32 (b, S, S, C) in [0, 1],
+  labels int32 (b,), valid bool (b,); the padding past the end and unreadable files are invalid
+  rows."""
 
   size: int  # rows of this process
   image_shape: tuple[int, int, int]  # (S, S, C)
   read: Callable[[int], Iterator[Batch]]
+  start: int | None = None  # None: interleaved over the processes
+
+  def positions(self, rows: np.ndarray) -> np.ndarray:
+    """The split's example index of each of this process's `rows`."""
+    rows = np.asarray(rows, np.int64)
+    if self.start is not None:
+      return self.start + rows
+    return jax.process_index() + jax.process_count() * rows
+
+  def local_rows(self, positions: np.ndarray) -> np.ndarray:
+    """This process's rows of the examples at `positions` (those it holds, in their order)."""
+    positions = np.asarray(positions, np.int64)
+    if self.start is not None:
+      mine = (positions >= self.start) & (positions < self.start + self.size)
+      return positions[mine] - self.start
+    n_proc, proc = jax.process_count(), jax.process_index()
+    return positions[positions % n_proc == proc] // n_proc
 
   def batches(self, batch: int) -> Iterator[Batch]:
     return self.read(batch)

@@ -31,9 +31,9 @@ def _jitted(fn: Callable, mesh: jax.sharding.Mesh) -> Callable:
 
 def _global_batches(split: EvalSplit, mesh: jax.sharding.Mesh, batch_size: int):
   """(x, y, position, valid) global batches of `batch_size` over the mesh, the same number on
-  every process: this process's share of the split (process p holds examples p, p + P, ...),
+  every process: this process's share of the split (`EvalSplit.positions` says which examples),
   then empty (all invalid) batches while another's goes on."""
-  n_proc, proc = jax.process_count(), jax.process_index()
+  n_proc = jax.process_count()
   local_bs = batch_size // n_proc
   sizes = multihost_utils.process_allgather(np.asarray(split.size)) if n_proc > 1 else [split.size]
   num_batches = max(math.ceil(int(np.max(sizes)) / local_bs), 0)
@@ -45,7 +45,7 @@ def _global_batches(split: EvalSplit, mesh: jax.sharding.Mesh, batch_size: int):
   with contextlib.closing(split.batches(local_bs)) as batches:
     for i in range(num_batches):
       x, y, valid = next(batches, empty)
-      pos = (proc + n_proc * (i * local_bs + np.arange(local_bs))).astype(np.int32)
+      pos = split.positions(i * local_bs + np.arange(local_bs)).astype(np.int32)
       yield sharding.to_global((x, y, pos, valid), mesh)
 
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import functools
 
-import jax
 import numpy as np
 
 from ssljax import data
@@ -113,9 +112,8 @@ class MultiLabelRun(protocols._Run):
     idx = self.subset(budget)
     positions = self.rows('train').position
     chosen = positions if idx is None else positions[idx]
-    # Global position g lives on process g % P as its row g // P; only these images are read.
-    n_proc, proc = jax.process_count(), jax.process_index()
-    images, rows = self.train.take(chosen[chosen % n_proc == proc] // n_proc)
+    # Only this process's images of the chosen positions are read.
+    images, rows = self.train.take(self.train.local_rows(chosen))
     if pretrained:
       variables = self.method.encoder_variables(self.params, self.model_state)
     else:

@@ -352,9 +352,8 @@ class _Run:
     positions = self.rows('train').position
     chosen = positions if idx is None else positions[idx]
     num_train = len(chosen)
-    # Global position g lives on process g % P as its row g // P; only these images are read.
-    n_proc, proc = jax.process_count(), jax.process_index()
-    images, labels = self.train.take(chosen[chosen % n_proc == proc] // n_proc)
+    # Only this process's images of the chosen positions are read.
+    images, labels = self.train.take(self.train.local_rows(chosen))
     if not pretrained:
       c = self.config
       key = (

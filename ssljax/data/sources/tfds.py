@@ -88,15 +88,27 @@ class StreamedTfds(Tfds):
     num = info.splits[name].num_examples
     if max_examples > 0:
       num = min(num, max_examples)
-    rows = len(range(jax.process_index(), num, jax.process_count()))
     names = keys(info)
     channels = info.features[names[0]].shape[-1]
+    n_proc, proc = jax.process_count(), jax.process_index()
+    if '[' in name:  # already a slice ('train[90%:]'): read it whole, keep every P-th record
+      return EvalSplit(
+        len(range(proc, num, n_proc)),
+        self.image_shape(channels),
+        lambda batch: pipeline.tfds_eval_batches(
+          self.config, self.builder, names, name, batch, take=num, every=(n_proc, proc)
+        ),
+      )
+    # Each process reads only its contiguous block of the records, so the reading does not grow
+    # with the number of hosts; the others' blocks come before and after it.
+    start, end = proc * num // n_proc, (proc + 1) * num // n_proc
     return EvalSplit(
-      rows,
+      end - start,
       self.image_shape(channels),
       lambda batch: pipeline.tfds_eval_batches(
-        self.config, self.builder, names, name, max_examples, batch
+        self.config, self.builder, names, f'{name}[{start}:{end}]', batch
       ),
+      start=start,
     )
 
 
