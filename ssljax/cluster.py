@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 
 import jax
+from absl import flags
 
 # Variables that cluster launchers set and jax.distributed.initialize() reads.
 CLUSTER_ENV = ('JAX_COORDINATOR_ADDRESS', 'TPU_WORKER_HOSTNAMES', 'MEGASCALE_COORDINATOR_ADDRESS')
@@ -20,7 +21,17 @@ SLURM_ENV = (
   'SLURM_PROCID',
   'SLURM_LOCALID',
 )
-CHOICES = ('auto', 'yes', 'no')  # the entry points' --multihost
+
+
+def define_flag(flag_values: flags.FlagValues = flags.FLAGS) -> None:
+  """The entry points' --multihost (auto | yes | no), passed to `join`."""
+  flags.DEFINE_enum(
+    'multihost',
+    'auto',
+    ('auto', 'yes', 'no'),
+    'Call jax.distributed.initialize(): auto does so when a cluster environment is detected.',
+    flag_values=flag_values,
+  )
 
 
 def is_cluster() -> bool:

@@ -32,7 +32,7 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 from absl import app, flags, logging  # noqa: E402
 
-from ssljax import errors, paths, restore, sharding  # noqa: E402
+from ssljax import cluster, errors, paths, restore, sharding  # noqa: E402
 from ssljax.data import folder, random_access  # noqa: E402
 from ssljax.errors import DatasetNotFoundError  # noqa: E402
 
@@ -207,6 +207,7 @@ def main(argv) -> None:
     print(f'unexpected arguments {argv[1:]}; usage: {USAGE}', file=sys.stderr)
     sys.exit(2)
   f = flags.FLAGS
+  cluster.join(f.multihost)  # on a pod or cluster: every host runs the same command
   rows = errors.run_command(embed, f.workdir, f.path, f.out, dtype=f.dtype, batch_size=f.batch_size)
   if jax.process_index() == 0:
     print(f'{f.out}: {rows} images (paths, h)')
@@ -214,6 +215,7 @@ def main(argv) -> None:
 
 if __name__ == '__main__':
   flags.DEFINE_string('workdir', None, 'Run directory written by ssljax.main.')
+  cluster.define_flag()
   flags.DEFINE_string('path', None, 'Directory of images (read recursively).')
   flags.DEFINE_string('out', None, 'The .npz file to write.')
   flags.DEFINE_enum('dtype', 'float32', ['float32', 'float16'], 'dtype of h in the file.')

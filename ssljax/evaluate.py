@@ -83,13 +83,7 @@ def define_flags(argv: list[str], flag_values: flags.FlagValues = flags.FLAGS) -
     'workdir', None, 'Run directory written by ssljax.main.', flag_values=flag_values
   )
   flags.mark_flag_as_required('workdir', flag_values=flag_values)
-  flags.DEFINE_enum(
-    'multihost',
-    'auto',
-    cluster.CHOICES,
-    'Call jax.distributed.initialize(): auto does so when a cluster environment is detected.',
-    flag_values=flag_values,
-  )
+  cluster.define_flag(flag_values=flag_values)
   run_dir = _run_dir_in(argv)
   config_flags.DEFINE_config_file(
     'config',

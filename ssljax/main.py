@@ -24,12 +24,7 @@ from ssljax.models import kernels
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file.', lock_config=True)
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Run directory (default: runs/<config name>).')
-_MULTIHOST = flags.DEFINE_enum(
-  'multihost',
-  'auto',
-  cluster.CHOICES,
-  'Call jax.distributed.initialize(): auto does so when a cluster environment is detected.',
-)
+cluster.define_flag()
 flags.mark_flags_as_required(['config'])
 
 
@@ -54,7 +49,7 @@ class _QuietLibraries:
 def main(argv) -> None:
   del argv
   logging.get_absl_handler().addFilter(_QuietLibraries())
-  cluster.join(_MULTIHOST.value)
+  cluster.join(flags.FLAGS.multihost)
   config = _CONFIG.value
   name = run_name(config, config_flags.get_config_filename(flags.FLAGS['config']))
   with config.unlocked():

@@ -26,7 +26,7 @@ import ml_collections  # noqa: E402
 import numpy as np  # noqa: E402
 from absl import app, flags  # noqa: E402
 
-from ssljax import embed, errors, methods, paths, restore, sharding  # noqa: E402
+from ssljax import cluster, embed, errors, methods, paths, restore, sharding  # noqa: E402
 from ssljax.evaluators import finetune, kept, multilabel  # noqa: E402
 
 USAGE = 'python -m ssljax.predict --workdir=RUN --data.path=DIR --out=FILE.csv'
@@ -104,6 +104,7 @@ def main(argv) -> None:
     print(f'unexpected arguments {argv[1:]}; usage: {USAGE}', file=sys.stderr)
     sys.exit(2)
   f = flags.FLAGS
+  cluster.join(f.multihost)  # on a pod or cluster: every host runs the same command
   rows = errors.run_command(
     predict,
     f.workdir,
@@ -118,6 +119,7 @@ def main(argv) -> None:
 
 if __name__ == '__main__':
   flags.DEFINE_string('workdir', None, 'Run directory written by ssljax.main.')
+  cluster.define_flag()
   flags.DEFINE_string('data.path', None, 'Directory of images (read recursively).')
   flags.DEFINE_string('out', None, 'The .csv file to write.')
   flags.DEFINE_enum(
