@@ -17,7 +17,7 @@ import numpy as np
 from ssljax import data
 from ssljax.data import labels_csv
 from ssljax.evaluators import finetune as finetune_lib
-from ssljax.evaluators import kept, linear_sgd, multilabel, protocols
+from ssljax.evaluators import kept, multilabel, protocols
 from ssljax.evaluators.label_subset import LabelBudget
 
 
@@ -108,22 +108,8 @@ class MultiLabelRun(protocols._Run):
   def run_training(
     self, pretrained: bool, frozen: bool, budget: LabelBudget | None
   ) -> dict[str, float]:
-    ft = linear_sgd.settings(self.config) if frozen else protocols.finetune_config(self.config)
-    idx = self.subset(budget)
-    positions = self.rows('train').position
-    chosen = positions if idx is None else positions[idx]
-    # Only this process's images of the chosen positions are read.
-    images, rows = self.train.take(self.train.local_rows(chosen))
-    if pretrained:
-      variables = self.method.encoder_variables(self.params, self.model_state)
-    else:
-      variables = finetune_lib.random_encoder_variables(
-        finetune_lib.finetune_encoder(self.method.encoder, ft),
-        images.shape[1:],
-        int(ft.seed),
-        self.mesh,
-        self.config.mesh.fsdp_min_size,
-      )
+    ft, chosen, images, rows = self.training_images(frozen, budget)  # labels: rows of the table
+    variables = self.start_variables(pretrained, ft, images.shape[1:])
     result = finetune_lib.finetune(
       self.method.encoder,
       variables,

@@ -344,16 +344,35 @@ class _Run:
   def run_features(self, on_rows: Callable, budget: LabelBudget | None) -> dict[str, float]:
     return on_rows(self, self.subset(budget))
 
-  def run_training(
-    self, pretrained: bool, frozen: bool, budget: LabelBudget | None
-  ) -> dict[str, float]:
+  def training_images(self, frozen: bool, budget: LabelBudget | None):
+    """(recipe settings, global positions of the budget's train images, this process's images
+    of them, their labels): what a training protocol starts from. Only this process's images
+    of the chosen positions are read."""
     ft = linear_sgd.settings(self.config) if frozen else finetune_config(self.config)
     idx = self.subset(budget)
     positions = self.rows('train').position
     chosen = positions if idx is None else positions[idx]
-    num_train = len(chosen)
-    # Only this process's images of the chosen positions are read.
     images, labels = self.train.take(self.train.local_rows(chosen))
+    return ft, chosen, images, labels
+
+  def start_variables(self, pretrained: bool, ft, image_shape: tuple[int, ...]) -> dict:
+    """The encoder a training protocol starts from: the pretrained one, or a fresh init (the
+    supervised baseline) laid out by config.mesh's rule."""
+    if pretrained:
+      return self.method.encoder_variables(self.params, self.model_state)
+    return finetune_lib.random_encoder_variables(
+      finetune_lib.finetune_encoder(self.method.encoder, ft),
+      image_shape,
+      int(ft.seed),
+      self.mesh,
+      self.config.mesh.fsdp_min_size,
+    )
+
+  def run_training(
+    self, pretrained: bool, frozen: bool, budget: LabelBudget | None
+  ) -> dict[str, float]:
+    ft, chosen, images, labels = self.training_images(frozen, budget)
+    num_train = len(chosen)
     if not pretrained:
       c = self.config
       key = (
@@ -369,16 +388,7 @@ class _Run:
       cached = self.supervised_cache.get(key)
       if cached is not None:
         return cached
-    if pretrained:
-      variables = self.method.encoder_variables(self.params, self.model_state)
-    else:
-      variables = finetune_lib.random_encoder_variables(
-        finetune_lib.finetune_encoder(self.method.encoder, ft),
-        images.shape[1:],
-        int(ft.seed),
-        self.mesh,
-        self.config.mesh.fsdp_min_size,
-      )
+    variables = self.start_variables(pretrained, ft, images.shape[1:])
     result = finetune_lib.finetune(
       self.method.encoder,
       variables,
