@@ -5,6 +5,7 @@ import io
 import json
 
 import numpy as np
+import pytest
 from tensorboard.backend.event_processing import event_accumulator
 
 from ssljax.monitor.metrics import MetricWriter, progress_bar
@@ -57,3 +58,22 @@ def test_progress_bar_shows_steps_and_the_postfix_on_a_terminal():
   bar.update(10)
   bar.close()
   assert '50/100' in stream.getvalue() and 'loss=1.2345' in stream.getvalue()
+
+
+def test_the_tensorboard_writer_leaves_tensorflows_notices_out_of_the_log(tmp_path):
+  """TensorBoard's Writer loads TensorFlow where it is installed; a run whose data never did
+  (synthetic images, views made on the device) must not get TensorFlow's oneDNN and
+  CPU-instructions notices in its log because of it."""
+  import subprocess
+  import sys
+
+  pytest.importorskip('tensorflow')
+  code = (
+    'import sys; from ssljax.monitor import metrics; '
+    "assert 'tensorflow' not in sys.modules; "
+    f'metrics.MetricWriter({str(tmp_path)!r}).write(1, {{"loss": 1.0}}); '
+    "assert 'tensorflow' in sys.modules"
+  )
+  done = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True)
+  assert done.returncode == 0, done.stderr[-2000:]
+  assert 'oneDNN' not in done.stderr and 'CPU instructions' not in done.stderr, done.stderr

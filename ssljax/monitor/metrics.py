@@ -1,7 +1,8 @@
 """Metrics to JSONL and TensorBoard, and a progress bar; all written by process 0 only.
 
-TensorBoard events come from `tensorboard.summary.Writer` (the `tensorboard` package, no
-TensorFlow), the progress bar from tqdm: both were hand-written here before.
+TensorBoard events come from `tensorboard.summary.Writer` (the `tensorboard` package; it loads
+TensorFlow for its file layer where TensorFlow is installed, so that goes through ssljax's quiet
+import first), the progress bar from tqdm: both were hand-written here before.
 
 A bucket object cannot be appended to, and the Writer writes through tf.io.gfile, which ssljax
 keeps to the data. So with a gs:// workdir both files are written in a local temporary directory
@@ -25,6 +26,17 @@ from tensorboard.summary import Writer
 from ssljax import paths
 
 
+def _writer(directory: str) -> Writer:
+  """TensorBoard's Writer, TensorFlow (when installed) loaded first through
+  `ssljax.data.tf_import`: the Writer would load it itself, and TensorFlow's libraries would
+  print their oneDNN and CPU-instructions notices into the run's log."""
+  try:
+    import ssljax.data.tf_import  # noqa: F401
+  except ImportError:  # no TensorFlow: the Writer writes through its own file layer
+    pass
+  return Writer(directory)
+
+
 class MetricWriter:
   """Appends {'step': s, name: value, ...} lines to WORKDIR/metrics.jsonl and the same scalars
   to TensorBoard event files under WORKDIR/tensorboard."""
@@ -41,7 +53,7 @@ class MetricWriter:
       with open(os.path.join(local, 'metrics.jsonl'), 'wb') as f:
         f.write((self._workdir / 'metrics.jsonl').read_bytes())
     self._jsonl = open(os.path.join(local, 'metrics.jsonl'), 'a')
-    self._tb = Writer(os.path.join(local, 'tensorboard'))
+    self._tb = _writer(os.path.join(local, 'tensorboard'))
 
   def write(self, step: int, scalars: dict[str, Any]) -> None:
     if not self.active:
