@@ -60,9 +60,9 @@ def _objective(params, x, x_t, y, weights, l2, num_classes):
   return jnp.sum(weights * ce) / jnp.sum(weights) + 0.5 * l2 * jnp.sum(jnp.square(params['w']))
 
 
-@functools.partial(jax.jit, static_argnames=('num_classes',))
-def _lbfgs(x, y, weights, l2, params, max_iters, tol, *, num_classes):
-  """Full-batch L-BFGS from `params` until max_iters or ||grad|| < tol (or a stalled step).
+def minimize_lbfgs(fun, params, max_iters, tol):
+  """(params, iterations, value): full-batch L-BFGS of the convex `fun` from `params` until
+  max_iters, ||grad|| < tol or a stalled step; to be called inside a jitted function.
 
   The objective is convex, so (grad(p + s) - grad(p)) . s >= 0 for any step s: the curvature
   condition that a zoom (Wolfe) line search exists to enforce holds anyway, and Armijo backtracking
@@ -70,10 +70,6 @@ def _lbfgs(x, y, weights, l2, params, max_iters, tol, *, num_classes):
   dominates small probes. Stopping on a non-decreasing value ends fits at float32's resolution
   (checked: within 3e-8 relative of a float64 optimum) instead of idling to max_iters.
   """
-  x_t = x.T  # Materialized once per fit, reused by every gradient.
-  fun = functools.partial(
-    _objective, x=x, x_t=x_t, y=y, weights=weights, l2=l2, num_classes=num_classes
-  )
   linesearch = optax.scale_by_backtracking_linesearch(max_backtracking_steps=20, store_grad=True)
   opt = optax.lbfgs(linesearch=linesearch)
   value_and_grad = optax.value_and_grad_from_state(fun)
@@ -97,6 +93,16 @@ def _lbfgs(x, y, weights, l2, params, max_iters, tol, *, num_classes):
   init = (params, opt.init(params), jnp.array(False))
   params, state, _ = jax.lax.while_loop(keep_going, step, init)
   return params, otu.tree_get(state, 'count'), otu.tree_get(state, 'value')
+
+
+@functools.partial(jax.jit, static_argnames=('num_classes',))
+def _lbfgs(x, y, weights, l2, params, max_iters, tol, *, num_classes):
+  """The softmax probe's fit from `params` (`minimize_lbfgs`)."""
+  x_t = x.T  # Materialized once per fit, reused by every gradient.
+  fun = functools.partial(
+    _objective, x=x, x_t=x_t, y=y, weights=weights, l2=l2, num_classes=num_classes
+  )
+  return minimize_lbfgs(fun, params, max_iters, tol)
 
 
 @jax.jit

@@ -17,11 +17,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-import optax.tree_utils as otu
 
 from ssljax.errors import ConfigError
 from ssljax.evaluators.label_subset import LabelBudget
-from ssljax.evaluators.linear_probe import train_stats
+from ssljax.evaluators.linear_probe import minimize_lbfgs, train_stats
 
 IGNORED = -1
 L2_GRID = (1e-5, 1e-4, 1e-3, 1e-2, 1e-1)
@@ -147,29 +146,10 @@ def _objective(params, x, targets, l2):
 
 @jax.jit
 def _lbfgs(x, targets, l2, params, max_iters, tol):
-  """Full-batch L-BFGS (Armijo backtracking: the objective is convex) until max_iters, ||grad||
-  < tol or a step that does not decrease it. The labels' problems are separate; one fit solves
-  them together (`linear_probe._lbfgs` is the same loop for softmax)."""
+  """`linear_probe.minimize_lbfgs` of every label's sigmoid objective: the labels' problems are
+  separate, and one fit solves them together."""
   fun = functools.partial(_objective, x=x, targets=targets, l2=l2)
-  linesearch = optax.scale_by_backtracking_linesearch(max_backtracking_steps=20, store_grad=True)
-  opt = optax.lbfgs(linesearch=linesearch)
-  value_and_grad = optax.value_and_grad_from_state(fun)
-
-  def step(carry):
-    params, state, _ = carry
-    prev = otu.tree_get(state, 'value')
-    value, grad = value_and_grad(params, state=state)
-    updates, state = opt.update(grad, state, params, value=value, grad=grad, value_fn=fun)
-    return optax.apply_updates(params, updates), state, otu.tree_get(state, 'value') >= prev
-
-  def keep_going(carry):
-    _, state, stalled = carry
-    count = otu.tree_get(state, 'count')
-    grad_norm = otu.tree_norm(otu.tree_get(state, 'grad'))
-    return (count == 0) | ((count < max_iters) & (grad_norm >= tol) & ~stalled)
-
-  params, _, _ = jax.lax.while_loop(keep_going, step, (params, opt.init(params), jnp.array(False)))
-  return params
+  return minimize_lbfgs(fun, params, max_iters, tol)[0]
 
 
 def fit_logistic(
