@@ -14,9 +14,7 @@ import functools
 
 import numpy as np
 
-from ssljax import data
 from ssljax.data import labels_csv
-from ssljax.evaluators import finetune as finetune_lib
 from ssljax.evaluators import kept, multilabel, protocols
 from ssljax.evaluators.label_subset import LabelBudget
 
@@ -110,21 +108,8 @@ class MultiLabelRun(protocols._Run):
   ) -> dict[str, float]:
     ft, chosen, images, rows = self.training_images(frozen, budget)  # labels: rows of the table
     variables = self.start_variables(pretrained, ft, images.shape[1:])
-    result = finetune_lib.finetune(
-      self.method.encoder,
-      variables,
-      (images, self.table.targets['train'][rows]),
-      self.tests,
-      num_classes=self.num_classes,
-      num_train=len(chosen),
-      mesh=self.mesh,
-      ft=ft,
-      eval_batch_size=self.ec.batch_size,
-      tf_augment=data.source(self.config).uses_tensorflow,
-      frozen=frozen,
-      fsdp_min_size=self.config.mesh.fsdp_min_size,
-      multilabel=True,
-    )
+    train = (images, self.table.targets['train'][rows])
+    result = self.finetune(variables, train, len(chosen), ft, frozen, multilabel=True)
     out = {}
     for name, (probabilities, test_rows) in result.scores.items():
       table = self.tables[name]

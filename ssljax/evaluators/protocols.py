@@ -368,6 +368,25 @@ class _Run:
       self.config.mesh.fsdp_min_size,
     )
 
+  def finetune(self, variables, train, num_train: int, ft, frozen: bool, **options):
+    """`finetune_lib.finetune` of this run's encoder from `variables` on `train` (this
+    process's images and targets), scored on the run's test sets."""
+    return finetune_lib.finetune(
+      self.method.encoder,
+      variables,
+      train,
+      self.tests,
+      num_classes=self.num_classes,
+      num_train=num_train,
+      mesh=self.mesh,
+      ft=ft,
+      eval_batch_size=self.ec.batch_size,
+      tf_augment=data.source(self.config).uses_tensorflow,
+      frozen=frozen,
+      fsdp_min_size=self.config.mesh.fsdp_min_size,
+      **options,
+    )
+
   def run_training(
     self, pretrained: bool, frozen: bool, budget: LabelBudget | None
   ) -> dict[str, float]:
@@ -389,20 +408,7 @@ class _Run:
       if cached is not None:
         return cached
     variables = self.start_variables(pretrained, ft, images.shape[1:])
-    result = finetune_lib.finetune(
-      self.method.encoder,
-      variables,
-      (images, labels),
-      self.tests,
-      num_classes=self.num_classes,
-      num_train=num_train,
-      mesh=self.mesh,
-      ft=ft,
-      eval_batch_size=self.ec.batch_size,
-      tf_augment=data.source(self.config).uses_tensorflow,
-      frozen=frozen,
-      fsdp_min_size=self.config.mesh.fsdp_min_size,
-    )
+    result = self.finetune(variables, (images, labels), num_train, ft, frozen)
     if not pretrained:
       self.supervised_cache.put(key, result.accuracy)
     return result.accuracy
