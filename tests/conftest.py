@@ -16,6 +16,7 @@ need it trains it, the others wait for it and read it from disk.
 """
 
 import fcntl
+import functools
 import glob
 import importlib.util
 import json
@@ -27,6 +28,7 @@ os.environ['XLA_FLAGS'] = ' '.join(
 ).strip()
 
 import jax  # noqa: E402
+import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
 jax.config.update('jax_num_cpu_devices', 8)
@@ -241,3 +243,55 @@ def mae_digits_run(tmp_path_factory):
   """(workdir, results, config) of configs/mae_digits.py shrunk: a ViT, so the run also draws
   attention maps and reconstructions. The random-init baseline is left to the SimCLR run."""
   return _tiny_run(tmp_path_factory, 'mae_digits', random_init=False)
+
+
+@pytest.fixture
+def fresh_index(monkeypatch):
+  """No file list kept in memory from other tests, nor any skipped file."""
+  from ssljax.data import folder
+
+  monkeypatch.setattr(folder, '_INDEXES', {})
+  monkeypatch.setattr(folder, '_WRITTEN', {})
+  monkeypatch.setattr(folder, '_SKIPPED', folder.collections.defaultdict(dict))
+
+
+@functools.cache
+def _tiny_tfds_builders():
+  """Two local tfds datasets (no download): fixed 32 px images, and variable-size ones."""
+  import tensorflow_datasets as tfds
+
+  def make(image_shape):
+    class TinyBase(tfds.core.GeneratorBasedBuilder, skip_registration=True):
+      VERSION = tfds.core.Version('1.0.0')
+
+      def _info(self):
+        features = dict(
+          image=tfds.features.Image(shape=image_shape),
+          label=tfds.features.ClassLabel(num_classes=3),
+        )
+        return tfds.core.DatasetInfo(
+          builder=self,
+          features=tfds.features.FeaturesDict(features),
+          supervised_keys=('image', 'label'),
+        )
+
+      def _split_generators(self, dl_manager):
+        return {'train': self._generate_examples(40, 0), 'test': self._generate_examples(10, 1)}
+
+      def _generate_examples(self, n, seed):
+        rng = np.random.default_rng(seed)
+        for i in range(n):
+          h, w = (32, 32) if image_shape[0] else rng.integers(20, 48, 2)
+          yield i, dict(image=rng.integers(0, 256, (h, w, 3), dtype=np.uint8), label=i % 3)
+
+    return TinyBase
+
+  # Registered under these names, so tfds.builder(name, data_dir=...) finds them.
+  fixed = type('SsljaxTinyFixed', (make((32, 32, 3)),), {})
+  variable = type('SsljaxTinyVariable', (make((None, None, 3)),), {})
+  return {False: fixed, True: variable}
+
+
+@pytest.fixture
+def tiny_tfds_builders():
+  return _tiny_tfds_builders()

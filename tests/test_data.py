@@ -1,6 +1,5 @@
 """ssljax.data: augmentation ops, the example order, the pipelines and every source."""
 
-import functools
 import gzip
 import os
 import pathlib
@@ -501,47 +500,10 @@ def test_tfds_not_prepared_says_how_to_prepare(tmp_path, name):
     assert f'{tmp_path}/downloads/manual' in message
 
 
-@functools.cache
-def _tiny_tfds_builders():
-  """Two local tfds datasets (no download): fixed 32 px images, and variable-size ones."""
-  import tensorflow_datasets as tfds
-
-  def make(image_shape):
-    class TinyBase(tfds.core.GeneratorBasedBuilder, skip_registration=True):
-      VERSION = tfds.core.Version('1.0.0')
-
-      def _info(self):
-        features = dict(
-          image=tfds.features.Image(shape=image_shape),
-          label=tfds.features.ClassLabel(num_classes=3),
-        )
-        return tfds.core.DatasetInfo(
-          builder=self,
-          features=tfds.features.FeaturesDict(features),
-          supervised_keys=('image', 'label'),
-        )
-
-      def _split_generators(self, dl_manager):
-        return {'train': self._generate_examples(40, 0), 'test': self._generate_examples(10, 1)}
-
-      def _generate_examples(self, n, seed):
-        rng = np.random.default_rng(seed)
-        for i in range(n):
-          h, w = (32, 32) if image_shape[0] else rng.integers(20, 48, 2)
-          yield i, dict(image=rng.integers(0, 256, (h, w, 3), dtype=np.uint8), label=i % 3)
-
-    return TinyBase
-
-  # Registered under these names, so tfds.builder(name, data_dir=...) finds them.
-  fixed = type('SsljaxTinyFixed', (make((32, 32, 3)),), {})
-  variable = type('SsljaxTinyVariable', (make((None, None, 3)),), {})
-  return {False: fixed, True: variable}
-
-
 @pytest.mark.parametrize('streamed', [False, True])
-def test_tfds_prepared_dataset(tmp_path, streamed):
+def test_tfds_prepared_dataset(tmp_path, streamed, tiny_tfds_builders):
   """End to end on a local tfds dataset: in memory (fixed 32 px) or streamed (variable size)."""
-  builder = _tiny_tfds_builders()[streamed](data_dir=str(tmp_path))
+  builder = tiny_tfds_builders[streamed](data_dir=str(tmp_path))
   builder.download_and_prepare()
   c = base_config()
   c.data.update(dict(source='tfds', name=builder.name, data_dir=str(tmp_path), image_size=16))
@@ -566,12 +528,12 @@ def test_tfds_prepared_dataset(tmp_path, streamed):
 
 @pytest.mark.parametrize('test_split, max_examples', [('test', 0), ('test', 7), ('train[5:14]', 0)])
 def test_tfds_evaluation_split_is_read_a_share_per_process(
-  tmp_path, monkeypatch, test_split, max_examples
+  tmp_path, monkeypatch, test_split, max_examples, tiny_tfds_builders
 ):
   """3 processes (simulated): each reads only its block of the split's records (a slice of
   the split name given as a slice, of which it keeps every third), and together they hold the
   one-process split, each example at its global position."""
-  builder = _tiny_tfds_builders()[False](data_dir=str(tmp_path))
+  builder = tiny_tfds_builders[False](data_dir=str(tmp_path))
   builder.download_and_prepare()
   c = base_config()
   c.data.update(dict(source='tfds', name=builder.name, data_dir=str(tmp_path), image_size=16))
@@ -610,10 +572,12 @@ def test_unknown_source():
     data.check_available(c)
 
 
-def test_tfds_array_record_follows_global_indices_whatever_the_process_count(tmp_path, monkeypatch):
+def test_tfds_array_record_follows_global_indices_whatever_the_process_count(
+  tmp_path, monkeypatch, tiny_tfds_builders
+):
   """Prepared as array_record, a streamed tfds dataset is read by index: a step's batch is the
   same split over one process or two, and a resumed stream is the uninterrupted one."""
-  builder = _tiny_tfds_builders()[True](data_dir=str(tmp_path))
+  builder = tiny_tfds_builders[True](data_dir=str(tmp_path))
   builder.download_and_prepare(file_format='array_record')
   c = base_config()
   c.data.update(dict(source='tfds', name=builder.name, data_dir=str(tmp_path), image_size=16))
@@ -642,10 +606,10 @@ def test_tfds_array_record_follows_global_indices_whatever_the_process_count(tmp
 
 
 @pytest.mark.parametrize('file_format', ['tfrecord', 'array_record'])
-def test_tfds_streamed_base_images_for_device_views(tmp_path, file_format):
+def test_tfds_streamed_base_images_for_device_views(tmp_path, file_format, tiny_tfds_builders):
   """augment.on='device' on a streamed tfds dataset: tf.data decodes each image once to a uint8
   base square 1.15x the view size, numbered by global element, and resumes where it stopped."""
-  builder = _tiny_tfds_builders()[True](data_dir=str(tmp_path))
+  builder = tiny_tfds_builders[True](data_dir=str(tmp_path))
   builder.download_and_prepare(file_format=file_format)
   c = base_config()
   c.data.update(dict(source='tfds', name=builder.name, data_dir=str(tmp_path), image_size=16))

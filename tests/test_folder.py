@@ -36,14 +36,6 @@ def _config(root, batch_size=8):
   return c
 
 
-@pytest.fixture
-def fresh_index(monkeypatch):
-  """No file list kept in memory from other tests, nor any skipped file."""
-  monkeypatch.setattr(folder, '_INDEXES', {})
-  monkeypatch.setattr(folder, '_WRITTEN', {})
-  monkeypatch.setattr(folder, '_SKIPPED', folder.collections.defaultdict(dict))
-
-
 def test_the_file_list_is_cached_in_the_workdir_until_a_directory_changes(
   tmp_path, monkeypatch, fresh_index
 ):

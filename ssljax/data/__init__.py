@@ -8,15 +8,19 @@ lives in `order`, the shared types in `types`; this module is the public API.
 
 from __future__ import annotations
 
+import collections
+import contextlib
+import dataclasses
 import itertools
 from collections.abc import Iterator
 
 import jax
 import ml_collections
 import numpy as np
+from absl import logging
 
 from ssljax.config.views import view_specs, view_specs_if_valid
-from ssljax.data import augment_device, shifts
+from ssljax.data import augment_device, order, shifts
 from ssljax.data.checks import check_config
 from ssljax.data.sources import source, source_class, synthetic
 from ssljax.data.types import DatasetInfo, EvalSplit
@@ -100,12 +104,28 @@ def eval_split(config: ml_collections.ConfigDict, split: str) -> EvalSplit:
 
   severity, seed = config.data.get('shift_severity', 3), config.data.get('shift_seed', 0)
 
+  def shifted(x: np.ndarray, positions: np.ndarray) -> np.ndarray:
+    return shifts.apply(x, positions, shift=shift, severity=severity, seed=seed)
+
   def read(batch: int) -> Iterator:
     for first, (x, y, valid) in zip(itertools.count(0, batch), unshifted.batches(batch)):
-      positions = jax.process_index() + jax.process_count() * (first + np.arange(batch))
-      yield shifts.apply(x, positions, shift=shift, severity=severity, seed=seed), y, valid
+      yield shifted(x, unshifted.positions(first + np.arange(batch))), y, valid
 
-  return EvalSplit(unshifted.size, unshifted.image_shape, read)
+  def read_rows(parts) -> Iterator:
+    taken: collections.deque = collections.deque()
+
+    def noted():
+      for rows in parts:
+        taken.append(rows)
+        yield rows
+
+    with contextlib.closing(unshifted.read_rows(noted())) as batches:
+      for x, y, valid in batches:
+        yield shifted(x, unshifted.positions(taken.popleft())), y, valid
+
+  return dataclasses.replace(
+    unshifted, read=read, read_rows=None if unshifted.read_rows is None else read_rows
+  )
 
 
 def load_eval_split(config: ml_collections.ConfigDict, split: str) -> tuple[np.ndarray, np.ndarray]:
@@ -115,29 +135,77 @@ def load_eval_split(config: ml_collections.ConfigDict, split: str) -> tuple[np.n
 
 
 def labelled_train_iterator(
-  images: np.ndarray,
-  labels: np.ndarray,
+  split: EvalSplit,
+  rows: np.ndarray,
   spec: ml_collections.ConfigDict,
   *,
   batch_size: int,
   seed: int,
   tf_augment: bool = True,
 ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-  """Endless (augmented images, labels) batches of `batch_size` from this process's arrays.
+  """Endless (augmented images, labels) batches of `batch_size` from this process's `rows` of an
+  evaluation split, read a batch at a time, so memory holds a few batches whatever the split's
+  size (a split read only in order, a tfds dataset prepared as tfrecord, is read into memory).
 
-  For supervised training on a labelled subset (fine-tuning, the from-scratch baseline): element e
-  of the stream is example perm_(e // n)[e % n] (a seeded permutation per epoch, as
-  `global_indices`), augmented by `augment.augment_view(spec)` seeded by (seed, process, e).
-  `images` are float32 in [0, 1] (an evaluation split). tf_augment=False (a source without
-  TensorFlow: `Source.uses_tensorflow`) crops and flips in NumPy instead: a random window of
+  For supervised training on a labelled subset (fine-tuning, the linear protocol, the
+  from-scratch baseline): with `rows` sorted (a set), element e of the stream is
+  rows[perm_(e // n)[e % n]] (a seeded permutation per epoch, as `global_indices`), augmented
+  by `augment.augment_view(spec)` seeded by (seed, process, e); an unreadable image is replaced
+  by the next readable one of `rows`. tf_augment=False (a source without TensorFlow:
+  `Source.uses_tensorflow`) crops and flips in NumPy instead: a random window of
   spec.crop_scale[0]'s side fraction or more, nearest-resized back.
   """
-  if len(labels) == 0 or len(images) != len(labels):
-    raise ValueError(
-      f'need matching, non-empty images and labels, got {len(images)} / {len(labels)}'
+  rows = np.unique(np.asarray(rows, np.int64))
+  if len(rows) == 0:
+    raise ValueError('no labelled images to train on')
+  if split.read_rows is None:
+    logging.warning(
+      'This evaluation split is read only in order: its %d training images are held in memory '
+      '(prepare a tfds dataset with --file_format=array_record to stream them).',
+      len(rows),
     )
+    split, rows = EvalSplit.of_arrays(*split.take(rows)), None
+  batches = _labelled_steps(split, rows, batch_size=batch_size, seed=seed)
   if tf_augment:
     from ssljax.data import pipeline
 
-    return pipeline.labelled_batches(images, labels, spec, batch_size=batch_size, seed=seed)
-  return synthetic.labelled_batches(images, labels, spec, batch_size=batch_size, seed=seed)
+    return pipeline.labelled_views(batches, spec, seed=seed)
+  return synthetic.labelled_views(batches, spec, seed=seed)
+
+
+def _labelled_steps(
+  split: EvalSplit, rows: np.ndarray | None, *, batch_size: int, seed: int
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+  """Un-augmented (images, labels) of the stream `labelled_train_iterator` describes (rows None:
+  all of the split's), the split's reader working ahead."""
+  rows = np.arange(split.size) if rows is None else rows
+  walk = dict(
+    batch_size=batch_size, num_examples=len(rows), seed=seed, process_index=0, process_count=1
+  )
+  picks: collections.deque = collections.deque()
+
+  def parts():
+    for step in itertools.count():
+      picks.append(order.global_indices(step, **walk))
+      yield rows[picks[-1]]
+
+  batches = split.read_rows(parts())
+  try:
+    for images, labels, valid in batches:
+      pick = picks.popleft()
+      for j in np.flatnonzero(~valid):
+        images[j], labels[j] = _next_readable(split, rows, int(pick[j]))
+      yield images, labels
+  finally:
+    batches.close()
+
+
+def _next_readable(split: EvalSplit, rows: np.ndarray, i: int) -> tuple[np.ndarray, np.ndarray]:
+  """(image, label) of the first readable of rows[i + 1], rows[i + 2], ... (wrapping)."""
+  for k in range(1, len(rows) + 1):
+    candidate = rows[(i + k) % len(rows)]
+    with contextlib.closing(split.read_rows(iter([np.array([candidate])]))) as one:
+      images, labels, valid = next(one)
+    if valid[0]:
+      return images[0], labels[0]
+  raise ValueError(f'none of the {len(rows)} labelled images of this process can be read')

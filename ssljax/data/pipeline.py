@@ -17,6 +17,7 @@ in a long run takes a while.
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import itertools
 from collections.abc import Iterator
 
@@ -311,37 +312,51 @@ def tfds_base_images(
     yield elements, images
 
 
-def labelled_batches(
-  images: np.ndarray,
-  labels: np.ndarray,
+def labelled_views(
+  batches: Iterator[tuple[np.ndarray, np.ndarray]],
   spec: ml_collections.ConfigDict,
   *,
-  batch_size: int,
   seed: int,
 ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-  """Endless augmented (images, labels) batches; see `ssljax.data.labelled_train_iterator`."""
-  num, process = len(labels), jax.process_index()
+  """Augmented (images, labels) of un-augmented (images, labels) `batches`: element e (the e-th
+  image of the stream) by `augment.augment_view(spec)` seeded by (seed, process, e), one traced
+  function over the batch (see `folder_views`); see `ssljax.data.labelled_train_iterator`."""
   view = _view_function(spec)
-  images_t, labels_t = tf.constant(np.asarray(images, np.float32)), tf.constant(labels)
-  key = tf.constant([int(seed) % 2**63, process], tf.int64)
+  key = tf.constant([int(seed) % 2**63, jax.process_index()], tf.int64)
 
   @tf.function(autograph=False)
-  def example(index, element):
-    view_seed = tf.random.experimental.stateless_fold_in(key, element)
-    return view(tf.gather(images_t, index), view_seed), tf.gather(labels_t, index)
+  def augment(images, elements):
+    return tf.map_fn(
+      lambda args: view(args[0], tf.random.experimental.stateless_fold_in(key, args[1])),
+      (images, elements),
+      fn_output_signature=tf.float32,
+    )
 
-  steps_per_chunk = max(1, CHUNK_EXAMPLES // batch_size)
-  walk = dict(batch_size=batch_size, num_examples=num, seed=seed, process_index=0, process_count=1)
+  first = 0
+  with contextlib.closing(batches):
+    for images, labels in batches:
+      elements = np.arange(first, first + len(labels), dtype=np.int64)
+      first += len(labels)
+      yield augment(np.asarray(images, np.float32), elements).numpy(), labels
 
-  def chunk(first: int) -> tf.data.Dataset:
-    steps = range(first, first + steps_per_chunk)
-    elements = np.arange(first * batch_size, (first + steps_per_chunk) * batch_size)
-    indices = np.concatenate([order.global_indices(s, **walk) for s in steps])
-    ds = tf.data.Dataset.from_tensor_slices((indices, elements))
-    return ds.map(example, num_parallel_calls=AUTOTUNE, deterministic=True)
 
-  for first in itertools.count(0, steps_per_chunk):
-    yield from _batched(chunk(first), batch_size)
+def array_eval_rows(images: np.ndarray, labels: np.ndarray, size: int):
+  """`EvalSplit.read_rows` of arrays in memory: the rows each array names, resized to `size` as
+  `array_eval_batches` resizes them (one traced function over the batch)."""
+
+  @tf.function(
+    autograph=False, input_signature=[tf.TensorSpec((None, *images.shape[1:]), images.dtype)]
+  )
+  def resize(batch):
+    return tf.map_fn(
+      lambda image: eval_resize(to_float(image), size), batch, fn_output_signature=tf.float32
+    )
+
+  def read_rows(parts):
+    for rows in parts:
+      yield resize(images[rows]).numpy(), labels[rows], np.ones(len(rows), bool)
+
+  return read_rows
 
 
 def array_eval_batches(images: np.ndarray, labels: np.ndarray, size: int, batch: int):
@@ -374,6 +389,36 @@ def tfds_eval_batches(
     ds = ds.shard(*every)
   ds = ds.map(lambda ex: (feature.decode_example(ex[image_key]), ex[label_key]))
   return _eval_batches(ds, int(config.data.image_size), batch)
+
+
+def tfds_eval_rows(config, builder, keys: tuple[str, str], split: str, records_of):
+  """`EvalSplit.read_rows` of a tfds `split` prepared as array_record: the records
+  `records_of(rows)` names, read by index (raw bytes) and decoded and resized as
+  `tfds_eval_batches` does, one traced function over the batch."""
+  import tensorflow_datasets as tfds
+
+  image_key, label_key = keys
+  features = builder.info.features
+  size = int(config.data.image_size)
+  skip = {image_key: tfds.decode.SkipDecoding()}
+
+  def example(record):
+    ex = features.deserialize_example(record, decoders=skip)
+    image = eval_resize(to_float(features[image_key].decode_example(ex[image_key])), size)
+    return image, tf.cast(ex[label_key], tf.int32)
+
+  @tf.function(autograph=False, input_signature=[tf.TensorSpec((None,), tf.string)])
+  def decode(raw):
+    return tf.map_fn(example, raw, fn_output_signature=(tf.float32, tf.int32))
+
+  def read_rows(parts):
+    raw = tfds.decode.DeserializeMethod.RAW_BYTES
+    records = builder.as_data_source(split=split, deserialize_method=raw)
+    for rows in parts:
+      x, y = decode(tf.constant(records.__getitems__(records_of(rows).tolist()), tf.string))
+      yield x.numpy(), y.numpy(), np.ones(len(rows), bool)
+
+  return read_rows
 
 
 def _eval_batches(ds: tf.data.Dataset, size: int, batch: int):

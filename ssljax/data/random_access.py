@@ -11,7 +11,7 @@ import collections
 import concurrent.futures
 import itertools
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 
 import jax
 import numpy as np
@@ -134,6 +134,21 @@ def eval_batches(
   The evaluation protocol: a Reader of side `eval_side(size)` (the shorter side to S / 0.875),
   then the centred S x S.
   """
+  parts = (indices[first : first + batch] for first in range(0, len(indices), batch))
+  return eval_rows(reader, labels, split, parts, size, batch)
+
+
+def eval_rows(
+  reader: Reader,
+  labels: np.ndarray,
+  split: str,
+  parts: Iterable[np.ndarray],
+  size: int,
+  batch: int | None = None,
+) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+  """`eval_batches` of the files each array of `parts` names (any files, in any order: the
+  supervised protocols' steps), AHEAD arrays decoded in advance; each batch padded to `batch`
+  rows (None: the array's length)."""
   lo = (reader.side - size) // 2
   shape = (size, size, reader.channels)
 
@@ -141,17 +156,17 @@ def eval_batches(
     return part, reader.submit(split, part)
 
   def collect(part, futures):
-    x = np.zeros((batch,) + shape, np.float32)
-    valid = np.zeros(batch, bool)
+    rows = len(part) if batch is None else batch
+    x = np.zeros((rows,) + shape, np.float32)
+    valid = np.zeros(rows, bool)
     for row, future in enumerate(futures):
       pixels = reader.readable(future.result())
       if pixels is not None:
         x[row], valid[row] = pixels[lo : lo + size, lo : lo + size], True
-    y = np.zeros(batch, np.int32)
+    y = np.zeros((rows, *labels.shape[1:]), labels.dtype)
     y[: len(part)] = labels[part]
     return x, y, valid
 
-  parts = (indices[first : first + batch] for first in range(0, len(indices), batch))
   return _ahead(reader, parts, submit, collect)
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import itertools
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 
 import jax
 import numpy as np
@@ -39,12 +39,20 @@ class EvalSplit:
   block: what a source that reads only this process's records, tfds's, gives). `batches(b)`
   yields exactly ceil(size / b) batches of b rows: images float32 (b, S, S, C) in [0, 1],
   labels int32 (b,), valid bool (b,); the padding past the end and unreadable files are invalid
-  rows."""
+  rows.
+
+  A source that reads by index also gives `read_rows`: for each array of rows it is handed (an
+  iterable, consumed as the batches are taken, so a reader can work ahead), the (images,
+  labels, valid) of those rows in that order; the supervised protocols stream their images
+  with it (`ssljax.data.labelled_train_iterator`). `row_labels`: this process's labels by row
+  when they are known without decoding an image (a folder's list, arrays)."""
 
   size: int  # rows of this process
   image_shape: tuple[int, int, int]  # (S, S, C)
   read: Callable[[int], Iterator[Batch]]
   start: int | None = None  # None: interleaved over the processes
+  read_rows: Callable[[Iterable[np.ndarray]], Iterator[Batch]] | None = None
+  row_labels: np.ndarray | None = None
 
   def positions(self, rows: np.ndarray) -> np.ndarray:
     """The split's example index of each of this process's `rows`."""
@@ -73,7 +81,45 @@ class EvalSplit:
       for first in range(0, len(labels), batch):
         yield padded(images[first : first + batch], labels[first : first + batch], batch)
 
-    return cls(len(labels), tuple(images.shape[1:]), read)
+    def read_rows(parts: Iterable[np.ndarray]) -> Iterator[Batch]:
+      for rows in parts:
+        yield images[rows], labels[rows], np.ones(len(rows), bool)
+
+    return cls(len(labels), tuple(images.shape[1:]), read, None, read_rows, labels)
+
+  @classmethod
+  def by_index(
+    cls,
+    size: int,
+    image_shape: tuple[int, int, int],
+    read_rows: Callable[[Iterable[np.ndarray]], Iterator[Batch]],
+    start: int | None = None,
+  ) -> EvalSplit:
+    """A split read only by index: its batches in order are the rows 0, 1, ... read so."""
+
+    def read(batch: int) -> Iterator[Batch]:
+      parts = (np.arange(first, min(first + batch, size)) for first in range(0, size, batch))
+      with contextlib.closing(read_rows(parts)) as batches:
+        for x, y, valid in batches:
+          x, y, _ = padded(x, y, batch)
+          yield x, y, np.pad(valid, (0, batch - len(valid)))
+
+    return cls(size, image_shape, read, start, read_rows)
+
+  def with_labels(self, fn: Callable[[np.ndarray], np.ndarray]) -> EvalSplit:
+    """This split with every batch's labels replaced by fn(labels) (a CSV run's targets)."""
+
+    def mapped(batches: Iterator[Batch]) -> Iterator[Batch]:
+      with contextlib.closing(batches):
+        for x, y, valid in batches:
+          yield x, fn(y), valid
+
+    return dataclasses.replace(
+      self,
+      read=lambda batch: mapped(self.read(batch)),
+      read_rows=None if self.read_rows is None else lambda parts: mapped(self.read_rows(parts)),
+      row_labels=None if self.row_labels is None else fn(self.row_labels),
+    )
 
   def take(self, rows: np.ndarray | None = None, batch: int = 256) -> tuple[np.ndarray, np.ndarray]:
     """(images, labels) of the readable rows among `rows` (default all), in row order, in memory:

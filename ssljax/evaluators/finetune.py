@@ -18,6 +18,7 @@ non-affine BatchNorm, on the CLS of the last n ViT blocks) learns.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import math
@@ -428,7 +429,7 @@ class FineTuneResult(NamedTuple):
 def finetune(
   encoder: nn.Module,
   encoder_variables: dict,
-  train: tuple[np.ndarray, np.ndarray],
+  train: EvalSplit | tuple[np.ndarray, np.ndarray],
   tests: dict[str, EvalSplit | tuple[np.ndarray, np.ndarray]],
   *,
   num_classes: int,
@@ -440,20 +441,26 @@ def finetune(
   frozen: bool = False,
   fsdp_min_size: int = sharding.FSDP_MIN_SIZE,
   multilabel: bool = False,
+  train_rows: np.ndarray | None = None,
 ) -> FineTuneResult:
   """Fine-tunes `encoder` from `encoder_variables` with a new linear head; top-1 on each test set.
 
-  `train` is this process's labelled images (float32 in [0, 1], as `load_eval_split` gives) and
-  labels, `num_train` the global count; `tests` maps a name to this process's share of a test
-  split (an `EvalSplit`, or arrays). `ft` is eval_config.finetune. The caller's arrays are
-  never modified or donated. `frozen`: only the head learns (`evaluators.linear_sgd`).
-  `fsdp_min_size` (config.mesh's) lays out the state as training does. `multilabel`: labels
-  are targets (N, L) of 1, 0, -1 (ignored), the loss sigmoid cross-entropy, and the result has
-  each test set's probabilities (`scores`) instead of accuracies.
+  `train` is this process's share of the labelled split (`data.eval_split`; or its images,
+  float32 in [0, 1], and labels in memory), `train_rows` the rows of it to train on (None: all),
+  read a batch at a time (`data.labelled_train_iterator`); `num_train` is the global count.
+  `tests` maps a name to this process's share of a test split (an `EvalSplit`, or arrays).
+  `ft` is eval_config.finetune. The caller's arrays are never modified or donated. `frozen`:
+  only the head learns (`evaluators.linear_sgd`). `fsdp_min_size` (config.mesh's) lays out the
+  state as training does. `multilabel`: labels are targets (N, L) of 1, 0, -1 (ignored), the
+  loss sigmoid cross-entropy, and the result has each test set's probabilities (`scores`)
+  instead of accuracies.
   """
   sharding.check_batch_size(int(ft.batch_size), mesh, 'eval_config.finetune.batch_size')
-  images, labels = train
-  if len(labels) == 0:
+  if not isinstance(train, EvalSplit):
+    train = EvalSplit.of_arrays(*train)
+  train_rows = np.arange(train.size) if train_rows is None else np.asarray(train_rows, np.int64)
+  image_shape = tuple(train.image_shape)
+  if len(train_rows) == 0:
     raise ValueError(
       f'this process holds none of the {num_train} labelled images: use a larger label budget'
     )
@@ -468,7 +475,7 @@ def finetune(
         'params': {'encoder': v['params']},
         **{k: {'encoder': t} for k, t in v.items() if k != 'params'},
       },
-      jnp.zeros((2, *images.shape[1:])),
+      jnp.zeros((2, *image_shape)),
       train=False,
       method=Classifier.features,
     ),
@@ -491,7 +498,7 @@ def finetune(
   )
   state = _compiled_copy(mesh, fsdp_min_size)(state)
 
-  spec = augment_defaults(int(images.shape[1]))
+  spec = augment_defaults(int(image_shape[0]))
   spec.update(
     dict(
       crop_scale=(0.08, 1.0) if ft.crop_scale is None else tuple(ft.crop_scale),
@@ -505,19 +512,25 @@ def finetune(
   local_batch = int(ft.batch_size) // jax.process_count()
   batches = sharding.prefetch_to_mesh(
     data.labelled_train_iterator(
-      images, labels, spec, batch_size=local_batch, seed=int(ft.seed), tf_augment=tf_augment
+      train,
+      train_rows,
+      spec,
+      batch_size=local_batch,
+      seed=int(ft.seed),
+      tf_augment=tf_augment,
     ),
     mesh,
   )
   step_fn = _compiled_train_step(recipe, mesh, fsdp_min_size)
   losses = []
-  for step, learning_rate in enumerate(lrs):
-    state, metrics = step_fn(state, next(batches), learning_rate)
-    losses.append(metrics['loss'])
-    if (step + 1) % 100 == 0 or step + 1 == len(lrs):
-      logging.info(
-        'finetune step %d/%d loss %.4f', step + 1, len(lrs), float(np.mean(losses[-100:]))
-      )
+  with contextlib.closing(batches):  # the readers' threads stop with the last step
+    for step, learning_rate in enumerate(lrs):
+      state, metrics = step_fn(state, next(batches), learning_rate)
+      losses.append(metrics['loss'])
+      if (step + 1) % 100 == 0 or step + 1 == len(lrs):
+        logging.info(
+          'finetune step %d/%d loss %.4f', step + 1, len(lrs), float(np.mean(losses[-100:]))
+        )
   losses = np.asarray(jax.device_get(losses))
   variables = {'params': state.params, **state.model_state}
   tail = max(1, len(losses) // 10)

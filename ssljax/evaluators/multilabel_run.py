@@ -60,8 +60,12 @@ class MultiLabelRun(protocols._Run):
       return self.table.targets['train'][rows]
     return self.tables[name].targets['test'][rows]
 
-  def subset(self, budget: LabelBudget | None) -> np.ndarray | None:
-    return multilabel.budget_rows(budget, self.targets('train'), seed=self.ec.subset_seed)
+  def subset(
+    self, budget: LabelBudget | None, labels: np.ndarray | None = None
+  ) -> np.ndarray | None:
+    """`protocols._Run.subset` counted in positives per label; `labels` are rows of the table."""
+    targets = self.targets('train') if labels is None else self.table.targets['train'][labels]
+    return multilabel.budget_rows(budget, targets, seed=self.ec.subset_seed)
 
   def _scored(self, scores: dict[str, np.ndarray]) -> dict[str, float]:
     """{test suffix + metric suffix: value} of each test set's scores in its features' order."""
@@ -106,10 +110,10 @@ class MultiLabelRun(protocols._Run):
   def run_training(
     self, pretrained: bool, frozen: bool, budget: LabelBudget | None
   ) -> dict[str, float]:
-    ft, chosen, images, rows = self.training_images(frozen, budget)  # labels: rows of the table
-    variables = self.start_variables(pretrained, ft, images.shape[1:])
-    train = (images, self.table.targets['train'][rows])
-    result = self.finetune(variables, train, len(chosen), ft, frozen, multilabel=True)
+    ft, chosen, rows = self.training_images(frozen, budget)
+    variables = self.start_variables(pretrained, ft, self.train.image_shape)
+    train = self.train.with_labels(lambda r: self.table.targets['train'][r])  # rows -> targets
+    result = self.finetune(variables, train, rows, len(chosen), ft, frozen, multilabel=True)
     out = {}
     for name, (probabilities, test_rows) in result.scores.items():
       table = self.tables[name]

@@ -17,6 +17,7 @@ import jax
 import ml_collections
 import numpy as np
 from absl import logging
+from jax.experimental import multihost_utils
 
 from ssljax import data, sharding
 from ssljax.config import checks as config_checks
@@ -330,30 +331,51 @@ class _Run:
   def train_labels(self) -> np.ndarray:
     return self.rows('train').labels
 
+  @functools.cache  # noqa: B019  (a _Run lives for one evaluation)
+  def _labels(self, name: str) -> tuple[np.ndarray, np.ndarray]:
+    """(global positions, labels) of 'train' or a test suffix, in the split's global order,
+    on every process: from its list where known without decoding (`EvalSplit.row_labels`),
+    else from its features (an encoding pass)."""
+    split = self.train if name == 'train' else self.tests[name]
+    if split.row_labels is None:
+      rows = self.rows(name)
+      return rows.position, rows.labels
+    positions, labels = split.positions(np.arange(split.size)), np.asarray(split.row_labels)
+    if jax.process_count() > 1:
+      n = int(np.max(multihost_utils.process_allgather(np.asarray(split.size))))
+      pad = lambda a: np.pad(a, [(0, n - len(a))] + [(0, 0)] * (a.ndim - 1))  # noqa: E731
+      known = np.arange(n) < split.size
+      gathered = multihost_utils.process_allgather((pad(positions), pad(labels), known))
+      positions, labels = (a[gathered[2]] for a in gathered[:2])
+    order = np.argsort(positions, kind='stable')
+    return positions[order], labels[order]
+
   @functools.cached_property
   def num_classes(self) -> int:
-    labels = [self.train_labels] + [self.rows(name).labels for name in self.tests]
+    labels = [self._labels(name)[1] for name in ('train', *self.tests)]
     return max(int(np.max(y, initial=0)) for y in labels) + 1
 
-  def subset(self, budget: LabelBudget | None) -> np.ndarray | None:
-    """Global positions of the budget's labelled train images (None: all)."""
+  def subset(
+    self, budget: LabelBudget | None, labels: np.ndarray | None = None
+  ) -> np.ndarray | None:
+    """Indices into `labels` (default: the train features') of the budget's labelled train
+    images (None: all)."""
     if budget is None:
       return None
-    return budget.subset(self.train_labels, seed=self.ec.subset_seed)
+    labels = self.train_labels if labels is None else labels
+    return budget.subset(labels, seed=self.ec.subset_seed)
 
   def run_features(self, on_rows: Callable, budget: LabelBudget | None) -> dict[str, float]:
     return on_rows(self, self.subset(budget))
 
   def training_images(self, frozen: bool, budget: LabelBudget | None):
-    """(recipe settings, global positions of the budget's train images, this process's images
-    of them, their labels): what a training protocol starts from. Only this process's images
-    of the chosen positions are read."""
+    """(recipe settings, global positions of the budget's train images, this process's rows of
+    them): what a training protocol starts from, its images read as it trains."""
     ft = linear_sgd.settings(self.config) if frozen else finetune_config(self.config)
-    idx = self.subset(budget)
-    positions = self.rows('train').position
+    positions, labels = self._labels('train')
+    idx = self.subset(budget, labels)
     chosen = positions if idx is None else positions[idx]
-    images, labels = self.train.take(self.train.local_rows(chosen))
-    return ft, chosen, images, labels
+    return ft, chosen, self.train.local_rows(chosen)
 
   def start_variables(self, pretrained: bool, ft, image_shape: tuple[int, ...]) -> dict:
     """The encoder a training protocol starts from: the pretrained one, or a fresh init (the
@@ -368,9 +390,11 @@ class _Run:
       self.config.mesh.fsdp_min_size,
     )
 
-  def finetune(self, variables, train, num_train: int, ft, frozen: bool, **options):
-    """`finetune_lib.finetune` of this run's encoder from `variables` on `train` (this
-    process's images and targets), scored on the run's test sets."""
+  def finetune(
+    self, variables, train: EvalSplit, rows, num_train: int, ft, frozen: bool, **options
+  ):
+    """`finetune_lib.finetune` of this run's encoder from `variables` on this process's `rows`
+    of `train`, scored on the run's test sets."""
     return finetune_lib.finetune(
       self.method.encoder,
       variables,
@@ -384,14 +408,14 @@ class _Run:
       tf_augment=data.source(self.config).uses_tensorflow,
       frozen=frozen,
       fsdp_min_size=self.config.mesh.fsdp_min_size,
+      train_rows=rows,
       **options,
     )
 
   def run_training(
     self, pretrained: bool, frozen: bool, budget: LabelBudget | None
   ) -> dict[str, float]:
-    ft, chosen, images, labels = self.training_images(frozen, budget)
-    num_train = len(chosen)
+    ft, chosen, rows = self.training_images(frozen, budget)
     if not pretrained:
       c = self.config
       key = (
@@ -400,15 +424,15 @@ class _Run:
         ft.to_json_best_effort(sort_keys=True),
         (self.ec.subset_seed, self.ec.max_examples, self.ec.batch_size),
         budget and budget.key,
-        _fingerprint(images, labels, *[self.rows(name).labels for name in self.tests]),
+        _fingerprint(chosen, *[self._labels(name)[1] for name in ('train', *self.tests)]),
         tuple(self.tests),
         self.mesh.devices.size,
       )
       cached = self.supervised_cache.get(key)
       if cached is not None:
         return cached
-    variables = self.start_variables(pretrained, ft, images.shape[1:])
-    result = self.finetune(variables, (images, labels), num_train, ft, frozen)
+    variables = self.start_variables(pretrained, ft, self.train.image_shape)
+    result = self.finetune(variables, self.train, rows, len(chosen), ft, frozen)
     if not pretrained:
       self.supervised_cache.put(key, result.accuracy)
     return result.accuracy

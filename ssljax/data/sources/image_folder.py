@@ -58,14 +58,18 @@ class ImageFolder(Source):
     size = int(self.data.image_size)
     index = self.index()
     share = order.process_share(len(index.split(split).files), self.max_examples())
-
     labels = index.split(split).labels
+    reader = lambda: self.reader(random_access.eval_side(size))  # noqa: E731
 
     def read(batch: int):
-      reader = self.reader(random_access.eval_side(size))
-      return random_access.eval_batches(reader, labels, split, share, batch, size)
+      return random_access.eval_batches(reader(), labels, split, share, batch, size)
 
-    return EvalSplit(len(share), self.image_shape(index.channels), read)
+    def read_rows(parts):
+      return random_access.eval_rows(reader(), labels, split, (share[p] for p in parts), size)
+
+    return EvalSplit(
+      len(share), self.image_shape(index.channels), read, None, read_rows, labels[share]
+    )
 
   def skipped_files(self) -> tuple[str, ...]:
     return folder.skipped_files(self.data.path)

@@ -122,20 +122,18 @@ def _batch(config, specs, step: int, images: np.ndarray) -> list[np.ndarray]:
   return views
 
 
-def labelled_batches(
-  images: np.ndarray,
-  labels: np.ndarray,
+def labelled_views(
+  batches: Iterator[tuple[np.ndarray, np.ndarray]],
   spec: ml_collections.ConfigDict,
   *,
-  batch_size: int,
   seed: int,
 ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-  """NumPy stand-in for `pipeline.labelled_batches` (no TensorFlow): square random crops of at
-  least sqrt(spec.crop_scale[0]) of the side, nearest-resized to spec.image_size, random flips."""
-  num, side, out = len(labels), images.shape[1], int(spec.image_size)
-  walk = dict(batch_size=batch_size, num_examples=num, seed=seed, process_index=0, process_count=1)
-  for step in itertools.count():
-    index = order.global_indices(step, **walk)
+  """NumPy stand-in for `pipeline.labelled_views` (no TensorFlow): square random crops of at
+  least sqrt(spec.crop_scale[0]) of the side, nearest-resized to spec.image_size, random flips,
+  drawn per batch seeded by (seed, process, step)."""
+  out = int(spec.image_size)
+  for step, (images, labels) in enumerate(batches):
+    batch_size, side = len(labels), images.shape[1]
     rng = np.random.default_rng((int(seed) % 2**63, jax.process_index(), step))
     crop = np.round(side * rng.uniform(np.sqrt(spec.crop_scale[0]), 1.0, batch_size)).astype(int)
     crop = np.maximum(crop, 1)
@@ -146,5 +144,5 @@ def labelled_batches(
     cols = x0[:, None] + (grid[None] * crop[:, None]).astype(int)
     flips = (rng.random(batch_size) < 0.5) & bool(spec.flip)
     cols = np.where(flips[:, None], cols[:, ::-1], cols)
-    x = images[index[:, None, None], rows[:, :, None], cols[:, None, :]]
-    yield np.asarray(x, np.float32), labels[index]
+    x = images[np.arange(batch_size)[:, None, None], rows[:, :, None], cols[:, None, :]]
+    yield np.asarray(x, np.float32), labels

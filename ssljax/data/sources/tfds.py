@@ -92,24 +92,24 @@ class StreamedTfds(Tfds):
     channels = info.features[names[0]].shape[-1]
     n_proc, proc = jax.process_count(), jax.process_index()
     if '[' in name:  # already a slice ('train[90%:]'): read it whole, keep every P-th record
-      return EvalSplit(
-        len(range(proc, num, n_proc)),
-        self.image_shape(channels),
-        lambda batch: pipeline.tfds_eval_batches(
-          self.config, self.builder, names, name, batch, take=num, every=(n_proc, proc)
-        ),
+      start, size = None, len(range(proc, num, n_proc))
+      records_of = lambda rows: proc + n_proc * rows  # noqa: E731
+      read = lambda batch: pipeline.tfds_eval_batches(  # noqa: E731
+        self.config, self.builder, names, name, batch, take=num, every=(n_proc, proc)
       )
-    # Each process reads only its contiguous block of the records, so the reading does not grow
-    # with the number of hosts; the others' blocks come before and after it.
-    start, end = proc * num // n_proc, (proc + 1) * num // n_proc
-    return EvalSplit(
-      end - start,
-      self.image_shape(channels),
-      lambda batch: pipeline.tfds_eval_batches(
+    else:
+      # Each process reads only its contiguous block of the records, so the reading does not
+      # grow with the number of hosts; the others' blocks come before and after it.
+      start, end = proc * num // n_proc, (proc + 1) * num // n_proc
+      size, records_of = end - start, lambda rows: start + rows
+      read = lambda batch: pipeline.tfds_eval_batches(  # noqa: E731
         self.config, self.builder, names, f'{name}[{start}:{end}]', batch
-      ),
-      start=start,
-    )
+      )
+    shape = self.image_shape(channels)
+    if self.random_access():  # array_record: read by index (tfds reads it no other way)
+      rows = pipeline.tfds_eval_rows(self.config, self.builder, names, name, records_of)
+      return EvalSplit.by_index(size, shape, rows, start)
+    return EvalSplit(size, shape, read, start)  # tfrecord: read only in order
 
 
 def import_tfds():
