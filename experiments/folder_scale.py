@@ -95,15 +95,15 @@ def run(
     '--config.report=False',
     *extra,
   ]
-  return _measured(args)
+  return measured(args)
 
 
-def _measured(args: list[str]) -> dict:
-  """Runs `args`; its peak RSS, time to its first ' step 1/' line and wall time."""
+def measured(args: list[str], cwd: str = REPO) -> dict:
+  """Runs `args` in `cwd`; its peak RSS, time to its first ' step 1/' line and wall time."""
   env = {**os.environ, 'PYTHONUNBUFFERED': '1', 'JAX_PLATFORMS': 'cpu'}
   start = time.perf_counter()
   proc = subprocess.Popen(
-    args, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    args, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
   )
   marks, lines = {}, []
 
@@ -173,7 +173,7 @@ def main() -> None:
       if f.startswith('folder_index_'):
         shutil.copy(os.path.join(first, f), second)
     cached = run(folder, second, args.steps, extra)
-    alone = _measured([sys.executable, os.path.abspath(__file__), f'--input_only={folder}'])
+    alone = measured([sys.executable, os.path.abspath(__file__), f'--input_only={folder}'])
     rows.append({'images': n, 'listed': listed, 'cached_list': cached, 'input_only': alone})
   print(f'\n{args.steps}-step runs, batch 64 at 64 px, evaluation off ({os.cpu_count()} CPUs)')
   print(f'{"images":>8} {"run":>11} {"peak RSS MB":>12} {"first step s":>13} {"wall s":>8}')

@@ -9,6 +9,7 @@ import pytest
 
 from ssljax import sharding
 from ssljax.evaluators import batched, knn
+from ssljax.evaluators.linear_probe import fit_linear_probe, fit_linear_probe_rows
 
 
 def _mesh(data_size: int, fsdp: int):
@@ -36,6 +37,28 @@ def test_encoded_rows_stay_on_the_devices_that_encoded_them(data_size, fsdp):
   np.testing.assert_array_equal(rows.labels, want_labels)
   np.testing.assert_array_equal(rows.position, want_positions)
   assert len(set(rows.row)) == 100 and rows.row_mask().sum() == 100
+
+
+@pytest.mark.parametrize('data_size, fsdp', [(-1, 1), (2, 4)])
+def test_a_budget_s_rows_are_selected_where_they_stay_split(data_size, fsdp):
+  """Rows.select: only the chosen examples' features, in their global order, split over the
+  same devices, padded to a multiple of the bucket; the probe fitted on them is the probe of
+  those examples in memory."""
+  rng = np.random.default_rng(2)
+  images = rng.normal(size=(100, 2, 2, 2)).astype(np.float32)
+  labels = rng.integers(0, 3, 100).astype(np.int32)
+  mesh = _mesh(data_size, fsdp)
+  rows = batched.encode_rows(_flatten, 1.0, (images, labels), mesh, 32)
+  examples = np.sort(rng.choice(100, 37, replace=False))
+  chosen = rows.select(examples, bucket=16)
+  assert chosen.h.shape == (48, 8) and chosen.h.sharding == rows.h.sharding
+  np.testing.assert_array_equal(chosen.gathered(), rows.gathered()[examples])
+  np.testing.assert_array_equal(chosen.labels, labels[examples])
+  np.testing.assert_array_equal(chosen.position, examples)
+  split = fit_linear_probe_rows(rows, examples, num_classes=3)
+  whole = fit_linear_probe(images.reshape(100, -1)[examples], labels[examples], num_classes=3)
+  assert split.l2 == whole.l2
+  np.testing.assert_allclose(split.params['w'], whole.params['w'], rtol=1e-3, atol=1e-4)
 
 
 def _reference(train_x, train_y, test_x, num_classes, k, temperature):

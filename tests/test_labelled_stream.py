@@ -82,6 +82,27 @@ def test_a_folder_streams_the_batches_its_arrays_in_memory_gave(tmp_path, fresh_
   assert streamed[0][0].shape == (4, SIDE, SIDE, 3)
 
 
+@pytest.mark.parametrize('tf_augment', [True, False])
+def test_the_batches_do_not_depend_on_the_process_count(
+  tmp_path, fresh_index, monkeypatch, tf_augment
+):
+  """Two processes (simulated) each take their half of every global batch, read by index from
+  any process's files and augmented by the global element: together, one process's batches."""
+  _write_folder(tmp_path / 'images')
+  split = data.eval_split(_config(tmp_path / 'images'), 'train')
+  examples = np.arange(3, 36, 3)
+  kwargs = dict(batch_size=6, seed=2, tf_augment=tf_augment)
+  one = _take(data.labelled_train_iterator(split, examples, _spec(), **kwargs), 4)
+  monkeypatch.setattr(jax, 'process_count', lambda: 2)
+  halves = []
+  for p in range(2):
+    monkeypatch.setattr(jax, 'process_index', lambda p=p: p)
+    halves.append(_take(data.labelled_train_iterator(split, examples, _spec(), **kwargs), 4))
+  for step, (x, y) in enumerate(one):
+    np.testing.assert_array_equal(np.concatenate([h[step][0] for h in halves]), x)
+    np.testing.assert_array_equal(np.concatenate([h[step][1] for h in halves]), y)
+
+
 def test_each_epoch_shows_every_row_once_and_a_broken_file_gives_its_slot_away(
   tmp_path, fresh_index
 ):
@@ -114,7 +135,7 @@ def test_the_stream_holds_a_few_batches_not_the_split(tmp_path, fresh_index, mon
   split = data.eval_split(_config(tmp_path / 'images'), 'train')
   monkeypatch.setattr(EvalSplit, 'take', lambda *a, **k: pytest.fail('read into memory'))
   handed = []
-  read_rows = split.read_rows
+  read_examples = split.read_examples
 
   def counting(parts):
     def noted():
@@ -122,7 +143,7 @@ def test_the_stream_holds_a_few_batches_not_the_split(tmp_path, fresh_index, mon
         handed.append(len(part))
         yield part
 
-    return read_rows(noted())
+    return read_examples(noted())
 
   split = EvalSplit(split.size, split.image_shape, split.read, None, counting, split.row_labels)
   stream = data.labelled_train_iterator(split, np.arange(36), _spec(), batch_size=4, seed=0)
@@ -154,7 +175,7 @@ def test_linear_sgd_on_a_streamed_folder_equals_it_on_the_rows_in_memory(tmp_pat
     num_classes=3, num_train=len(rows), mesh=mesh, ft=ft, eval_batch_size=8, frozen=True
   )
   tests = {'': data.eval_split(c, 'test')}
-  streamed = finetune_lib.finetune(encoder, variables, split, tests, train_rows=rows, **common)
+  streamed = finetune_lib.finetune(encoder, variables, split, tests, train_examples=rows, **common)
   held = finetune_lib.finetune(encoder, variables, split.take(rows), tests, **common)
   assert streamed.steps == held.steps == 5
   assert streamed.accuracy == held.accuracy
@@ -184,11 +205,11 @@ def test_a_tfds_split_prepared_as_array_record_is_read_by_index(
   for p in range(processes):
     monkeypatch.setattr(jax, 'process_index', lambda p=p: p)
     split, reference = data.eval_split(by_index, 'train'), data.eval_split(in_order, 'train')
-    assert split.read_rows is not None and reference.read_rows is None
+    assert split.read_examples is not None and reference.read_examples is None
     assert split.size == reference.size == 40 // processes
     rows = np.array([3, 0, 11, 3])
     x_all, y_all = reference.take()
-    (x, y, valid), *_ = list(split.read_rows([rows]))
+    (x, y, valid), *_ = list(split.read_examples([split.positions(rows)]))
     assert valid.all()
     np.testing.assert_allclose(x, x_all[rows], atol=1e-6)  # one resize traced apart: 2e-7
     np.testing.assert_array_equal(y, y_all[rows])
@@ -204,7 +225,7 @@ def test_a_tfds_split_read_only_in_order_is_held_in_memory_with_a_warning(
 ):
   c = _tiny_tfds(tiny_tfds_builders, tmp_path, 'tfrecord')
   split = data.eval_split(c, 'train')
-  assert split.read_rows is None
+  assert split.read_examples is None
   rows = np.array([4, 8, 15, 16, 23])
   stream = data.labelled_train_iterator(split, rows, _spec(), batch_size=5, seed=0)
   (x, y), *_ = _take(stream, 2)
@@ -227,7 +248,7 @@ def test_a_shifted_split_reads_its_rows_corrupted_as_its_batches(
   assert split.start == reference.start == 5
   x_all, _ = reference.take()
   rows = np.array([4, 1])
-  (x, _, _), *_ = list(split.read_rows([rows]))
+  (x, _, _), *_ = list(split.read_examples([split.positions(rows)]))
   np.testing.assert_allclose(x, x_all[rows], atol=1e-6)
   plain = _tiny_tfds(tiny_tfds_builders, tmp_path / 'plain', 'tfrecord')
   assert not np.allclose(x, data.eval_split(plain, 'test').take()[0][rows], atol=0.01)

@@ -232,8 +232,12 @@ def _evaluate(workdir, processes: int, devices: int) -> dict:
   import sys
 
   flags = (
-    "--config.eval=('knn', 'linear', 'linear_few')",
+    "--config.eval=('knn', 'linear', 'linear_few', 'linear_sgd')",
     '--config.eval_config.random_init=False',
+    '--config.eval_config.linear_sgd.batch_size=32',
+    '--config.eval_config.linear_sgd.epochs=0.0',
+    '--config.eval_config.linear_sgd.min_steps=20',
+    '--config.eval_config.linear_sgd.base_lr=2.0',
   )
   job = _slurm_job_id()
   procs = []
@@ -265,7 +269,8 @@ def _evaluate(workdir, processes: int, devices: int) -> dict:
 def test_evaluation_is_the_same_on_one_device_eight_and_two_processes(two_process_run):
   """One checkpoint evaluated with its features on 1 device, split over 8, and over 2 processes
   x 4 devices (each process reading its share of the splits): the same k-NN neighbours and the
-  same linear probe, so the same accuracies."""
+  same linear probe, so the same accuracies; and the same linear_sgd head, whose batches each
+  process reads by index, its half of every global batch."""
   workdir = two_process_run[0]
   evaluated = {layout: _evaluate(workdir, *layout) for layout in ((1, 1), (1, 8), (2, 4))}
   results = {layout: result for layout, (result, _) in evaluated.items()}
@@ -275,5 +280,5 @@ def test_evaluation_is_the_same_on_one_device_eight_and_two_processes(two_proces
   one = results[(1, 1)]
   for layout in ((1, 8), (2, 4)):
     assert results[layout]['knn'] == one['knn']
-    for key in ('linear', 'linear_5_per_class'):
+    for key in ('linear', 'linear_5_per_class', 'linear_sgd'):
       assert abs(results[layout][key] - one[key]) <= 0.003  # a test image or so

@@ -23,7 +23,7 @@ from ssljax.config.views import view_specs, view_specs_if_valid
 from ssljax.data import augment_device, order, shifts
 from ssljax.data.checks import check_config
 from ssljax.data.sources import source, source_class, synthetic
-from ssljax.data.types import DatasetInfo, EvalSplit
+from ssljax.data.types import DatasetInfo, EvalSplit, read_arrays
 from ssljax.errors import DatasetNotFoundError
 
 __all__ = [
@@ -111,21 +111,20 @@ def eval_split(config: ml_collections.ConfigDict, split: str) -> EvalSplit:
     for first, (x, y, valid) in zip(itertools.count(0, batch), unshifted.batches(batch)):
       yield shifted(x, unshifted.positions(first + np.arange(batch))), y, valid
 
-  def read_rows(parts) -> Iterator:
+  def read_examples(parts) -> Iterator:
     taken: collections.deque = collections.deque()
 
     def noted():
-      for rows in parts:
-        taken.append(rows)
-        yield rows
+      for positions in parts:
+        taken.append(positions)
+        yield positions
 
-    with contextlib.closing(unshifted.read_rows(noted())) as batches:
+    with contextlib.closing(unshifted.read_examples(noted())) as batches:
       for x, y, valid in batches:
-        yield shifted(x, unshifted.positions(taken.popleft())), y, valid
+        yield shifted(x, taken.popleft()), y, valid
 
-  return dataclasses.replace(
-    unshifted, read=read, read_rows=None if unshifted.read_rows is None else read_rows
-  )
+  examples = None if unshifted.read_examples is None else read_examples
+  return dataclasses.replace(unshifted, read=read, read_examples=examples)
 
 
 def load_eval_split(config: ml_collections.ConfigDict, split: str) -> tuple[np.ndarray, np.ndarray]:
@@ -136,76 +135,89 @@ def load_eval_split(config: ml_collections.ConfigDict, split: str) -> tuple[np.n
 
 def labelled_train_iterator(
   split: EvalSplit,
-  rows: np.ndarray,
+  examples: np.ndarray,
   spec: ml_collections.ConfigDict,
   *,
   batch_size: int,
   seed: int,
   tf_augment: bool = True,
 ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-  """Endless (augmented images, labels) batches of `batch_size` from this process's `rows` of an
-  evaluation split, read a batch at a time, so memory holds a few batches whatever the split's
-  size (a split read only in order, a tfds dataset prepared as tfrecord, is read into memory).
+  """Endless (augmented images, labels) batches of this process's batch_size / P rows from the
+  `examples` (positions in an evaluation split, the same on every process) of `split`, read by
+  index a few batches ahead, so memory holds a few batches whatever the split's size.
 
   For supervised training on a labelled subset (fine-tuning, the linear protocol, the
-  from-scratch baseline): with `rows` sorted (a set), element e of the stream is
-  rows[perm_(e // n)[e % n]] (a seeded permutation per epoch, as `global_indices`), augmented
-  by `augment.augment_view(spec)` seeded by (seed, process, e); an unreadable image is replaced
-  by the next readable one of `rows`. tf_augment=False (a source without TensorFlow:
-  `Source.uses_tensorflow`) crops and flips in NumPy instead: a random window of
-  spec.crop_scale[0]'s side fraction or more, nearest-resized back.
+  from-scratch baseline), ordered as training is: with the examples sorted (a set), global
+  element e is examples[perm_(e // n)[e % n]] (a seeded permutation per epoch,
+  `order.global_indices`), process p takes the p-th slice of each global batch, and element e
+  is augmented by `augment.augment_view(spec)` seeded by (seed, e): the batches do not depend
+  on the process count. An unreadable image is replaced by the next readable example.
+  tf_augment=False (a source without TensorFlow: `Source.uses_tensorflow`) crops and flips in
+  NumPy instead: a random window of spec.crop_scale[0]'s side fraction or more,
+  nearest-resized back.
+
+  A split read only in order (a tfds dataset prepared as tfrecord) has each process hold its
+  own examples in memory and draw from them alone.
   """
-  rows = np.unique(np.asarray(rows, np.int64))
-  if len(rows) == 0:
+  examples = np.unique(np.asarray(examples, np.int64))
+  processes = jax.process_count()
+  if len(examples) == 0:
     raise ValueError('no labelled images to train on')
-  if split.read_rows is None:
+  if batch_size % processes:
+    raise ValueError(f'batch size {batch_size} is not divisible by {processes} processes')
+  walk = dict(batch_size=batch_size, seed=seed, process_index=jax.process_index())
+  walk['process_count'] = processes
+  if split.read_examples is None:
     logging.warning(
-      'This evaluation split is read only in order: its %d training images are held in memory '
-      '(prepare a tfds dataset with --file_format=array_record to stream them).',
-      len(rows),
+      'This evaluation split is read only in order: its training images are held in memory '
+      '(prepare a tfds dataset with --file_format=array_record to stream them).'
     )
-    split, rows = EvalSplit.of_arrays(*split.take(rows)), None
-  batches = _labelled_steps(split, rows, batch_size=batch_size, seed=seed)
+    images, labels = split.take(split.local_rows(examples))
+    if len(labels) == 0:
+      raise ValueError(f'this process holds none of the {len(examples)} labelled images')
+    split = dataclasses.replace(
+      EvalSplit.of_arrays(images, labels), read_examples=read_arrays(images, labels)
+    )
+    examples = np.arange(len(labels))
+    walk.update(batch_size=batch_size // processes, process_index=0, process_count=1)
+  batches = _labelled_steps(split, examples, walk)
   if tf_augment:
     from ssljax.data import pipeline
 
     return pipeline.labelled_views(batches, spec, seed=seed)
-  return synthetic.labelled_views(batches, spec, seed=seed)
+  return synthetic.labelled_views(batches, spec, seed=seed, batch_size=walk['batch_size'])
 
 
 def _labelled_steps(
-  split: EvalSplit, rows: np.ndarray | None, *, batch_size: int, seed: int
-) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-  """Un-augmented (images, labels) of the stream `labelled_train_iterator` describes (rows None:
-  all of the split's), the split's reader working ahead."""
-  rows = np.arange(split.size) if rows is None else rows
-  walk = dict(
-    batch_size=batch_size, num_examples=len(rows), seed=seed, process_index=0, process_count=1
-  )
+  split: EvalSplit, examples: np.ndarray, walk: dict
+) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+  """Un-augmented (global elements, images, labels) of this process, step by step, of the
+  stream `labelled_train_iterator` describes; `walk`: `order.global_indices`'s arguments."""
   picks: collections.deque = collections.deque()
 
   def parts():
     for step in itertools.count():
-      picks.append(order.global_indices(step, **walk))
-      yield rows[picks[-1]]
+      picks.append(order.global_indices(step, num_examples=len(examples), **walk))
+      yield examples[picks[-1]]
 
-  batches = split.read_rows(parts())
+  batches = split.read_examples(parts())
   try:
-    for images, labels, valid in batches:
+    for step, (images, labels, valid) in enumerate(batches):
       pick = picks.popleft()
       for j in np.flatnonzero(~valid):
-        images[j], labels[j] = _next_readable(split, rows, int(pick[j]))
-      yield images, labels
+        images[j], labels[j] = _next_readable(split, examples, int(pick[j]))
+      shard = {k: walk[k] for k in ('batch_size', 'process_index', 'process_count')}
+      yield order.local_elements(step, **shard), images, labels
   finally:
     batches.close()
 
 
-def _next_readable(split: EvalSplit, rows: np.ndarray, i: int) -> tuple[np.ndarray, np.ndarray]:
-  """(image, label) of the first readable of rows[i + 1], rows[i + 2], ... (wrapping)."""
-  for k in range(1, len(rows) + 1):
-    candidate = rows[(i + k) % len(rows)]
-    with contextlib.closing(split.read_rows(iter([np.array([candidate])]))) as one:
+def _next_readable(split: EvalSplit, examples: np.ndarray, i: int):
+  """(image, label) of the first readable of examples[i + 1], examples[i + 2], ... (wrapping)."""
+  for k in range(1, len(examples) + 1):
+    candidate = examples[(i + k) % len(examples)]
+    with contextlib.closing(split.read_examples(iter([np.array([candidate])]))) as one:
       images, labels, valid = next(one)
     if valid[0]:
       return images[0], labels[0]
-  raise ValueError(f'none of the {len(rows)} labelled images of this process can be read')
+  raise ValueError(f'none of the {len(examples)} labelled images can be read')

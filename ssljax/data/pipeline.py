@@ -313,16 +313,16 @@ def tfds_base_images(
 
 
 def labelled_views(
-  batches: Iterator[tuple[np.ndarray, np.ndarray]],
+  batches: Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]],
   spec: ml_collections.ConfigDict,
   *,
   seed: int,
 ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-  """Augmented (images, labels) of un-augmented (images, labels) `batches`: element e (the e-th
-  image of the stream) by `augment.augment_view(spec)` seeded by (seed, process, e), one traced
-  function over the batch (see `folder_views`); see `ssljax.data.labelled_train_iterator`."""
+  """Augmented (images, labels) of un-augmented (elements, images, labels) `batches`: element e
+  by `augment.augment_view(spec)` seeded by (seed, e), one traced function over the batch (see
+  `folder_views`); see `ssljax.data.labelled_train_iterator`."""
   view = _view_function(spec)
-  key = tf.constant([int(seed) % 2**63, jax.process_index()], tf.int64)
+  key = tf.constant([int(seed) % 2**63, 0], tf.int64)
 
   @tf.function(autograph=False)
   def augment(images, elements):
@@ -332,17 +332,14 @@ def labelled_views(
       fn_output_signature=tf.float32,
     )
 
-  first = 0
   with contextlib.closing(batches):
-    for images, labels in batches:
-      elements = np.arange(first, first + len(labels), dtype=np.int64)
-      first += len(labels)
+    for elements, images, labels in batches:
       yield augment(np.asarray(images, np.float32), elements).numpy(), labels
 
 
-def array_eval_rows(images: np.ndarray, labels: np.ndarray, size: int):
-  """`EvalSplit.read_rows` of arrays in memory: the rows each array names, resized to `size` as
-  `array_eval_batches` resizes them (one traced function over the batch)."""
+def array_eval_examples(images: np.ndarray, labels: np.ndarray, size: int):
+  """`EvalSplit.read_examples` of a split in memory: the rows each array names, resized to
+  `size` as `array_eval_batches` resizes them (one traced function over the batch)."""
 
   @tf.function(
     autograph=False, input_signature=[tf.TensorSpec((None, *images.shape[1:]), images.dtype)]
@@ -352,11 +349,11 @@ def array_eval_rows(images: np.ndarray, labels: np.ndarray, size: int):
       lambda image: eval_resize(to_float(image), size), batch, fn_output_signature=tf.float32
     )
 
-  def read_rows(parts):
+  def read_examples(parts):
     for rows in parts:
       yield resize(images[rows]).numpy(), labels[rows], np.ones(len(rows), bool)
 
-  return read_rows
+  return read_examples
 
 
 def array_eval_batches(images: np.ndarray, labels: np.ndarray, size: int, batch: int):
@@ -391,10 +388,10 @@ def tfds_eval_batches(
   return _eval_batches(ds, int(config.data.image_size), batch)
 
 
-def tfds_eval_rows(config, builder, keys: tuple[str, str], split: str, records_of):
-  """`EvalSplit.read_rows` of a tfds `split` prepared as array_record: the records
-  `records_of(rows)` names, read by index (raw bytes) and decoded and resized as
-  `tfds_eval_batches` does, one traced function over the batch."""
+def tfds_eval_examples(config, builder, keys: tuple[str, str], split: str):
+  """`EvalSplit.read_examples` of a tfds `split` prepared as array_record: the records at the
+  positions asked, read by index (raw bytes) and decoded and resized as `tfds_eval_batches`
+  does, one traced function over the batch."""
   import tensorflow_datasets as tfds
 
   image_key, label_key = keys
@@ -411,14 +408,14 @@ def tfds_eval_rows(config, builder, keys: tuple[str, str], split: str, records_o
   def decode(raw):
     return tf.map_fn(example, raw, fn_output_signature=(tf.float32, tf.int32))
 
-  def read_rows(parts):
+  def read_examples(parts):
     raw = tfds.decode.DeserializeMethod.RAW_BYTES
     records = builder.as_data_source(split=split, deserialize_method=raw)
-    for rows in parts:
-      x, y = decode(tf.constant(records.__getitems__(records_of(rows).tolist()), tf.string))
-      yield x.numpy(), y.numpy(), np.ones(len(rows), bool)
+    for positions in parts:
+      x, y = decode(tf.constant(records.__getitems__(np.asarray(positions).tolist()), tf.string))
+      yield x.numpy(), y.numpy(), np.ones(len(positions), bool)
 
-  return read_rows
+  return read_examples
 
 
 def _eval_batches(ds: tf.data.Dataset, size: int, batch: int):

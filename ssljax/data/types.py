@@ -41,25 +41,24 @@ class EvalSplit:
   labels int32 (b,), valid bool (b,); the padding past the end and unreadable files are invalid
   rows.
 
-  A source that reads by index also gives `read_rows`: for each array of rows it is handed (an
-  iterable, consumed as the batches are taken, so a reader can work ahead), the (images,
-  labels, valid) of those rows in that order; the supervised protocols stream their images
-  with it (`ssljax.data.labelled_train_iterator`). `row_labels`: this process's labels by row
-  when they are known without decoding an image (a folder's list, arrays)."""
+  A source that reads by index also gives `read_examples`: for each array of examples it is
+  handed (positions in the split, any process's; an iterable consumed as the batches are
+  taken, so a reader can work ahead), the (images, labels, valid) of those examples in that
+  order. The supervised protocols stream their images with it
+  (`ssljax.data.labelled_train_iterator`), each process its part of every global batch, as
+  training reads. `row_labels`: this process's labels by row when they are known without
+  decoding an image (a folder's list, arrays)."""
 
   size: int  # rows of this process
   image_shape: tuple[int, int, int]  # (S, S, C)
   read: Callable[[int], Iterator[Batch]]
   start: int | None = None  # None: interleaved over the processes
-  read_rows: Callable[[Iterable[np.ndarray]], Iterator[Batch]] | None = None
+  read_examples: Callable[[Iterable[np.ndarray]], Iterator[Batch]] | None = None
   row_labels: np.ndarray | None = None
 
   def positions(self, rows: np.ndarray) -> np.ndarray:
     """The split's example index of each of this process's `rows`."""
-    rows = np.asarray(rows, np.int64)
-    if self.start is not None:
-      return self.start + rows
-    return jax.process_index() + jax.process_count() * rows
+    return _positions(self.start, rows)
 
   def local_rows(self, positions: np.ndarray) -> np.ndarray:
     """This process's rows of the examples at `positions` (those it holds, in their order)."""
@@ -75,36 +74,38 @@ class EvalSplit:
 
   @classmethod
   def of_arrays(cls, images: np.ndarray, labels: np.ndarray) -> EvalSplit:
-    """A split already in memory (this process's rows)."""
+    """A split already in memory (this process's rows): read by index on one process, where
+    they are the whole split."""
 
     def read(batch: int) -> Iterator[Batch]:
       for first in range(0, len(labels), batch):
         yield padded(images[first : first + batch], labels[first : first + batch], batch)
 
-    def read_rows(parts: Iterable[np.ndarray]) -> Iterator[Batch]:
-      for rows in parts:
-        yield images[rows], labels[rows], np.ones(len(rows), bool)
-
-    return cls(len(labels), tuple(images.shape[1:]), read, None, read_rows, labels)
+    whole = jax.process_count() == 1
+    examples = read_arrays(images, labels) if whole else None
+    return cls(len(labels), tuple(images.shape[1:]), read, None, examples, labels)
 
   @classmethod
   def by_index(
     cls,
     size: int,
     image_shape: tuple[int, int, int],
-    read_rows: Callable[[Iterable[np.ndarray]], Iterator[Batch]],
+    read_examples: Callable[[Iterable[np.ndarray]], Iterator[Batch]],
     start: int | None = None,
   ) -> EvalSplit:
-    """A split read only by index: its batches in order are the rows 0, 1, ... read so."""
+    """A split read only by index: its batches in order are its rows 0, 1, ... read so."""
 
     def read(batch: int) -> Iterator[Batch]:
-      parts = (np.arange(first, min(first + batch, size)) for first in range(0, size, batch))
-      with contextlib.closing(read_rows(parts)) as batches:
+      parts = (
+        _positions(start, np.arange(first, min(first + batch, size)))
+        for first in range(0, size, batch)
+      )
+      with contextlib.closing(read_examples(parts)) as batches:
         for x, y, valid in batches:
           x, y, _ = padded(x, y, batch)
           yield x, y, np.pad(valid, (0, batch - len(valid)))
 
-    return cls(size, image_shape, read, start, read_rows)
+    return cls(size, image_shape, read, start, read_examples)
 
   def with_labels(self, fn: Callable[[np.ndarray], np.ndarray]) -> EvalSplit:
     """This split with every batch's labels replaced by fn(labels) (a CSV run's targets)."""
@@ -117,7 +118,9 @@ class EvalSplit:
     return dataclasses.replace(
       self,
       read=lambda batch: mapped(self.read(batch)),
-      read_rows=None if self.read_rows is None else lambda parts: mapped(self.read_rows(parts)),
+      read_examples=None
+      if self.read_examples is None
+      else lambda parts: mapped(self.read_examples(parts)),
       row_labels=None if self.row_labels is None else fn(self.row_labels),
     )
 
@@ -138,3 +141,23 @@ class EvalSplit:
     if not xs:
       return np.zeros((0, *self.image_shape), np.float32), np.zeros((0,), np.int32)
     return np.concatenate(xs), np.concatenate(ys).astype(np.int32)
+
+
+def _positions(start: int | None, rows: np.ndarray) -> np.ndarray:
+  """`EvalSplit.positions` of a split starting at `start` (None: interleaved)."""
+  rows = np.asarray(rows, np.int64)
+  if start is not None:
+    return start + rows
+  return jax.process_index() + jax.process_count() * rows
+
+
+def read_arrays(
+  images: np.ndarray, labels: np.ndarray
+) -> Callable[[Iterable[np.ndarray]], Iterator[Batch]]:
+  """`EvalSplit.read_examples` of arrays in memory that hold the split's examples by index."""
+
+  def read_examples(parts: Iterable[np.ndarray]) -> Iterator[Batch]:
+    for rows in parts:
+      yield images[rows], labels[rows], np.ones(len(rows), bool)
+
+  return read_examples

@@ -83,6 +83,11 @@ def apply_in_batches(
   return np.concatenate(outs)[order], np.concatenate(labs)[order], np.concatenate(poss)[order]
 
 
+@functools.lru_cache(maxsize=8)
+def _take_rows(placed: jax.sharding.Sharding) -> Callable:
+  return jax.jit(lambda h, rows: h[rows], out_shardings=placed)
+
+
 class Rows(NamedTuple):
   """A split's outputs kept where they were computed: `h` (R, ...) is a global array whose rows
   are split over the mesh (every device the rows of the batches it encoded), never gathered.
@@ -107,6 +112,20 @@ class Rows(NamedTuple):
     mask = np.zeros(self.h.shape[0], np.float32)
     mask[self.row if examples is None else self.row[np.asarray(examples, np.int64)]] = 1.0
     return mask
+
+  def select(self, examples: np.ndarray, bucket: int = 256) -> Rows:
+    """The rows of `examples` (indices in global order) only, gathered into a smaller array
+    that stays split over the same devices, its length padded (rows no example names) to a
+    multiple of `bucket` and of the device count: a label budget's probe then iterates over
+    its own rows, not the whole split's, and budgets of nearby sizes share one compilation."""
+    examples = np.asarray(examples, np.int64)
+    placed = self.h.sharding
+    step = math.lcm(bucket, placed.num_devices)
+    source = np.zeros(max(step, -(-len(examples) // step) * step), np.int32)
+    source[: len(examples)] = self.row[examples]
+    source = jax.device_put(source, sharding.replicated(placed.mesh))
+    h = _take_rows(placed)(self.h, source)
+    return Rows(h, self.labels[examples], np.arange(len(examples)), self.position[examples])
 
   def by_row(self, values: np.ndarray, fill=0) -> np.ndarray:
     """(R, ...) `values` (n, ...: one per example, in global order) placed on their rows."""

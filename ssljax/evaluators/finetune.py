@@ -441,13 +441,14 @@ def finetune(
   frozen: bool = False,
   fsdp_min_size: int = sharding.FSDP_MIN_SIZE,
   multilabel: bool = False,
-  train_rows: np.ndarray | None = None,
+  train_examples: np.ndarray | None = None,
 ) -> FineTuneResult:
   """Fine-tunes `encoder` from `encoder_variables` with a new linear head; top-1 on each test set.
 
   `train` is this process's share of the labelled split (`data.eval_split`; or its images,
-  float32 in [0, 1], and labels in memory), `train_rows` the rows of it to train on (None: all),
-  read a batch at a time (`data.labelled_train_iterator`); `num_train` is the global count.
+  float32 in [0, 1], and labels in memory), `train_examples` the positions in it of the images
+  to train on, the same on every process (None: this process's rows), read a batch at a time
+  (`data.labelled_train_iterator`); `num_train` is their count.
   `tests` maps a name to this process's share of a test split (an `EvalSplit`, or arrays).
   `ft` is eval_config.finetune. The caller's arrays are never modified or donated. `frozen`:
   only the head learns (`evaluators.linear_sgd`). `fsdp_min_size` (config.mesh's) lays out the
@@ -458,9 +459,10 @@ def finetune(
   sharding.check_batch_size(int(ft.batch_size), mesh, 'eval_config.finetune.batch_size')
   if not isinstance(train, EvalSplit):
     train = EvalSplit.of_arrays(*train)
-  train_rows = np.arange(train.size) if train_rows is None else np.asarray(train_rows, np.int64)
+  if train_examples is None:
+    train_examples = train.positions(np.arange(train.size))
   image_shape = tuple(train.image_shape)
-  if len(train_rows) == 0:
+  if len(train_examples) == 0:
     raise ValueError(
       f'this process holds none of the {num_train} labelled images: use a larger label budget'
     )
@@ -509,13 +511,12 @@ def finetune(
       solarize_prob=0.0,
     )
   )
-  local_batch = int(ft.batch_size) // jax.process_count()
   batches = sharding.prefetch_to_mesh(
     data.labelled_train_iterator(
       train,
-      train_rows,
+      train_examples,
       spec,
-      batch_size=local_batch,
+      batch_size=int(ft.batch_size),
       seed=int(ft.seed),
       tf_augment=tf_augment,
     ),

@@ -260,8 +260,10 @@ def fit_linear_probe_rows(
   `examples` (indices in the split's global order; None: all). The rows stay where they are:
   the standardization, the loss and its gradient are sums over examples, so each is a
   reduction over the mesh, and a label budget or a validation fold is a weight per row."""
-  chosen = np.arange(len(rows.labels)) if examples is None else np.asarray(examples, np.int64)
-  labels, row = rows.labels[chosen].astype(np.int32), rows.row[chosen]
+  if examples is not None:  # a budget: its rows only, still split over the mesh
+    rows = rows.select(examples, _ROW_BUCKET)
+  chosen = np.arange(len(rows.labels))
+  labels, row = rows.labels.astype(np.int32), rows.row
   if labels.size == 0:
     raise ValueError('train_x and train_y must be non-empty with matching lengths')
   if labels.min() < 0 or labels.max() >= num_classes:

@@ -110,10 +110,10 @@ class MultiLabelRun(protocols._Run):
   def run_training(
     self, pretrained: bool, frozen: bool, budget: LabelBudget | None
   ) -> dict[str, float]:
-    ft, chosen, rows = self.training_images(frozen, budget)
+    ft, chosen = self.training_images(frozen, budget)
     variables = self.start_variables(pretrained, ft, self.train.image_shape)
     train = self.train.with_labels(lambda r: self.table.targets['train'][r])  # rows -> targets
-    result = self.finetune(variables, train, rows, len(chosen), ft, frozen, multilabel=True)
+    result = self.finetune(variables, train, chosen, ft, frozen, multilabel=True)
     out = {}
     for name, (probabilities, test_rows) in result.scores.items():
       table = self.tables[name]

@@ -369,13 +369,12 @@ class _Run:
     return on_rows(self, self.subset(budget))
 
   def training_images(self, frozen: bool, budget: LabelBudget | None):
-    """(recipe settings, global positions of the budget's train images, this process's rows of
-    them): what a training protocol starts from, its images read as it trains."""
+    """(recipe settings, positions in the train split of the budget's images): what a training
+    protocol starts from, its images read as it trains."""
     ft = linear_sgd.settings(self.config) if frozen else finetune_config(self.config)
     positions, labels = self._labels('train')
     idx = self.subset(budget, labels)
-    chosen = positions if idx is None else positions[idx]
-    return ft, chosen, self.train.local_rows(chosen)
+    return ft, positions if idx is None else positions[idx]
 
   def start_variables(self, pretrained: bool, ft, image_shape: tuple[int, ...]) -> dict:
     """The encoder a training protocol starts from: the pretrained one, or a fresh init (the
@@ -390,32 +389,30 @@ class _Run:
       self.config.mesh.fsdp_min_size,
     )
 
-  def finetune(
-    self, variables, train: EvalSplit, rows, num_train: int, ft, frozen: bool, **options
-  ):
-    """`finetune_lib.finetune` of this run's encoder from `variables` on this process's `rows`
-    of `train`, scored on the run's test sets."""
+  def finetune(self, variables, train: EvalSplit, examples, ft, frozen: bool, **options):
+    """`finetune_lib.finetune` of this run's encoder from `variables` on the `examples`
+    (positions) of `train`, scored on the run's test sets."""
     return finetune_lib.finetune(
       self.method.encoder,
       variables,
       train,
       self.tests,
       num_classes=self.num_classes,
-      num_train=num_train,
+      num_train=len(examples),
       mesh=self.mesh,
       ft=ft,
       eval_batch_size=self.ec.batch_size,
       tf_augment=data.source(self.config).uses_tensorflow,
       frozen=frozen,
       fsdp_min_size=self.config.mesh.fsdp_min_size,
-      train_rows=rows,
+      train_examples=examples,
       **options,
     )
 
   def run_training(
     self, pretrained: bool, frozen: bool, budget: LabelBudget | None
   ) -> dict[str, float]:
-    ft, chosen, rows = self.training_images(frozen, budget)
+    ft, chosen = self.training_images(frozen, budget)
     if not pretrained:
       c = self.config
       key = (
@@ -432,7 +429,7 @@ class _Run:
       if cached is not None:
         return cached
     variables = self.start_variables(pretrained, ft, self.train.image_shape)
-    result = self.finetune(variables, self.train, rows, len(chosen), ft, frozen)
+    result = self.finetune(variables, self.train, chosen, ft, frozen)
     if not pretrained:
       self.supervised_cache.put(key, result.accuracy)
     return result.accuracy

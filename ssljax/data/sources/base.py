@@ -154,6 +154,6 @@ class InMemory(Source):
       len(share),
       self.image_shape(images.shape[-1]),
       lambda batch: pipeline.array_eval_batches(images, labels, size, batch),
-      read_rows=pipeline.array_eval_rows(images, labels, size),
+      read_examples=pipeline.array_eval_examples(arrays.images, arrays.labels, size),
       row_labels=labels,
     )

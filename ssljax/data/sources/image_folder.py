@@ -64,11 +64,11 @@ class ImageFolder(Source):
     def read(batch: int):
       return random_access.eval_batches(reader(), labels, split, share, batch, size)
 
-    def read_rows(parts):
-      return random_access.eval_rows(reader(), labels, split, (share[p] for p in parts), size)
+    def read_examples(parts):  # an example's position in the split is its file's index
+      return random_access.eval_rows(reader(), labels, split, parts, size)
 
     return EvalSplit(
-      len(share), self.image_shape(index.channels), read, None, read_rows, labels[share]
+      len(share), self.image_shape(index.channels), read, None, read_examples, labels[share]
     )
 
   def skipped_files(self) -> tuple[str, ...]:

@@ -8,6 +8,7 @@ are those of the real pipeline.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import itertools
 from collections.abc import Iterator
@@ -56,7 +57,14 @@ class Synthetic(InMemory):
     """Already at data.image_size: float32 in [0, 1], no resizing."""
     images, labels = arrays(self.config, split)
     share = order.process_share(len(labels), self.max_examples())
-    return EvalSplit.of_arrays(images[share].astype(np.float32) / 255.0, labels[share])
+
+    def read_examples(parts):
+      for positions in parts:
+        pixels = images[positions].astype(np.float32) / 255.0
+        yield pixels, labels[positions], np.ones(len(positions), bool)
+
+    mine = EvalSplit.of_arrays(images[share].astype(np.float32) / 255.0, labels[share])
+    return dataclasses.replace(mine, read_examples=read_examples)
 
 
 @functools.lru_cache(maxsize=4)
@@ -123,26 +131,29 @@ def _batch(config, specs, step: int, images: np.ndarray) -> list[np.ndarray]:
 
 
 def labelled_views(
-  batches: Iterator[tuple[np.ndarray, np.ndarray]],
+  batches: Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]],
   spec: ml_collections.ConfigDict,
   *,
   seed: int,
+  batch_size: int,
 ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
   """NumPy stand-in for `pipeline.labelled_views` (no TensorFlow): square random crops of at
   least sqrt(spec.crop_scale[0]) of the side, nearest-resized to spec.image_size, random flips,
-  drawn per batch seeded by (seed, process, step)."""
+  drawn for each global batch of `batch_size` seeded by (seed, step), each process its rows."""
   out = int(spec.image_size)
-  for step, (images, labels) in enumerate(batches):
-    batch_size, side = len(labels), images.shape[1]
-    rng = np.random.default_rng((int(seed) % 2**63, jax.process_index(), step))
+  for elements, images, labels in batches:
+    step, first = divmod(int(elements[0]), batch_size)
+    mine = slice(first, first + len(labels))
+    side = images.shape[1]
+    rng = np.random.default_rng((int(seed) % 2**63, 0, step))
     crop = np.round(side * rng.uniform(np.sqrt(spec.crop_scale[0]), 1.0, batch_size)).astype(int)
-    crop = np.maximum(crop, 1)
-    y0 = (rng.random(batch_size) * (side - crop + 1)).astype(int)
-    x0 = (rng.random(batch_size) * (side - crop + 1)).astype(int)
+    crop = np.maximum(crop, 1)[mine]
+    y0 = (rng.random(batch_size)[mine] * (side - crop + 1)).astype(int)
+    x0 = (rng.random(batch_size)[mine] * (side - crop + 1)).astype(int)
     grid = np.arange(out) / out
     rows = y0[:, None] + (grid[None] * crop[:, None]).astype(int)
     cols = x0[:, None] + (grid[None] * crop[:, None]).astype(int)
-    flips = (rng.random(batch_size) < 0.5) & bool(spec.flip)
+    flips = (rng.random(batch_size)[mine] < 0.5) & bool(spec.flip)
     cols = np.where(flips[:, None], cols[:, ::-1], cols)
-    x = images[np.arange(batch_size)[:, None, None], rows[:, :, None], cols[:, None, :]]
+    x = images[np.arange(len(labels))[:, None, None], rows[:, :, None], cols[:, None, :]]
     yield np.asarray(x, np.float32), labels

@@ -93,7 +93,6 @@ class StreamedTfds(Tfds):
     n_proc, proc = jax.process_count(), jax.process_index()
     if '[' in name:  # already a slice ('train[90%:]'): read it whole, keep every P-th record
       start, size = None, len(range(proc, num, n_proc))
-      records_of = lambda rows: proc + n_proc * rows  # noqa: E731
       read = lambda batch: pipeline.tfds_eval_batches(  # noqa: E731
         self.config, self.builder, names, name, batch, take=num, every=(n_proc, proc)
       )
@@ -101,14 +100,14 @@ class StreamedTfds(Tfds):
       # Each process reads only its contiguous block of the records, so the reading does not
       # grow with the number of hosts; the others' blocks come before and after it.
       start, end = proc * num // n_proc, (proc + 1) * num // n_proc
-      size, records_of = end - start, lambda rows: start + rows
+      size = end - start
       read = lambda batch: pipeline.tfds_eval_batches(  # noqa: E731
         self.config, self.builder, names, f'{name}[{start}:{end}]', batch
       )
     shape = self.image_shape(channels)
     if self.random_access():  # array_record: read by index (tfds reads it no other way)
-      rows = pipeline.tfds_eval_rows(self.config, self.builder, names, name, records_of)
-      return EvalSplit.by_index(size, shape, rows, start)
+      examples = pipeline.tfds_eval_examples(self.config, self.builder, names, name)
+      return EvalSplit.by_index(size, shape, examples, start)
     return EvalSplit(size, shape, read, start)  # tfrecord: read only in order
 
 
