@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from ssljax import sharding
-from ssljax.evaluators import batched, knn
+from ssljax.evaluators import batched, knn, multilabel
 from ssljax.evaluators.linear_probe import fit_linear_probe, fit_linear_probe_rows
 
 
@@ -103,3 +103,34 @@ def test_knn_on_split_features_picks_the_same_neighbours_ties_included():
     knn.knn_classify(train_x, train_y, test_x, num_classes=6, k=4, temperature=100.0),
     _reference(train_x.astype(np.float64), train_y, test_x, 6, 4, 100.0),
   )
+
+
+def test_multi_label_probe_and_votes_on_split_features_equal_them_in_memory():
+  """Several labels per image (a CSV run): the per-label probe and k-NN votes on features split
+  over 8 devices (and a budget's subset of them) equal the same on the features in memory."""
+  rng = np.random.default_rng(3)
+  n, labels = 120, 3
+  x = rng.normal(size=(n, 6)).astype(np.float32)
+  targets = (x[:, :labels] + 0.5 * rng.normal(size=(n, labels)) > 0).astype(np.int8)
+  targets[rng.random((n, labels)) < 0.1] = multilabel.IGNORED
+  groups = np.arange(n) // 3  # patients of 3 images
+  images = x.reshape(n, 1, 1, 6)
+  mesh = _mesh(-1, 1)
+  rows = batched.encode_rows(_flatten, 1.0, (images, np.arange(n, dtype=np.int32)), mesh, 32)
+  test = batched.encode_rows(_flatten, 1.0, (images[:40], np.zeros(40, np.int32)), mesh, 32)
+  subset = np.sort(rng.choice(n, 70, replace=False))
+  for examples in (None, subset):
+    chosen = slice(None) if examples is None else examples
+    split = multilabel.fit_probe_rows(rows, targets, groups, examples)
+    whole = multilabel.fit_probe(x[chosen], targets[chosen], groups[chosen])
+    np.testing.assert_array_equal(split.l2, whole.l2)
+    np.testing.assert_allclose(
+      split.probabilities_rows(test),
+      whole.probabilities(x[:40]),
+      atol=1e-3,  # L-BFGS tol
+    )
+    votes = multilabel.knn_scores_rows(
+      rows, test, mesh, targets, k=5, temperature=0.1, train_examples=examples
+    )
+    want = multilabel.knn_scores(x[chosen], targets[chosen], x[:40], k=5, temperature=0.1)
+    np.testing.assert_allclose(votes, want, rtol=1e-5)

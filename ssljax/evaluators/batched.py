@@ -103,9 +103,14 @@ class Rows(NamedTuple):
   def gathered(self) -> np.ndarray:
     """(n, ...) the outputs in global order on every process (a collective over processes):
     for what still needs them whole in host memory."""
-    if self.h.is_fully_addressable:
-      return np.asarray(self.h)[self.row]
-    return np.asarray(multihost_utils.process_allgather(self.h, tiled=True))[self.row]
+    return self.on_host(self.h)
+
+  def on_host(self, values: jax.Array) -> np.ndarray:
+    """(n, ...) of `values` (R, ...), one per row of h and split as h is (a probe's scores),
+    in global order on every process (a collective over processes)."""
+    if values.is_fully_addressable:
+      return np.asarray(values)[self.row]
+    return np.asarray(multihost_utils.process_allgather(values, tiled=True))[self.row]
 
   def row_mask(self, examples: np.ndarray | None = None) -> np.ndarray:
     """(R,) float32: 1 on the rows of `examples` (indices in global order; None: all), else 0."""
@@ -132,6 +137,17 @@ class Rows(NamedTuple):
     out = np.full((self.h.shape[0], *np.shape(values)[1:]), fill, np.asarray(values).dtype)
     out[self.row] = values
     return out
+
+
+def in_memory_rows(x: np.ndarray, labels: np.ndarray | None = None, bucket: int = 1) -> Rows:
+  """Features in memory as `Rows` on one device (a mesh of one), padded with rows no example
+  names to a multiple of `bucket`, so fits on slightly different sizes share one compilation."""
+  x = np.asarray(x, np.float32)
+  mesh = sharding.make_mesh(devices=jax.local_devices()[:1])
+  padded = np.pad(x, ((0, -len(x) % bucket), *[(0, 0)] * (x.ndim - 1)))
+  index = np.arange(len(x))
+  labels = np.zeros(len(x), np.int32) if labels is None else np.asarray(labels)
+  return Rows(jax.device_put(padded, sharding.data_sharding(mesh)), labels, index, index)
 
 
 def _join_on_devices(pieces: list[jax.Array]) -> jax.Array:

@@ -8,7 +8,7 @@ import numpy as np
 from jax.sharding import PartitionSpec as P
 
 from ssljax import sharding
-from ssljax.evaluators.batched import Rows
+from ssljax.evaluators.batched import Rows, in_memory_rows
 
 
 def _l2_normalize(x: jax.Array) -> jax.Array:
@@ -17,35 +17,99 @@ def _l2_normalize(x: jax.Array) -> jax.Array:
 
 
 @functools.lru_cache(maxsize=16)
-def _vote_on_mesh(mesh: jax.sharding.Mesh, k: int, num_classes: int):
-  """(train rows, their labels, their positions, queries, temperature) -> predicted classes:
-  each device scores the queries against its own train rows and keeps its k best; only those
-  candidates are gathered, and merged by (similarity, position), highest similarity first and
-  the lower position among equals: the neighbours of one k-NN over the whole train set in its
-  global order. Rows at position -1 (padding, outside a label budget) never vote."""
+def _neighbours_on_mesh(mesh: jax.sharding.Mesh, k: int):
+  """(train rows, their positions, queries, temperature) -> (weights exp(sim / T), positions)
+  (B, k) of each query's k nearest train examples, on every device: each device scores the
+  queries against its own train rows and keeps its k best; only those candidates are gathered,
+  and merged by (similarity, position), highest similarity first and the lower position among
+  equals: the neighbours of one k-NN over the whole train set in its global order. Rows at
+  position -1 (padding, outside a label budget) are never neighbours (weight 0)."""
 
-  def local(train_x, train_y, train_pos, queries, temperature):
+  def local(train_x, train_pos, queries, temperature):
     sim = _l2_normalize(queries) @ train_x.T  # train_x is already normalized
     sim = jnp.where(train_pos[None, :] >= 0, sim, -jnp.inf)
     top, idx = jax.lax.top_k(sim, min(k, train_x.shape[0]))  # equals: the lower row first
     gather = lambda a: jax.lax.all_gather(a, sharding.AXES, axis=1, tiled=True)  # noqa: E731
-    top, pos, label = gather(top), gather(train_pos[idx]), gather(train_y[idx])
+    top, pos = gather(top), gather(train_pos[idx])
     # Padding sorts last: its similarity is -inf.
-    _, pos, top, label = jax.lax.sort((-top, pos, top, label), dimension=1, num_keys=2)
+    _, pos, top = jax.lax.sort((-top, pos, top), dimension=1, num_keys=2)
     weights = jnp.where(pos[:, :k] >= 0, jnp.exp(top[:, :k] / temperature), 0.0)
-    votes = jnp.sum(jax.nn.one_hot(label[:, :k], num_classes) * weights[..., None], axis=1)
-    return jnp.argmax(votes, axis=-1)  # ties: the lower class id
+    return weights, pos[:, :k]
 
   rows = P(sharding.AXES)
-  return jax.jit(
-    jax.shard_map(
-      local,
-      mesh=mesh,
-      in_specs=(rows, rows, rows, P(), P()),
-      out_specs=P(),
-      check_vma=False,  # the gathered candidates, hence the votes, are the same on every device
-    )
+  return jax.shard_map(
+    local,
+    mesh=mesh,
+    in_specs=(rows, rows, P(), P()),
+    out_specs=(P(), P()),
+    check_vma=False,  # the gathered candidates are the same on every device
   )
+
+
+@functools.lru_cache(maxsize=16)
+def _vote_on_mesh(mesh: jax.sharding.Mesh, k: int, num_classes: int):
+  """`_neighbours_on_mesh`'s k neighbours vote, each for its class (`labels` by position) with
+  its weight: the predicted classes, ties to the lower class id."""
+
+  def vote(train_x, train_pos, labels, queries, temperature):
+    weights, pos = _neighbours_on_mesh(mesh, k)(train_x, train_pos, queries, temperature)
+    label = labels[jnp.maximum(pos, 0)]
+    votes = jnp.sum(jax.nn.one_hot(label, num_classes) * weights[..., None], axis=1)
+    return jnp.argmax(votes, axis=-1)
+
+  return jax.jit(vote)
+
+
+@functools.lru_cache(maxsize=16)
+def _jitted_neighbours(mesh: jax.sharding.Mesh, k: int):
+  return jax.jit(_neighbours_on_mesh(mesh, k))
+
+
+def neighbours_rows(
+  train: Rows,
+  test: Rows,
+  mesh: jax.sharding.Mesh,
+  *,
+  k: int = 20,
+  temperature: float = 0.07,
+  batch_size: int = 1024,
+  train_examples: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+  """(weights (N_test, k) float32, neighbours (N_test, k): indices in the train split's global
+  order, -1 for none) of every test example, in its global order: the vote `knn_classify_rows`
+  takes, on the host, for votes the devices do not count (several labels per image)."""
+  train_x, train_pos, k = _placed_train(train, mesh, k, train_examples)
+  run, take = _jitted_neighbours(mesh, k), _rows_of(mesh)
+  batch_size = max(1, min(int(batch_size), len(test.row)))
+  out = []
+  for rows in _blocks(test, batch_size):
+    block = np.pad(rows, (0, batch_size - len(rows)))
+    queries = take(test.h, block).astype(jnp.float32)
+    weights, pos = run(train_x, train_pos, queries, jnp.float32(temperature))
+    out.append((np.asarray(weights)[: len(rows)], np.asarray(pos)[: len(rows)]))
+  if not out:
+    return np.zeros((0, k), np.float32), np.zeros((0, k), np.int32)
+  return tuple(np.concatenate(parts) for parts in zip(*out, strict=True))
+
+
+def _placed_train(train: Rows, mesh, k: int, train_examples: np.ndarray | None):
+  """(normalized train rows, their positions on the mesh (-1: no vote), k capped)."""
+  chosen = np.arange(len(train.labels)) if train_examples is None else np.asarray(train_examples)
+  if chosen.size == 0:
+    raise ValueError('k-NN needs at least one train point')
+  k = min(int(k), chosen.size)
+  if k < 1:
+    raise ValueError(f'k must be positive, got {k}')
+  positions = np.full(train.h.shape[0], -1, np.int32)
+  positions[train.row[chosen]] = chosen
+  train_pos = jax.device_put(positions, sharding.data_sharding(mesh))
+  return _normalize_rows(train.h.astype(jnp.float32)), train_pos, k
+
+
+def _blocks(test: Rows, batch_size: int):
+  """The test rows, a block of `batch_size` at a time."""
+  for start in range(0, len(test.row), batch_size):
+    yield test.row[start : start + batch_size]
 
 
 @functools.lru_cache(maxsize=16)
@@ -69,30 +133,18 @@ def knn_classify_rows(
   class of every test example, in the test split's global order. `train_examples` (indices in
   the train split's global order; None: all) are the labelled ones that vote. A device holds
   its train rows and a block of `batch_size` queries; only k candidates per query cross devices."""
-  chosen = np.arange(len(train.labels)) if train_examples is None else np.asarray(train_examples)
-  if chosen.size == 0:
-    raise ValueError('k-NN needs at least one train point')
-  labels = train.labels[chosen]
-  if int(labels.min()) < 0 or int(labels.max()) >= num_classes:
+  labels = train.labels if train_examples is None else train.labels[np.asarray(train_examples)]
+  if labels.size and (int(labels.min()) < 0 or int(labels.max()) >= num_classes):
     raise ValueError(f'train labels must lie in [0, {num_classes})')
-  k = min(int(k), chosen.size)
-  if k < 1:
-    raise ValueError(f'k must be positive, got {k}')
-  placed = sharding.data_sharding(mesh)
-  positions = np.full(train.h.shape[0], -1, np.int32)
-  positions[train.row[chosen]] = chosen
-  train_y = jax.device_put(train.by_row(train.labels.astype(np.int32)), placed)
-  train_pos = jax.device_put(positions, placed)
-  train_x = _normalize_rows(train.h.astype(jnp.float32))
+  train_x, train_pos, k = _placed_train(train, mesh, k, train_examples)
+  by_position = jax.device_put(train.labels.astype(np.int32), sharding.replicated(mesh))
   vote, take = _vote_on_mesh(mesh, k, int(num_classes)), _rows_of(mesh)
-  n_test = len(test.row)
-  batch_size = max(1, min(int(batch_size), n_test))
+  batch_size = max(1, min(int(batch_size), len(test.row)))
   preds = []
-  for start in range(0, n_test, batch_size):
-    rows = test.row[start : start + batch_size]
+  for rows in _blocks(test, batch_size):
     block = np.pad(rows, (0, batch_size - len(rows)))  # one compilation for every block
     queries = take(test.h, block).astype(jnp.float32)
-    pred = vote(train_x, train_y, train_pos, queries, jnp.float32(temperature))
+    pred = vote(train_x, train_pos, by_position, queries, jnp.float32(temperature))
     preds.append(np.asarray(pred)[: len(rows)])
   return np.concatenate(preds) if preds else np.zeros((0,), np.int32)
 
@@ -126,15 +178,11 @@ def knn_classify(
     raise ValueError(f'feature shapes do not match: {train_x.shape} vs {test_x.shape}')
   if train_y.shape != (train_x.shape[0],):
     raise ValueError(f'train_y has shape {train_y.shape}, expected ({train_x.shape[0]},)')
-  mesh = sharding.make_mesh(devices=jax.local_devices()[:1])
-  on_device = lambda x: jax.device_put(x, sharding.data_sharding(mesh))  # noqa: E731
-  n_train, n_test = np.arange(len(train_y)), np.arange(len(test_x))
-  train = Rows(on_device(train_x), train_y.astype(np.int32), n_train, n_train)
-  test = Rows(on_device(test_x), np.zeros(len(test_x), np.int32), n_test, n_test)
+  train, test = in_memory_rows(train_x, train_y.astype(np.int32)), in_memory_rows(test_x)
   return knn_classify_rows(
     train,
     test,
-    mesh,
+    train.h.sharding.mesh,
     num_classes=num_classes,
     k=k,
     temperature=temperature,

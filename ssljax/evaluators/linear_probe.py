@@ -10,7 +10,7 @@ import optax
 import optax.tree_utils as otu
 from jax.experimental import multihost_utils
 
-from ssljax.evaluators.batched import Rows
+from ssljax.evaluators.batched import Rows, in_memory_rows
 
 _STD_FLOOR = 1e-6
 _FALLBACK_L2 = 1e-3
@@ -33,7 +33,7 @@ def train_stats(x: jax.Array, weights: jax.Array) -> tuple[jax.Array, jax.Array]
 
 
 @jax.jit
-def _standardized(x: jax.Array, mean: jax.Array, std: jax.Array) -> jax.Array:
+def standardized(x: jax.Array, mean: jax.Array, std: jax.Array) -> jax.Array:
   return (x.astype(jnp.float32) - mean) / std
 
 
@@ -232,7 +232,7 @@ class LinearProbe:
     self.mean, self.std, self.params, self.l2 = mean, std, params, l2
 
   def predict(self, x: np.ndarray | jax.Array) -> np.ndarray:
-    return _predictions(self.params, _standardized(jnp.asarray(x), self.mean, self.std))
+    return _predictions(self.params, standardized(jnp.asarray(x), self.mean, self.std))
 
   def predict_rows(self, rows: Rows) -> np.ndarray:
     """The predicted class of every example of `rows` (features split over the mesh), in the
@@ -278,7 +278,7 @@ def fit_linear_probe_rows(
   weights = jax.device_put(rows.row_mask(chosen), placed)
   y = jax.device_put(rows.by_row(rows.labels.astype(np.int32)), placed)
   mean, std = train_stats(rows.h, weights)
-  x = _standardized(rows.h, mean, std)
+  x = standardized(rows.h, mean, std)
   lam, warm_start = _select_l2(
     x,
     y,
@@ -298,16 +298,6 @@ def fit_linear_probe_rows(
   return LinearProbe(mean, std, {'w': params['w'], 'b': params['b']}, lam)
 
 
-def _in_memory(x: np.ndarray | jax.Array, labels: np.ndarray) -> Rows:
-  """In-memory features as `Rows` on one device, padded with rows of weight 0 to a multiple of
-  `_ROW_BUCKET`, so probes on subsets of slightly different sizes share one compilation."""
-  x = np.asarray(x, np.float32)
-  pad = -x.shape[0] % _ROW_BUCKET
-  device = jax.local_devices()[0]
-  index = np.arange(x.shape[0])
-  return Rows(jax.device_put(np.pad(x, ((0, pad), (0, 0))), device), labels, index, index)
-
-
 def fit_linear_probe(
   train_x: np.ndarray | jax.Array,
   train_y: np.ndarray | jax.Array,
@@ -325,7 +315,7 @@ def fit_linear_probe(
   if train_y.ndim != 1 or train_y.shape[0] != np.shape(train_x)[0] or train_y.size == 0:
     raise ValueError('train_x and train_y must be non-empty with matching lengths')
   return fit_linear_probe_rows(
-    _in_memory(train_x, train_y),
+    in_memory_rows(train_x, train_y, _ROW_BUCKET),
     num_classes=num_classes,
     l2_grid=l2_grid,
     val_fraction=val_fraction,

@@ -19,8 +19,10 @@ import numpy as np
 import optax
 
 from ssljax.errors import ConfigError
+from ssljax.evaluators import knn
+from ssljax.evaluators.batched import Rows, in_memory_rows
 from ssljax.evaluators.label_subset import LabelBudget
-from ssljax.evaluators.linear_probe import minimize_lbfgs, train_stats
+from ssljax.evaluators.linear_probe import minimize_lbfgs, standardized, train_stats
 
 IGNORED = -1
 L2_GRID = (1e-5, 1e-4, 1e-3, 1e-2, 1e-1)
@@ -153,18 +155,34 @@ def _lbfgs(x, targets, l2, params, max_iters, tol):
 
 
 def fit_logistic(
-  x: np.ndarray, targets: np.ndarray, l2: np.ndarray, init: dict | None = None, max_iters: int = 500
+  x: np.ndarray | jax.Array,
+  targets: np.ndarray | jax.Array,
+  l2: np.ndarray,
+  init: dict | None = None,
+  max_iters: int = 500,
 ) -> dict:
   """{'w' (d, L), 'b' (L,)} minimizing, per label l, the mean cross-entropy over its known rows
-  + l2[l] ||w_l||^2 / 2: scikit-learn's LogisticRegression on those rows with C = 1 / (l2 n_l)."""
-  pad = -len(x) % _ROW_BUCKET
-  x = jnp.asarray(np.pad(np.asarray(x, np.float32), ((0, pad), (0, 0))))
-  t = jnp.asarray(np.pad(targets, ((0, pad), (0, 0)), constant_values=IGNORED).astype(np.int32))
+  + l2[l] ||w_l||^2 / 2: scikit-learn's LogisticRegression on those rows with C = 1 / (l2 n_l).
+  In-memory rows are padded to a bucket (one compilation for near sizes); rows on devices (split
+  over a mesh, padding rows IGNORED) stay where they are."""
+  if not isinstance(x, jax.Array):
+    pad = -len(x) % _ROW_BUCKET
+    x = jnp.asarray(np.pad(np.asarray(x, np.float32), ((0, pad), (0, 0))))
+    targets = np.pad(targets, ((0, pad), (0, 0)), constant_values=IGNORED).astype(np.int32)
   labels = targets.shape[1]
   if init is None:
     init = {'w': jnp.zeros((x.shape[1], labels)), 'b': jnp.zeros((labels,))}
-  params = _lbfgs(x, t, jnp.asarray(l2, jnp.float32), init, jnp.int32(max_iters), jnp.float32(1e-6))
+  l2 = jnp.asarray(l2, jnp.float32)
+  params = _lbfgs(x, targets, l2, init, jnp.int32(max_iters), jnp.float32(1e-6))
   return {'w': params['w'], 'b': params['b']}
+
+
+_sigmoid = jax.jit(jax.nn.sigmoid)
+
+
+@jax.jit
+def _logits(x: jax.Array, w: jax.Array, b: jax.Array) -> jax.Array:
+  return x @ w + b
 
 
 @dataclasses.dataclass(frozen=True)
@@ -177,10 +195,17 @@ class Probe:
   b: np.ndarray
   l2: np.ndarray
 
-  def probabilities(self, h: np.ndarray) -> np.ndarray:
+  def probabilities(self, h: np.ndarray | jax.Array) -> np.ndarray:
     """sigmoid(((h - mean) / std) W + b), float32 (N, L)."""
-    x = (np.asarray(h, np.float32) - self.mean) / self.std
-    return np.asarray(jax.nn.sigmoid(jnp.asarray(x) @ self.w + self.b))
+    return np.asarray(self._probabilities(h))
+
+  def probabilities_rows(self, rows: Rows) -> np.ndarray:
+    """`probabilities` of features split over the mesh: only the (N, L) scores leave them."""
+    return rows.on_host(self._probabilities(rows.h))
+
+  def _probabilities(self, h: jax.Array) -> jax.Array:
+    x = standardized(jnp.asarray(h), jnp.asarray(self.mean), jnp.asarray(self.std))
+    return _sigmoid(_logits(x, jnp.asarray(self.w), jnp.asarray(self.b)))
 
 
 def _validation_rows(groups: np.ndarray, fraction: float, seed: int) -> np.ndarray:
@@ -200,18 +225,43 @@ def fit_probe(
   val_fraction: float = 0.2,
   seed: int = 0,
 ) -> Probe:
-  """One logistic regression per label on standardized h. Each label's L2 is chosen from
-  `l2_grid` by its AUROC on a hold-out of `val_fraction` of the groups (a patient's images stay
-  on one side; `groups` None: each image its own), ties to the stronger penalty; a label whose
-  hold-out lacks a positive or a negative takes 1e-3. Then all labels are refit on every row."""
-  targets = np.asarray(targets, np.int8)
+  """`fit_probe_rows` of features in memory (on one device)."""
   if len(targets) == 0 or len(targets) != len(h):
     raise ValueError(f'need matching, non-empty features and targets: {len(h)} / {len(targets)}')
-  h = np.asarray(h, np.float32)
-  mean, std = (np.asarray(a) for a in train_stats(h, np.ones(len(h), np.float32)))
-  x = (h - mean) / std
+  rows = in_memory_rows(np.asarray(h, np.float32), _ROW_BUCKET)
+  return fit_probe_rows(
+    rows, targets, groups, l2_grid=l2_grid, val_fraction=val_fraction, seed=seed
+  )
+
+
+def fit_probe_rows(
+  rows: Rows,
+  targets: np.ndarray,
+  groups: np.ndarray | None = None,
+  examples: np.ndarray | None = None,
+  *,
+  l2_grid: Sequence[float] = L2_GRID,
+  val_fraction: float = 0.2,
+  seed: int = 0,
+) -> Probe:
+  """One logistic regression per label on standardized h, fitted where the features are
+  (`batched.Rows`: the loss and its gradient are sums over rows), on `examples` (indices in
+  global order; None: all) whose `targets` and `groups` are given for every example. Each
+  label's L2 is chosen from `l2_grid` by its AUROC on a hold-out of `val_fraction` of the groups
+  (a patient's images stay on one side; `groups` None: each image its own), ties to the stronger
+  penalty; a label whose hold-out lacks a positive or a negative takes 1e-3. Then all labels are
+  refit on every row. Only the hold-out's scores leave the devices."""
+  targets = np.asarray(targets, np.int8)
+  groups = np.arange(len(targets)) if groups is None else np.asarray(groups)
+  if examples is not None:  # a budget: its rows only, still split over the mesh
+    rows, targets, groups = rows.select(examples, _ROW_BUCKET), targets[examples], groups[examples]
+  if len(targets) == 0:
+    raise ValueError('need non-empty features and targets')
+  placed = rows.h.sharding
+  on_rows = lambda t: jax.device_put(rows.by_row(t.astype(np.int32), IGNORED), placed)  # noqa: E731
+  mean, std = train_stats(rows.h, jax.device_put(rows.row_mask(), placed))
+  x = standardized(rows.h, mean, std)
   labels = targets.shape[1]
-  groups = np.arange(len(x)) if groups is None else np.asarray(groups)
   is_val = _validation_rows(groups, val_fraction, seed)
   val_targets = targets[is_val]
   judged = [
@@ -221,31 +271,26 @@ def fit_probe(
   init = None
   grid = sorted(l2_grid, reverse=True)
   if any(judged) and len(grid) > 1:
-    fitting = np.where(is_val[:, None], IGNORED, targets).astype(np.int8)
+    fitting = on_rows(np.where(is_val[:, None], IGNORED, targets))
     best = np.full(labels, -np.inf)
     w = np.zeros((x.shape[1], labels), np.float32)
     params = None
     for lam in grid:  # strongest first, each warm-started from the last
       params = fit_logistic(x, fitting, np.full(labels, lam), params)
-      scores = np.asarray(x[is_val] @ params['w'] + params['b'])
+      scores = rows.on_host(_logits(x, params['w'], params['b']))[is_val]
       for j in np.flatnonzero(judged):
         known = val_targets[:, j] != IGNORED
         value = auroc(val_targets[known, j] == 1, scores[known, j])
         if value > best[j]:  # ties keep the stronger penalty
           best[j], chosen[j], w[:, j] = value, lam, np.asarray(params['w'])[:, j]
     init = {'w': jnp.asarray(w), 'b': jnp.asarray(params['b'])}
-  params = fit_logistic(x, targets, chosen, init)
-  return Probe(mean, std, np.asarray(params['w']), np.asarray(params['b']), chosen)
+  params = fit_logistic(x, on_rows(targets), chosen, init)
+  return Probe(
+    np.asarray(mean), np.asarray(std), np.asarray(params['w']), np.asarray(params['b']), chosen
+  )
 
 
 # ----------------------------------------------------------------------------- k-NN
-
-
-@functools.partial(jax.jit, static_argnames=('k',))
-def _neighbours(train_x: jax.Array, test_x: jax.Array, temperature: jax.Array, *, k: int):
-  test_x = test_x / jnp.maximum(jnp.linalg.norm(test_x, axis=-1, keepdims=True), 1e-12)
-  sim, idx = jax.lax.top_k(test_x @ train_x.T, k)
-  return jnp.exp(sim / temperature), idx
 
 
 def knn_scores(
@@ -257,22 +302,41 @@ def knn_scores(
   temperature: float = 0.07,
   batch_size: int = 1024,
 ) -> np.ndarray:
-  """(N_test, L) scores in [0, 1]: DINO's temperature-weighted vote of the k most cosine-similar
-  train images, per label: sum of exp(sim / T) over neighbours positive for it, divided by the
-  sum over neighbours whose target is known (0.5 when none is)."""
-  train = jnp.asarray(train_h, jnp.float32)
-  train = train / jnp.maximum(jnp.linalg.norm(train, axis=-1, keepdims=True), 1e-12)
-  targets = np.asarray(train_targets)
-  k = min(int(k), len(targets))
-  out = []
-  batch_size = max(1, min(batch_size, len(test_h)))
-  for first in range(0, len(test_h), batch_size):
-    batch = np.asarray(test_h[first : first + batch_size], np.float32)
-    n = len(batch)
-    batch = np.pad(batch, ((0, batch_size - n), (0, 0)))
-    weights, idx = _neighbours(train, jnp.asarray(batch), jnp.float32(temperature), k=k)
-    weights, near = np.asarray(weights, np.float64)[:n, :, None], targets[np.asarray(idx)[:n]]
-    positive = np.sum(weights * (near == 1), 1)
-    known = np.sum(weights * (near != IGNORED), 1)
-    out.append(np.where(known > 0, positive / np.maximum(known, 1e-300), 0.5))
-  return np.concatenate(out) if out else np.zeros((0, targets.shape[1]))
+  """`knn_scores_rows` of features in memory (on one device)."""
+  train, test = (in_memory_rows(np.asarray(h, np.float32)) for h in (train_h, test_h))
+  mesh = train.h.sharding.mesh
+  return knn_scores_rows(
+    train, test, mesh, train_targets, k=k, temperature=temperature, batch_size=batch_size
+  )
+
+
+def knn_scores_rows(
+  train: Rows,
+  test: Rows,
+  mesh: jax.sharding.Mesh,
+  train_targets: np.ndarray,
+  *,
+  k: int = 20,
+  temperature: float = 0.07,
+  batch_size: int = 1024,
+  train_examples: np.ndarray | None = None,
+) -> np.ndarray:
+  """(N_test, L) scores in [0, 1] of features split over the mesh: DINO's temperature-weighted
+  vote of the k most cosine-similar train images (`knn.neighbours_rows`: only k candidates per
+  query leave the devices), per label: sum of exp(sim / T) over neighbours positive for it,
+  divided by the sum over neighbours whose target is known (0.5 when none is).
+  `train_targets` (n, L) are every train example's; `train_examples` those that vote."""
+  weights, near = knn.neighbours_rows(
+    train,
+    test,
+    mesh,
+    k=k,
+    temperature=temperature,
+    batch_size=batch_size,
+    train_examples=train_examples,
+  )
+  targets = np.asarray(train_targets)[np.maximum(near, 0)]
+  weights = np.asarray(weights, np.float64)[..., None]
+  positive = np.sum(weights * (targets == 1), 1)
+  known = np.sum(weights * (targets != IGNORED), 1)
+  return np.where(known > 0, positive / np.maximum(known, 1e-300), 0.5)

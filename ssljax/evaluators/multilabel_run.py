@@ -35,15 +35,6 @@ class MultiLabelRun(protocols._Run):
     if protocols.OOD in self.tests:
       self.tables[protocols.OOD] = labels_csv.table(ood) if ood is not None else self.table
     self.keep_in = keep_in
-    self._gathered: dict[str, tuple[np.ndarray, np.ndarray]] = {}
-
-  def features(self, name: str) -> tuple[np.ndarray, np.ndarray]:
-    """(h, labels) of all processes in global order, in host memory: the multi-label probes
-    and votes still take them whole (the single-label ones run where the features are)."""
-    if name not in self._gathered:
-      rows = self.rows(name)
-      self._gathered[name] = (rows.gathered(), rows.labels)
-    return self._gathered[name]
 
   @property
   def names(self) -> tuple[str, ...]:
@@ -55,7 +46,7 @@ class MultiLabelRun(protocols._Run):
 
   def targets(self, name: str) -> np.ndarray:
     """'train' or a test suffix -> targets (N, L) of its features, in their order."""
-    rows = self.features(name)[1]
+    rows = self.rows(name).labels  # rows of the CSV table
     if name == 'train':
       return self.table.targets['train'][rows]
     return self.tables[name].targets['test'][rows]
@@ -76,28 +67,31 @@ class MultiLabelRun(protocols._Run):
     return out
 
   def run_features(self, fn, budget: LabelBudget | None) -> dict[str, float]:
+    """The multi-label probe or k-NN where the features are (`multilabel.fit_probe_rows`,
+    `knn_scores_rows`): only scores leave the devices."""
     if fn is protocols._linear_few_on_rows:
       few = int(self.ec.few_per_class)
       budget = LabelBudget(f'{few}_per_class', per_class=few)
-    h, rows = self.features('train')
-    idx = self.subset(budget)
-    idx = np.arange(len(rows)) if idx is None else idx
-    train_targets = self.targets('train')[idx]
+    train, idx = self.rows('train'), self.subset(budget)
     if fn is protocols._knn_on_rows:
       scores = {
-        name: multilabel.knn_scores(
-          h[idx],
-          train_targets,
-          self.features(name)[0],
+        name: multilabel.knn_scores_rows(
+          train,
+          self.rows(name),
+          self.mesh,
+          self.targets('train'),
           k=self.ec.knn_k,
           temperature=self.ec.knn_temperature,
+          train_examples=idx,
         )
         for name in self.tests
       }
       return self._scored(scores)
-    groups = self.table.groups['train'][rows[idx]]
-    probe = multilabel.fit_probe(h[idx], train_targets, groups, seed=self.ec.subset_seed)
-    scores = {name: probe.probabilities(self.features(name)[0]) for name in self.tests}
+    groups = self.table.groups['train'][train.labels]
+    probe = multilabel.fit_probe_rows(
+      train, self.targets('train'), groups, idx, seed=self.ec.subset_seed
+    )
+    scores = {name: probe.probabilities_rows(self.rows(name)) for name in self.tests}
     if self.keep_in and _all_labels(budget):
       kept.save_linear(self.keep_in, probe, self.names, (self._test_files(), scores['']))
       kept.save_roc(self.keep_in, 'linear', self.names, self.targets(''), scores[''])
@@ -105,7 +99,7 @@ class MultiLabelRun(protocols._Run):
 
   def _test_files(self) -> list[str]:
     files = self.table.files['test']
-    return [files[int(r)].replace('\\', '/') for r in self.features('')[1]]
+    return [files[int(r)].replace('\\', '/') for r in self.rows('').labels]
 
   def run_training(
     self, pretrained: bool, frozen: bool, budget: LabelBudget | None
