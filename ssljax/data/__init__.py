@@ -165,8 +165,9 @@ def labelled_train_iterator(
     raise ValueError('no labelled images to train on')
   if batch_size % processes:
     raise ValueError(f'batch size {batch_size} is not divisible by {processes} processes')
-  walk = dict(batch_size=batch_size, seed=seed, process_index=jax.process_index())
-  walk['process_count'] = processes
+  walk = dict(
+    batch_size=batch_size, seed=seed, process_index=jax.process_index(), process_count=processes
+  )
   if split.read_examples is None:
     logging.warning(
       'This evaluation split is read only in order: its training images are held in memory '
