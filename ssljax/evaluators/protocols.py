@@ -302,6 +302,7 @@ class _Run:
     if OOD[1:] in splits:
       self.tests[OOD] = as_split(splits[OOD[1:]])
     self._rows: dict[str, Rows] = {}
+    self._known_labels: dict[str, tuple[np.ndarray, np.ndarray]] = {}
 
   def rows(self, name: str) -> Rows:
     """'train' or a test suffix -> its features split over the mesh, computed once."""
@@ -331,11 +332,15 @@ class _Run:
   def train_labels(self) -> np.ndarray:
     return self.rows('train').labels
 
-  @functools.cache  # noqa: B019  (a _Run lives for one evaluation)
   def _labels(self, name: str) -> tuple[np.ndarray, np.ndarray]:
     """(global positions, labels) of 'train' or a test suffix, in the split's global order,
     on every process: from its list where known without decoding (`EvalSplit.row_labels`),
-    else from its features (an encoding pass)."""
+    else from its features (an encoding pass). Computed once."""
+    if name not in self._known_labels:
+      self._known_labels[name] = self._read_labels(name)
+    return self._known_labels[name]
+
+  def _read_labels(self, name: str) -> tuple[np.ndarray, np.ndarray]:
     split = self.train if name == 'train' else self.tests[name]
     if split.row_labels is None:
       rows = self.rows(name)
