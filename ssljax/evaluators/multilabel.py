@@ -228,7 +228,7 @@ def fit_probe(
   """`fit_probe_rows` of features in memory (on one device)."""
   if len(targets) == 0 or len(targets) != len(h):
     raise ValueError(f'need matching, non-empty features and targets: {len(h)} / {len(targets)}')
-  rows = in_memory_rows(np.asarray(h, np.float32), _ROW_BUCKET)
+  rows = in_memory_rows(np.asarray(h, np.float32), bucket=_ROW_BUCKET)
   return fit_probe_rows(
     rows, targets, groups, l2_grid=l2_grid, val_fraction=val_fraction, seed=seed
   )
@@ -272,12 +272,14 @@ def fit_probe_rows(
   grid = sorted(l2_grid, reverse=True)
   if any(judged) and len(grid) > 1:
     fitting = on_rows(np.where(is_val[:, None], IGNORED, targets))
+    held = rows.select(np.flatnonzero(is_val), _ROW_BUCKET)
+    x_held = standardized(held.h, mean, std)
     best = np.full(labels, -np.inf)
     w = np.zeros((x.shape[1], labels), np.float32)
     params = None
     for lam in grid:  # strongest first, each warm-started from the last
       params = fit_logistic(x, fitting, np.full(labels, lam), params)
-      scores = rows.on_host(_logits(x, params['w'], params['b']))[is_val]
+      scores = held.on_host(_logits(x_held, params['w'], params['b']))
       for j in np.flatnonzero(judged):
         known = val_targets[:, j] != IGNORED
         value = auroc(val_targets[known, j] == 1, scores[known, j])
