@@ -59,6 +59,11 @@ def _spec(flip=True, crop_scale=(0.3, 1.0)):
   return spec
 
 
+def _files_of(images, colours) -> list[int]:
+  """The file each (augmented) image shows: the one whose flat colour is nearest its mean."""
+  return [int(np.argmin(np.abs(colours / 255.0 - img.mean(axis=(0, 1))).sum(1))) for img in images]
+
+
 def _take(iterator, n):
   out = [next(iterator) for _ in range(n)]
   iterator.close()
@@ -118,13 +123,13 @@ def test_each_epoch_shows_every_row_once_and_a_broken_file_gives_its_slot_away(
   epochs = _take(stream, 3)
   want = [r if r != 5 else 9 for r in rows]  # row 5's slot: the next readable row, 9
   for x, y in epochs:
-    seen = [int(np.argmin(np.abs(colours / 255.0 - img.mean(axis=(0, 1))).sum(1))) for img in x]
+    seen = _files_of(x, colours)
     assert sorted(seen) == sorted(want)
     np.testing.assert_array_equal(y, split.row_labels[seen])
   walk = dict(batch_size=batch, num_examples=n, seed=1, process_index=0, process_count=1)
   order_1 = rows[order.global_indices(1, **walk)]  # the second epoch, by the documented rule
   x1 = epochs[1][0]
-  got = [int(np.argmin(np.abs(colours / 255.0 - img.mean(axis=(0, 1))).sum(1))) for img in x1]
+  got = _files_of(x1, colours)
   assert got == [r if r != 5 else 9 for r in order_1]
 
 
